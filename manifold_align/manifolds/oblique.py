@@ -1,0 +1,555 @@
+"""The oblique manifold OB(d, k): the product of k unit spheres S^(d-1), stored as rows.
+
+A point is a tensor of shape ``(..., k, d)`` whose k rows have unit Euclidean norm (geoopt's
+trailing-dims rule, ``ndim = 2``). Every operation acts on all k spheres at once through the last
+axis; there is no Python loop over the factors. Formulas and numerical choices are in
+``docs/geometry.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import geoopt
+import torch
+from geoopt.manifolds.base import Manifold, ScalingInfo
+from geoopt.utils import broadcast_shapes, size2shape
+
+from ..validation import check_finite
+
+__all__ = ["Oblique", "ObliqueExact"]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers (one formula each)
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """16-bit floats are computed in float32: their 8- or 11-bit mantissas cannot resolve angles."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    return t.to(_compute_dtype(t.dtype))
+
+
+def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.result_type(*tensors) if len(tensors) > 1 else tensors[0].dtype
+
+
+def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 (instead of inf, which times 0 gives NaN) where ``t <= 0``."""
+    positive = t > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), torch.zeros_like(t))
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(dim=-1, keepdim=True)
+
+
+def _row_norm(a: torch.Tensor) -> torch.Tensor:
+    # torch's norm backward masks the zero vector to gradient 0, so no NaN at a = 0
+    return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+
+
+def _first_basis_vector(like: torch.Tensor) -> torch.Tensor:
+    e1 = torch.zeros(like.shape[-1], dtype=like.dtype, device=like.device)
+    e1[0] = 1
+    return e1
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Normalize each row; a zero row becomes e_1 = (1, 0, ..., 0) instead of 0/0 = NaN."""
+    n = _row_norm(x)
+    nonzero = n > 0
+    unit = x / torch.where(nonzero, n, torch.ones_like(n))
+    return torch.where(nonzero, unit, _first_basis_vector(x))
+
+
+def _row_angle(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Angle between matching rows, 2 atan2(|x - y|, |x + y|): relative accuracy ~eps on all of [0, pi]."""
+    return 2 * torch.atan2(
+        torch.linalg.vector_norm(x - y, dim=-1), torch.linalg.vector_norm(x + y, dim=-1)
+    )
+
+
+def _shape_text(shape: Tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class Oblique(Manifold):
+    r"""Oblique manifold OB(d, k) = S^(d-1) x ... x S^(d-1) (k factors), points stored as rows.
+
+    Parameters
+    ----------
+    k : int, optional
+        Number of spheres (rows). ``None`` accepts any k >= 1.
+    d : int, optional
+        Ambient dimension of each sphere (columns). ``None`` accepts any d >= 2.
+
+    Notes
+    -----
+    Points and tangent vectors have shape ``(..., k, d)``; leading dims are batch dims. The metric
+    is the one induced by the Frobenius inner product, so ``dist = sqrt(sum_b theta_b^2)`` with
+    ``theta_b`` the angle on sphere b. pymanopt and Manopt store the unit vectors as columns,
+    shape ``(d, k)``: see :mod:`manifold_align.manifolds.conversions`.
+
+    Shape checks (rank >= 2, d >= 2, fixed k and d) run in every public operation and cost
+    only Python time. Finiteness is checked where raw data enters the manifold: :meth:`projx`,
+    :meth:`check_point` / :meth:`assert_check_point` and the ``check_*_on_*`` helpers, not in the
+    hot ``dist``/``expmap``/``logmap``/``retr`` path (that check needs a reduction and, on a GPU,
+    a device sync).
+
+    See Also
+    --------
+    :class:`ObliqueExact`
+    """
+
+    ndim = 2
+    name = "Oblique"
+    reversible = False
+    __scaling__ = Manifold.__scaling__.copy()
+
+    def __init__(self, k: Optional[int] = None, d: Optional[int] = None):
+        super().__init__()
+        self.k = self._validate_size(k, "k", 1)
+        self.d = self._validate_size(d, "d", 2)
+
+    @staticmethod
+    def _validate_size(value: Optional[int], name: str, minimum: int) -> Optional[int]:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"`{name}` must be None or an int >= {minimum}, got {value!r}")
+        return value
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, d={self.d}"
+
+    # ------------------------------------------------------------------------------------------
+    # checks
+    # ------------------------------------------------------------------------------------------
+    def _expected_shape(self) -> str:
+        return "(..., {}, {})".format("k" if self.k is None else self.k, "d" if self.d is None else self.d)
+
+    def _check_shape(self, shape: Tuple[int, ...], name: str) -> Tuple[bool, Optional[str]]:
+        shape = tuple(shape)
+        ok = (
+            len(shape) >= 2
+            and shape[-1] >= 2
+            and shape[-2] >= 1
+            and (self.k is None or shape[-2] == self.k)
+            and (self.d is None or shape[-1] == self.d)
+        )
+        if ok:
+            return True, None
+        return False, (
+            f"`{name}` must have shape {self._expected_shape()} (k >= 1 spheres of dimension d >= 2), "
+            f"got shape {_shape_text(shape)}"
+        )
+
+    def _assert_shape(self, tensor: torch.Tensor, name: str) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"`{name}` must be a torch.Tensor of shape {self._expected_shape()}, got {type(tensor).__name__}"
+            )
+        ok, reason = self._check_shape(tensor.shape, name)
+        if not ok:
+            raise ValueError(reason)
+
+    def check_point(self, x: torch.Tensor, *, explain=False) -> Union[Tuple[bool, Optional[str]], bool]:
+        """Check shape and finiteness of ``x``, shape ``(..., k, d)`` (not the unit norms)."""
+        ok, reason = self._check_shape(x.shape, "x")
+        if ok and not bool(torch.isfinite(x).all()):
+            ok, reason = False, "`x` has non-finite values (NaN or Inf)"
+        return (ok, reason) if explain else ok
+
+    def assert_check_point(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` has shape ``(..., k, d)`` and finite values."""
+        self._assert_shape(x, "x")
+        check_finite(x, "x")
+
+    def _check_point_on_manifold(self, x: torch.Tensor, *, atol=1e-5, rtol=1e-5) -> Tuple[bool, Optional[str]]:
+        if not bool(torch.isfinite(x).all()):
+            return False, "`x` has non-finite values (NaN or Inf)"
+        norms = _row_norm(_up(x)).squeeze(-1)
+        ok = torch.allclose(norms, torch.ones_like(norms), atol=atol, rtol=rtol)
+        if not ok:
+            worst = float((norms - 1).abs().max())
+            return False, f"rows of `x` must have unit norm, max |norm - 1| = {worst:.3g} (atol={atol}, rtol={rtol})"
+        return True, None
+
+    def _check_vector_on_tangent(
+        self, x: torch.Tensor, u: torch.Tensor, *, atol=1e-5, rtol=1e-5
+    ) -> Tuple[bool, Optional[str]]:
+        if not bool(torch.isfinite(u).all()):
+            return False, "`u` has non-finite values (NaN or Inf)"
+        # per row: a sum over the k spheres could cancel
+        dots = _row_dot(_up(x), _up(u))
+        ok = torch.allclose(dots, torch.zeros_like(dots), atol=atol, rtol=rtol)
+        if not ok:
+            worst = float(dots.abs().max())
+            return False, f"rows of `u` must be orthogonal to rows of `x`, max |<x_b, u_b>| = {worst:.3g} (atol={atol})"
+        return True, None
+
+    # ------------------------------------------------------------------------------------------
+    # projections and metric
+    # ------------------------------------------------------------------------------------------
+    def projx(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize each row onto its sphere.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+            Any finite tensor.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+            Unit rows, same dtype. A zero row maps to e_1 = (1, 0, ..., 0).
+
+        Raises
+        ------
+        ValueError
+            Wrong shape, or NaN / Inf in ``x``.
+        """
+        self._assert_shape(x, "x")
+        xc = _up(x)
+        # dividing by the row's max |x_i| first keeps the squared norm from under/overflowing
+        # (1e-30 or 1e30 entries in float32); the result is invariant to that scale, so detach it
+        scale = xc.detach().abs().amax(dim=-1, keepdim=True)
+        if not bool(torch.isfinite(scale).all()):  # k values per point, d times cheaper than x
+            check_finite(x, "x")
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return _unit_rows(xc / scale).to(x.dtype)
+
+    def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Project ``u`` onto the tangent space at ``x``: ``u_b - <x_b, u_b> x_b`` per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+            Point on the manifold.
+        u : torch.Tensor, shape (..., k, d)
+            Any vector (broadcastable with ``x``).
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        xc, uc = _up(x), _up(u)
+        return (uc - _row_dot(xc, uc) * xc).to(_result_dtype(x, u))
+
+    egrad2rgrad = proju
+
+    def inner(
+        self, x: torch.Tensor, u: torch.Tensor, v: Optional[torch.Tensor] = None, *, keepdim=False
+    ) -> torch.Tensor:
+        """Riemannian (Frobenius) inner product ``sum_b <u_b, v_b>``.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+            Point on the manifold.
+        u, v : torch.Tensor, shape (..., k, d)
+            Tangent vectors at ``x``; ``v=None`` means ``v = u``.
+        keepdim : bool
+            Keep the two reduced dims as size 1.
+
+        Returns
+        -------
+        torch.Tensor, shape (...) or (..., 1, 1)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        if v is None:
+            v = u
+        else:
+            self._assert_shape(v, "v")
+        out = (_up(u) * _up(v)).sum(dim=(-2, -1), keepdim=keepdim)
+        target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
+        return out.expand(target).to(_result_dtype(u, v))
+
+    def component_inner(self, x: torch.Tensor, u: torch.Tensor, v: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Inner product per sphere, broadcast over its row (what RiemannianAdam's second moment uses).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+        u, v : torch.Tensor, shape (..., k, d)
+            ``v=None`` means ``v = u``.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+            ``<u_b, v_b>`` repeated along row b (an expanded view), like geoopt's ProductManifold of Spheres.
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        v = u if v is None else v
+        out = _row_dot(_up(u), _up(v)).to(_result_dtype(u, v))
+        return out.expand(broadcast_shapes(x.shape, u.shape, v.shape))
+
+    def norm(self, x: torch.Tensor, u: torch.Tensor, *, keepdim=False) -> torch.Tensor:
+        """Riemannian norm ``sqrt(sum_b |u_b|^2)``; gradient 0 at ``u = 0``.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+        u : torch.Tensor, shape (..., k, d)
+        keepdim : bool
+
+        Returns
+        -------
+        torch.Tensor, shape (...) or (..., 1, 1)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        out = torch.linalg.vector_norm(_up(u), dim=(-2, -1), keepdim=keepdim)
+        target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
+        return out.expand(target).to(u.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # maps
+    # ------------------------------------------------------------------------------------------
+    def retr(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Projection retraction ``(x_b + u_b) / |x_b + u_b|`` per row (second order).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+        u : torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        return _unit_rows(_up(x) + _up(u)).to(_result_dtype(x, u))
+
+    def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        r"""Exponential map ``cos(|u_b|) x_b + sin(|u_b|) u_b / |u_b|`` per row.
+
+        ``sin(t)/t`` is ``torch.sinc(t / pi)``, exact (= 1) and differentiable at ``t = 0``, so
+        ``expmap(x, 0) = x`` with Jacobian identity, no small-norm branch.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+        u : torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(u, "u")
+        xc, uc = _up(x), _up(u)
+        n = _row_norm(uc)
+        return (xc * torch.cos(n) + uc * torch.sinc(n / math.pi)).to(_result_dtype(x, u))
+
+    def logmap(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r"""Logarithmic map: per row, ``theta_b w_b / |w_b|`` with ``w_b`` the tangent part of ``y_b - x_b``.
+
+        Parameters
+        ----------
+        x, y : torch.Tensor, shape (..., k, d)
+            Points on the manifold.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``. ``logmap(x, x) = 0`` exactly. For antipodal rows
+            (``y_b = -x_b``, where the log is not unique) the row is finite: of length pi in the
+            direction of the round-off residue of ``w_b``, or ``w_b`` itself (about 0) when that
+            residue is below ``eps * pi``. Never NaN.
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(y, "y")
+        xc, yc = _up(x), _up(y)
+        diff = yc - xc
+        # (y - x) - <x, y - x> x, not y - <x, y> x: relative accuracy eps even for nearby points
+        w = diff - _row_dot(xc, diff) * xc
+        wn = _row_norm(w)
+        theta = _row_angle(xc, yc).unsqueeze(-1)
+        # |w| = sin(theta) up to round-off; the ratio -> 1 as theta -> 0
+        regular = wn > torch.finfo(wn.dtype).eps * theta
+        factor = torch.where(regular, theta / torch.where(regular, wn, torch.ones_like(wn)), torch.ones_like(wn))
+        return (w * factor).to(_result_dtype(x, y))
+
+    def dist2(self, x: torch.Tensor, y: torch.Tensor, *, keepdim=False) -> torch.Tensor:
+        """Squared geodesic distance ``sum_b theta_b^2`` (smooth everywhere, no sqrt).
+
+        Parameters
+        ----------
+        x, y : torch.Tensor, shape (..., k, d)
+        keepdim : bool
+
+        Returns
+        -------
+        torch.Tensor, shape (...) or (..., 1, 1)
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(y, "y")
+        return self._dist2(_up(x), _up(y), keepdim=keepdim).to(_result_dtype(x, y))
+
+    @staticmethod
+    def _dist2(x: torch.Tensor, y: torch.Tensor, *, keepdim: bool) -> torch.Tensor:
+        out = _row_angle(x, y).square().sum(dim=-1)
+        return out[..., None, None] if keepdim else out
+
+    def dist(self, x: torch.Tensor, y: torch.Tensor, *, keepdim=False) -> torch.Tensor:
+        """Geodesic distance ``sqrt(sum_b theta_b^2)``, ``theta_b = 2 atan2(|x_b - y_b|, |x_b + y_b|)``.
+
+        ``dist(x, x)`` is exactly 0 and its gradient there is 0 (safe sqrt; the true gradient
+        does not exist at 0, 0 is a subgradient).
+
+        Parameters
+        ----------
+        x, y : torch.Tensor, shape (..., k, d)
+            Points on the manifold (broadcastable).
+        keepdim : bool
+
+        Returns
+        -------
+        torch.Tensor, shape (...) or (..., 1, 1)
+            Values in [0, pi sqrt(k)].
+        """
+        self._assert_shape(x, "x")
+        self._assert_shape(y, "y")
+        return _safe_sqrt(self._dist2(_up(x), _up(y), keepdim=keepdim)).to(_result_dtype(x, y))
+
+    @__scaling__(ScalingInfo(1))
+    def cdist(self, x: torch.Tensor, y: torch.Tensor, *, precise: bool = True) -> torch.Tensor:
+        r"""Pairwise geodesic distances without an ``n*m*k*d`` intermediate.
+
+        The k cosine matrices ``C_b = X_b Y_b^T`` come from one batched matmul, shape (k, n, m);
+        ``theta = 2 atan2(sqrt(1 - c), sqrt(1 + c))`` (no clamp floor: arguments are clamped at 0
+        inside a safe sqrt, gradient 0 there).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (n, k, d)
+        y : torch.Tensor, shape (m, k, d)
+        precise : bool
+            Accumulate the cosines in float64 (float32 and 16-bit inputs). An angle computed from a
+            cosine has absolute error about ``sqrt(2 * eps_c)`` near 0: ~5e-4 rad with float32
+            cosines, ~2e-8 rad with float64 ones. Rows are renormalized in that dtype first, so
+            ``cdist(x, x)`` has a diagonal of ~1e-8 (float64 accumulation) instead of ~4e-4.
+            Costs a float64 matmul; pass ``False`` for speed (angle floor ~5e-4 rad in float32).
+
+        Returns
+        -------
+        torch.Tensor, shape (n, m)
+            Dtype of the inputs.
+        """
+        for t, name, dim in ((x, "x", "n"), (y, "y", "m")):
+            self._assert_shape(t, name)
+            if t.dim() != 3:
+                raise ValueError(
+                    f"`{name}` must have shape ({dim}, {self._expected_shape()[6:]}, got shape {_shape_text(t.shape)}"
+                )
+        out_dtype = _result_dtype(x, y)
+        dtype = torch.float64 if precise else _compute_dtype(out_dtype)
+        # autocast would run the matmul in 16 bits: cosines with ~3 significant digits
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # renormalize in the accumulation dtype: float32 rows have |x|^2 = 1 +- 1e-7, which alone
+            # would put a ~4e-4 rad floor under theta(x, x)
+            xu, yu = _unit_rows(x.to(dtype)), _unit_rows(y.to(dtype))
+            cos = torch.bmm(xu.transpose(0, 1), yu.permute(1, 2, 0))  # (k, n, m)
+        theta = 2 * torch.atan2(_safe_sqrt(1 - cos), _safe_sqrt(1 + cos))
+        return _safe_sqrt(theta.square().sum(dim=0)).to(out_dtype)
+
+    def transp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Vector transport by projection onto the tangent space at ``y`` (as geoopt's Sphere).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+            Start point (unused by the projection; kept for the geoopt signature).
+        y : torch.Tensor, shape (..., k, d)
+            End point.
+        v : torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+            Tangent vector at ``y``.
+        """
+        self._assert_shape(x, "x")
+        return self.proju(y, v)
+
+    # ------------------------------------------------------------------------------------------
+    # sampling
+    # ------------------------------------------------------------------------------------------
+    def random_uniform(self, *size, dtype=None, device=None) -> geoopt.ManifoldTensor:
+        """Uniform sample on each sphere (normalized standard Gaussian rows).
+
+        Parameters
+        ----------
+        size : int or tuple of int
+            Shape ``(..., k, d)``.
+        dtype, device : optional
+            As in ``torch.randn``.
+
+        Returns
+        -------
+        geoopt.ManifoldTensor, shape (..., k, d), ``manifold=self``
+        """
+        shape = size2shape(*size)
+        ok, reason = self._check_shape(shape, "size")
+        if not ok:
+            raise ValueError(reason)
+        x = torch.randn(*shape, dtype=dtype, device=device)
+        return geoopt.ManifoldTensor(_unit_rows(_up(x)).to(x.dtype), manifold=self)
+
+    random = random_uniform
+
+    def origin(self, *size, dtype=None, device=None, seed: Optional[int] = None) -> geoopt.ManifoldTensor:
+        """A deterministic point: e_1 on every sphere (or, with ``seed``, a seeded uniform sample).
+
+        Parameters
+        ----------
+        size : int or tuple of int
+            Shape ``(..., k, d)``.
+        dtype, device : optional
+        seed : int, optional
+            If given, sample with :meth:`random` under this seed without touching the global RNG.
+
+        Returns
+        -------
+        geoopt.ManifoldTensor, shape (..., k, d), ``manifold=self``
+        """
+        if seed is not None:
+            return super().origin(*size, dtype=dtype, device=device, seed=seed)
+        shape = size2shape(*size)
+        ok, reason = self._check_shape(shape, "size")
+        if not ok:
+            raise ValueError(reason)
+        x = torch.zeros(*shape, dtype=dtype, device=device)
+        x[..., 0] = 1
+        return geoopt.ManifoldTensor(x, manifold=self)
+
+
+class ObliqueExact(Oblique):
+    """:class:`Oblique` whose retraction is the exponential map (used by geoopt optimizers).
+
+    See Also
+    --------
+    :class:`Oblique`
+    """
+
+    retr = Oblique.expmap
+    retr_transp = Oblique.expmap_transp
+    transp_follow_retr = Oblique.transp_follow_expmap
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", exact"

@@ -1,0 +1,30 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def restore_default_dtype():
+    """Save torch's default dtype and restore it afterwards (geomstats' torch backend changes it)."""
+    saved = torch.get_default_dtype()
+    try:
+        yield saved
+    finally:
+        torch.set_default_dtype(saved)
+
+
+@pytest.fixture
+def geomstats_numpy(restore_default_dtype):
+    """Import geomstats with its numpy backend; torch's default dtype is restored afterwards."""
+    os.environ.setdefault("GEOMSTATS_BACKEND", "numpy")
+    import geomstats.backend as gs  # noqa: F401  (import only after the backend is chosen)
+    import geomstats.geometry.hypersphere as hypersphere
+    import geomstats.geometry.nfold_manifold as nfold_manifold
+
+    return types.SimpleNamespace(gs=gs, Hypersphere=hypersphere.Hypersphere, NFoldManifold=nfold_manifold.NFoldManifold)

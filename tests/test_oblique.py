@@ -1,0 +1,441 @@
+"""Tests for manifold_align.manifolds.oblique: named invariants (geomstats style), agreement with
+independent references (geoopt.Sphere, pymanopt, float64 formulas) and optimizer integration.
+geomstats agreement lives in tests/test_conversions.py."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import geoopt
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from manifold_align.manifolds.oblique import Oblique, ObliqueExact
+
+SETTINGS = settings(max_examples=25, deadline=None)
+ATOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+dims = st.tuples(st.integers(1, 8), st.integers(2, 12))
+batches = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
+dtypes = st.sampled_from([torch.float64, torch.float32])
+seeds = st.integers(0, 2**31 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# data (kept apart from the test logic)
+# ---------------------------------------------------------------------------------------------
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def ref_points(shape, seed, dtype=torch.float64):
+    """Unit rows by a float64 formula independent of the code under test."""
+    x = torch.randn(*shape, generator=gen(seed), dtype=torch.float64)
+    return (x / x.norm(dim=-1, keepdim=True)).to(dtype)
+
+
+def ref_tangent(x, seed, scale=1.0):
+    x64 = x.double()
+    u = torch.randn(x.shape, generator=gen(seed + 1), dtype=torch.float64)
+    u = u - (u * x64).sum(-1, keepdim=True) * x64
+    return (scale * u).to(x.dtype)
+
+
+def ref_angle(x, y):
+    """float64 arccos reference (fine away from 0 and pi)."""
+    return torch.acos((x.double() * y.double()).sum(-1).clamp(-1, 1))
+
+
+def rows_unit(x, atol):
+    return torch.allclose(x.double().norm(dim=-1), torch.ones(x.shape[:-1], dtype=torch.float64), atol=atol)
+
+
+M = Oblique()
+
+
+# ---------------------------------------------------------------------------------------------
+# points and tangent vectors
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(dims, batches, dtypes)
+def test_random_point_belongs(kd, batch, dtype):
+    x = M.random(*batch, *kd, dtype=dtype)
+    assert isinstance(x, geoopt.ManifoldTensor) and x.manifold is M
+    assert x.shape == batch + kd and x.dtype == dtype
+    M.assert_check_point_on_manifold(x, atol=ATOL[dtype])
+
+
+@SETTINGS
+@given(dims, batches, dtypes, seeds)
+def test_projx_belongs_and_is_idempotent(kd, batch, dtype, seed):
+    x = 5 * torch.randn(*batch, *kd, generator=gen(seed), dtype=dtype)
+    p = M.projx(x)
+    assert rows_unit(p, ATOL[dtype])
+    torch.testing.assert_close(M.projx(p), p, atol=ATOL[dtype], rtol=0)
+    # same direction as the input rows
+    torch.testing.assert_close(p.double(), x.double() / x.double().norm(dim=-1, keepdim=True), atol=ATOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_projx_zero_row_is_first_basis_vector(dtype):
+    x = torch.randn(2, 3, 4).to(dtype)
+    x[1, 2] = 0
+    p = M.projx(x)
+    assert torch.isfinite(p).all()
+    assert torch.equal(p[1, 2], torch.tensor([1.0, 0, 0, 0], dtype=dtype))
+
+
+def test_projx_extreme_scales_float32():
+    x = torch.tensor([[1e-30, 2e-30, 0.0], [1e30, -2e30, 2e30]], dtype=torch.float32)
+    p = M.projx(x)
+    torch.testing.assert_close(p, torch.tensor([[1, 2, 0], [1, -2, 2]], dtype=torch.float32) / torch.tensor([[5**0.5], [3.0]]))
+
+
+@SETTINGS
+@given(dims, batches, dtypes, seeds)
+def test_to_tangent_is_tangent_and_idempotent(kd, batch, dtype, seed):
+    x = ref_points(batch + kd, seed, dtype)
+    u = torch.randn(*batch, *kd, generator=gen(seed + 7), dtype=dtype)
+    t = M.proju(x, u)
+    M.assert_check_vector_on_tangent(x, t, atol=ATOL[dtype])
+    torch.testing.assert_close(M.proju(x, t), t, atol=ATOL[dtype], rtol=0)
+    torch.testing.assert_close(M.egrad2rgrad(x, u), t)
+
+
+@SETTINGS
+@given(dims, batches, dtypes, seeds)
+def test_inner_product_is_symmetric_and_positive(kd, batch, dtype, seed):
+    x = ref_points(batch + kd, seed, dtype)
+    u, v = ref_tangent(x, seed), ref_tangent(x, seed + 3)
+    torch.testing.assert_close(M.inner(x, u, v), M.inner(x, v, u))
+    assert (M.inner(x, u) > 0).all()
+    expected = (u.double() * v.double()).sum((-2, -1))
+    torch.testing.assert_close(M.inner(x, u, v).double(), expected, atol=ATOL[dtype] * 10, rtol=1e-5)
+    assert M.inner(x, u, v, keepdim=True).shape == batch + (1, 1)
+    torch.testing.assert_close(M.norm(x, u) ** 2, M.inner(x, u), atol=ATOL[dtype] * 10, rtol=1e-5)
+    ci = M.component_inner(x, u, v)
+    assert ci.shape == x.shape
+    torch.testing.assert_close(ci.sum(-1).double() / kd[1], (u.double() * v.double()).sum(-1), atol=1e-4, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# maps and distance
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(dims, batches, dtypes, seeds, st.floats(0.0, 3.0))
+def test_retr_and_expmap_belong(kd, batch, dtype, seed, scale):
+    x = ref_points(batch + kd, seed, dtype)
+    u = ref_tangent(x, seed, scale)
+    for y in (M.retr(x, u), M.expmap(x, u), ObliqueExact().retr(x, u)):
+        assert rows_unit(y, ATOL[dtype] * 10)
+
+
+@SETTINGS
+@given(dims, batches, seeds)
+def test_exp_after_log_is_identity(kd, batch, seed):
+    x, y = ref_points(batch + kd, seed), ref_points(batch + kd, seed + 1)
+    # stay away from antipodes, where log is not unique
+    y = M.projx(torch.where((x * y).sum(-1, keepdim=True) < -0.9, -y, y))
+    torch.testing.assert_close(M.expmap(x, M.logmap(x, y)), y, atol=1e-9, rtol=0)
+    M.assert_check_vector_on_tangent(x, M.logmap(x, y), atol=1e-10)
+
+
+@SETTINGS
+@given(dims, batches, dtypes, seeds, st.floats(1e-6, 1.0))
+def test_dist_is_norm_of_tangent_for_small_steps(kd, batch, dtype, seed, scale):
+    x = ref_points(batch + kd, seed, torch.float64)
+    u = ref_tangent(x, seed)
+    u = u / u.norm(dim=-1, keepdim=True) * scale  # every row moves by `scale` < pi
+    y = M.expmap(x, u)
+    expected = M.norm(x, u)  # = scale * sqrt(k)
+    torch.testing.assert_close(M.dist(x.to(dtype), y.to(dtype)).double(), expected, atol=ATOL[dtype] * 30, rtol=1e-5)
+    torch.testing.assert_close(M.logmap(x, y), u, atol=1e-9, rtol=1e-6)
+
+
+@SETTINGS
+@given(dims, batches, dtypes, seeds)
+def test_dist_symmetric_nonnegative_matches_reference(kd, batch, dtype, seed):
+    x, y = ref_points(batch + kd, seed, dtype), ref_points(batch + kd, seed + 1, dtype)
+    d = M.dist(x, y)
+    assert d.dtype == dtype and d.shape == batch
+    torch.testing.assert_close(d, M.dist(y, x))
+    assert (d >= 0).all()
+    expected = ref_angle(x, y).square().sum(-1).sqrt()
+    torch.testing.assert_close(d.double(), expected, atol=1e-4 if dtype == torch.float32 else 1e-7, rtol=1e-4)
+    torch.testing.assert_close(M.dist2(x, y).double(), expected.square(), atol=1e-3 if dtype == torch.float32 else 1e-7, rtol=1e-4)
+    assert M.dist(x, y, keepdim=True).shape == batch + (1, 1)
+
+
+@SETTINGS
+@given(dims, dtypes, seeds)
+def test_dist_zero_on_diagonal_with_finite_gradient(kd, dtype, seed):
+    x = ref_points((3,) + kd, seed, dtype).requires_grad_()
+    d = M.dist(x, x.detach().clone())
+    assert torch.equal(d, torch.zeros_like(d))
+    d.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    xl = ref_points((3,) + kd, seed, dtype).requires_grad_()
+    M.logmap(xl, xl.detach().clone()).sum().backward()
+    assert torch.isfinite(xl.grad).all()
+
+
+def test_dist_accurate_near_zero_float32():
+    # arccos of a float32 dot product has a floor of ~5e-4 rad; the atan2 formula does not
+    x = ref_points((50, 4, 8), 0)
+    for t in (1e-6, 1e-4, 1e-2):
+        u = ref_tangent(x, 1)
+        u = u / u.norm(dim=-1, keepdim=True) * t
+        y = M.expmap(x, u)
+        d32 = M.dist(x.float(), y.float()).double()
+        expected = torch.full_like(d32, t * 2.0)  # sqrt(k) * t with k = 4
+        # float32 rounding of the inputs themselves moves points by ~6e-8 per coordinate
+        torch.testing.assert_close(d32, expected, atol=1e-6, rtol=1e-3)
+
+
+@SETTINGS
+@given(dims, dtypes, seeds)
+def test_triangle_inequality(kd, dtype, seed):
+    x, y, z = (ref_points((4,) + kd, seed + i, dtype) for i in range(3))
+    slack = 1e-5 if dtype == torch.float32 else 1e-10
+    assert (M.dist(x, z) <= M.dist(x, y) + M.dist(y, z) + slack).all()
+
+
+@SETTINGS
+@given(dims, dtypes, seeds, st.integers(1, 5), st.integers(1, 5))
+def test_cdist_equals_dist_over_pairs(kd, dtype, seed, n, m):
+    x, y = ref_points((n,) + kd, seed, dtype), ref_points((m,) + kd, seed + 1, dtype)
+    c = M.cdist(x, y)
+    assert c.shape == (n, m) and c.dtype == dtype
+    torch.testing.assert_close(c, M.dist(x[:, None], y[None]), atol=1e-4 if dtype == torch.float32 else 1e-7, rtol=1e-4)
+    assert torch.isfinite(M.cdist(x, y, precise=False)).all()
+
+
+def test_cdist_diagonal_accuracy_and_gradient():
+    x = ref_points((6, 3, 5), 2, torch.float32).requires_grad_()
+    c = M.cdist(x, x.detach())
+    assert c.diagonal().abs().max() < 1e-6  # float64 accumulation: no 5e-4 rad floor
+    c.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@SETTINGS
+@given(dims, seeds)
+def test_transport_keeps_vectors_tangent(kd, seed):
+    x, y = ref_points((3,) + kd, seed), ref_points((3,) + kd, seed + 1)
+    v = ref_tangent(x, seed + 2)
+    M.assert_check_vector_on_tangent(y, M.transp(x, y, v), atol=1e-10)
+    u = ref_tangent(x, seed + 4, 0.3)
+    for manifold in (M, ObliqueExact()):
+        z, w = manifold.retr_transp(x, u, v)
+        M.assert_check_vector_on_tangent(z, w, atol=1e-10)
+
+
+@SETTINGS
+@given(dims, seeds)
+def test_batched_call_equals_loop(kd, seed):
+    x, y = ref_points((4,) + kd, seed), ref_points((4,) + kd, seed + 1)
+    u = ref_tangent(x, seed)
+    for op, a, b in ((M.dist, x, y), (M.logmap, x, y), (M.expmap, x, u), (M.retr, x, u), (M.proju, x, u)):
+        looped = torch.stack([op(a[i], b[i]) for i in range(4)])
+        torch.testing.assert_close(op(a, b), looped, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_retraction_order(exact):
+    """pymanopt's check_retraction: slope of log|retr - exp| against log t must be >= ~3 (>= 2 = valid)."""
+    manifold = ObliqueExact() if exact else M
+    x = ref_points((3, 5), 0)
+    u = ref_tangent(x, 0)
+    u = u / u.norm()
+    ts = torch.logspace(-3, -1, 8, dtype=torch.float64)
+    gaps = torch.stack([(manifold.retr(x, t * u) - M.expmap(x, t * u)).norm() for t in ts])
+    if exact:
+        assert gaps.max() < 1e-14
+        return
+    slope = np.polyfit(np.log(ts.numpy()), np.log(gaps.numpy()), 1)[0]
+    assert slope >= 2.8  # projection retraction on spheres is third order: gap ~ t^3 / 3
+
+
+@pytest.mark.parametrize("op", ["dist", "logmap", "expmap"])
+def test_gradcheck_float64(op):
+    x = ref_points((2, 3, 4), 5).requires_grad_()
+    y = ref_points((2, 3, 4), 6).requires_grad_()
+    u = ref_tangent(x.detach(), 7, 0.5).requires_grad_()
+    other = u if op == "expmap" else y
+    assert torch.autograd.gradcheck(lambda a, b: getattr(M, op)(a, b), (x, other))
+
+
+def test_antipodal_logmap_is_finite():
+    x = ref_points((5, 2, 6), 3)
+    v = M.logmap(x, -x)
+    assert torch.isfinite(v).all()
+    assert (v.norm(dim=-1) <= math.pi + 1e-9).all()
+    d = M.dist(x, -x)
+    torch.testing.assert_close(d, torch.full_like(d, math.pi * 2**0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with independent implementations
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(st.integers(2, 12), seeds)
+def test_k1_agrees_with_geoopt_sphere(d, seed):
+    sphere = geoopt.Sphere()
+    x, y = ref_points((4, 1, d), seed), ref_points((4, 1, d), seed + 1)
+    u, v = ref_tangent(x, seed, 0.7), ref_tangent(x, seed + 9)
+    xs, ys, us, vs = (t[:, 0] for t in (x, y, u, v))
+    torch.testing.assert_close(M.dist(x, y), sphere.dist(xs, ys), atol=1e-6, rtol=1e-6)  # geoopt clamps at 1 - 1e-7
+    torch.testing.assert_close(M.expmap(x, u)[:, 0], sphere.expmap(xs, us))
+    torch.testing.assert_close(M.logmap(x, y)[:, 0], sphere.logmap(xs, ys), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(M.retr(x, u)[:, 0], sphere.retr(xs, us))
+    torch.testing.assert_close(M.proju(x, v)[:, 0], sphere.proju(xs, vs))
+    torch.testing.assert_close(M.transp(x, y, v)[:, 0], sphere.transp(xs, ys, vs))
+    torch.testing.assert_close(M.inner(x, u, v), sphere.inner(xs, us, vs))
+
+
+@SETTINGS
+@given(dims, seeds)
+def test_agrees_with_pymanopt(kd, seed):
+    import pymanopt.manifolds
+
+    from manifold_align.manifolds.conversions import from_pymanopt, to_pymanopt
+
+    k, d = kd
+    pm = pymanopt.manifolds.Oblique(d, k)
+    x, y = ref_points(kd, seed), ref_points(kd, seed + 1)
+    u, v = ref_tangent(x, seed, 0.8), ref_tangent(x, seed + 5)
+    X, Y, U, V = (to_pymanopt(t) for t in (x, y, u, v))
+    assert X.shape == (d, k)
+    np.testing.assert_allclose(float(M.dist(x, y)), pm.dist(X, Y), rtol=1e-7)
+    torch.testing.assert_close(M.expmap(x, u), from_pymanopt(pm.exp(X, U)))
+    torch.testing.assert_close(M.logmap(x, y), from_pymanopt(pm.log(X, Y)), atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(M.retr(x, u), from_pymanopt(pm.retraction(X, U)))
+    torch.testing.assert_close(M.proju(x, v + 0.3 * x), from_pymanopt(pm.projection(X, V + 0.3 * X)))
+    torch.testing.assert_close(M.transp(x, y, v), from_pymanopt(pm.transport(X, Y, V)))
+    np.testing.assert_allclose(float(M.inner(x, u, v)), pm.inner_product(X, U, V), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_smoke(dtype):
+    m = Oblique(3, 8)
+    x = m.random(4, 3, 8, dtype=dtype)
+    y = m.random(4, 3, 8, dtype=dtype)
+    u = m.proju(x, torch.randn(4, 3, 8).to(dtype))
+    d = m.dist(x, y)
+    assert d.dtype == dtype and torch.isfinite(d).all()
+    torch.testing.assert_close(d.double(), ref_angle(x, y).square().sum(-1).sqrt(), atol=0.05, rtol=0.02)
+    assert torch.equal(m.dist(x, x), torch.zeros_like(d))
+    for out in (m.expmap(x, u), m.retr(x, u), m.logmap(x, y), m.cdist(x, y), m.projx(x), m.transp(x, y, u)):
+        assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_autocast_bfloat16():
+    x, y = ref_points((4, 3, 8), 0, torch.float32), ref_points((5, 3, 8), 1, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = M.cdist(x, y)
+        d = M.dist(x[:1], y[:1])
+        e = M.expmap(x, M.logmap(x, y[:4]))
+    assert c.dtype == torch.float32 and d.dtype == torch.float32
+    torch.testing.assert_close(c[0, 0], d[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(e, y[:4], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ctor", [dict(k=0), dict(d=1), dict(k=2.5), dict(d="3")])
+def test_constructor_validates(ctor):
+    (name, value), = ctor.items()
+    with pytest.raises(ValueError, match=re.escape(f"`{name}` must be None or an int >= ") + r"\d, " + re.escape(f"got {value!r}")):
+        Oblique(**ctor)
+
+
+@pytest.mark.parametrize(
+    "call, arg, received",
+    [
+        (lambda m: m.dist(torch.zeros(3), torch.zeros(2, 3)), "x", r"\(3,\)"),
+        (lambda m: m.expmap(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "u", r"\(2, 3, 5\)"),
+        (lambda m: m.logmap(torch.zeros(2, 3, 4), torch.zeros(3, 1)), "y", r"\(3, 1\)"),
+        (lambda m: m.projx(torch.zeros(2, 2, 4)), "x", r"\(2, 2, 4\)"),
+        (lambda m: m.random(4, 3), "size", r"\(4, 3\)"),
+    ],
+)
+def test_bad_shapes_name_argument_expected_and_received(call, arg, received):
+    with pytest.raises(ValueError, match=rf"`{arg}` must have shape \(\.\.\., 3, 4\).*got shape {received}"):
+        call(Oblique(k=3, d=4))
+
+
+def test_non_finite_input_raises():
+    x = torch.ones(2, 3, 4)
+    x[0, 1, 2] = float("nan")
+    x[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"`x` must be finite, got 1 NaN and 1 Inf .*\(2, 3, 4\)"):
+        M.projx(x)
+    with pytest.raises(ValueError, match="`x`"):
+        M.assert_check_point(x)
+    assert not M.check_point_on_manifold(x)
+
+
+def test_off_manifold_checks_explain():
+    ok, reason = M.check_point_on_manifold(2 * M.random(2, 3), explain=True)
+    assert not ok and "unit norm" in reason
+    x = M.random(2, 3)
+    ok, reason = M.check_vector_on_tangent(x, x, explain=True)
+    assert not ok and "orthogonal" in reason
+
+
+# ---------------------------------------------------------------------------------------------
+# geoopt integration
+# ---------------------------------------------------------------------------------------------
+def test_scaled_manifold_scales_distances():
+    scaled = geoopt.Scaled(Oblique(), 2.0)
+    x, y = ref_points((3, 2, 5), 0), ref_points((3, 2, 5), 1)
+    torch.testing.assert_close(scaled.dist(x, y), 2 * M.dist(x, y))
+    torch.testing.assert_close(scaled.cdist(x, y), 2 * M.cdist(x, y))
+    torch.testing.assert_close(scaled.logmap(x, y), 2 * M.logmap(x, y))
+    torch.testing.assert_close(scaled.expmap(x, scaled.logmap(x, y)), y)
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, manifold):
+        super().__init__()
+        self.manifold = manifold
+        self.w = geoopt.ManifoldParameter(manifold.random(5, 4, 6), manifold=manifold)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    a = _Holder(Oblique(4, 6))
+    b = _Holder(Oblique(4, 6))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.w, b.w) and isinstance(b.w, geoopt.ManifoldParameter)
+    assert isinstance(b.w.manifold, Oblique) and (b.w.manifold.k, b.w.manifold.d) == (4, 6)
+
+
+@pytest.mark.parametrize(
+    "manifold, make_opt",
+    [
+        (Oblique(), lambda p: geoopt.optim.RiemannianAdam(p, lr=0.05, stabilize=5)),
+        (ObliqueExact(), lambda p: geoopt.optim.RiemannianAdam(p, lr=0.05)),
+        (Oblique(), lambda p: geoopt.optim.RiemannianSGD(p, lr=0.2, momentum=0.9, stabilize=3)),
+        (ObliqueExact(), lambda p: geoopt.optim.RiemannianSGD(p, lr=0.2)),
+    ],
+)
+def test_optimizers_converge_and_stay_on_manifold(manifold, make_opt):
+    target = ref_points((4, 3, 5), 11, torch.float32)
+    w = geoopt.ManifoldParameter(manifold.origin(4, 3, 5), manifold=manifold)
+    opt = make_opt([w])
+    for _ in range(150):
+        opt.zero_grad()
+        loss = -(w * target).sum()  # minimized at w = target
+        loss.backward()
+        opt.step()
+        manifold.assert_check_point_on_manifold(w.detach(), atol=1e-5)
+    assert float(M.dist(w.detach(), target).max()) < 0.05
