@@ -1,0 +1,428 @@
+"""Similarities between embeddings: the sphere's cosine and three on the oblique manifold OB(d, k).
+
+A :class:`Similarity` scores image features against text features. Features are tensors of shape
+``(N, k, d)`` (k tokens of d dims each); ``cosine`` also accepts ``(N, D)``. Every similarity
+
+* projects raw features onto its manifold (:meth:`Similarity.project`),
+* scores all pairs (:meth:`Similarity.pairwise`, ``(Na, Nb)``) or matched rows (:meth:`Similarity.paired`,
+  ``(N,)``), always in float32 or float64 (half-precision inputs and autocast regions are upcast to float32,
+  so logits never come out in bfloat16),
+* states its range (:meth:`Similarity.value_range`).
+
+Built-ins, looked up by name with :func:`get_similarity`:
+
+============  ===============================================  =========================
+name          formula (per-token normalized u_b, v_b)          range
+============  ===============================================  =========================
+cosine        <u, v> of the whole flattened vector             [-1, 1]
+oblique       sum_b <u_b, v_b>                                 [-k, k]
+geodesic      -sqrt(sum_b theta_b^2), theta_b = angle(u_b,v_b) [-pi * sqrt(k), 0]
+chordal       -sum_b |u_b - v_b|^2 = -(2k - 2 * oblique)       [-4k, 0]
+============  ===============================================  =========================
+
+Register your own with :func:`register_similarity`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+
+from .validation import check_rank, describe_shape
+
+__all__ = [
+    "ChordalSimilarity",
+    "CosineSimilarity",
+    "GeodesicSimilarity",
+    "ObliqueSimilarity",
+    "Similarity",
+    "get_similarity",
+    "list_similarities",
+    "register_similarity",
+    "token_angles",
+]
+
+# Rows of ``a`` per chunk in the geodesic forward pass: the chunk holds rows * Nb * k * d elements.
+_GEODESIC_CHUNK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` in float32 if it is a half-precision or integer tensor, else unchanged (float64 stays)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def token_angles(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Angle between matching vectors, ``2 * atan2(|u - v|, |u + v|)`` on their directions.
+
+    Accurate down to coincident and up to antipodal vectors (no ``arccos`` of a clamped dot product, whose
+    float32 floor is about 1e-2 rad and whose gradient is 0 at the clamp). At coincident vectors the
+    gradient is the subgradient 0.
+
+    Parameters
+    ----------
+    u, v : torch.Tensor, shape (..., d)
+        Broadcastable; need not be unit norm (they are normalized first). Nonzero.
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
+        Angles in radians, in [0, pi].
+    """
+    u = F.normalize(u, dim=-1)
+    v = F.normalize(v, dim=-1)
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(u - v, dim=-1), torch.linalg.vector_norm(u + v, dim=-1))
+
+
+class _PairwiseGeodesic(torch.autograd.Function):
+    """OB geodesic distance ``D_ij = sqrt(sum_b theta_ijb^2)`` for all pairs of rows.
+
+    Forward computes the angles exactly (atan2 formula) in row chunks so that at most
+    ``_GEODESIC_CHUNK_ELEMENTS`` elements of the (Na, Nb, k, d) difference tensor exist at a time; nothing
+    of that size is saved. Backward is two Gram-style contractions per side:
+    ``dD/du_ib = -(1/|u_ib|) sum_j a_ijb (v^_jb - cos(theta_ijb) u^_ib)`` with
+    ``a_ijb = g_ij * theta_ijb / (D_ij * sin(theta_ijb))``.
+    Subgradient 0 at D = 0; antipodal tokens (theta = pi, where the direction is undefined) get gradient 0.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ua, ub = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        nb, k, d = ub.shape
+        rows = max(1, _GEODESIC_CHUNK_ELEMENTS // max(1, nb * k * d))
+        thetas = [token_angles(chunk[:, None], ub[None]) for chunk in ua.split(rows)]
+        theta = torch.cat(thetas) if thetas else ua.new_zeros((0, nb, k))
+        dist = torch.linalg.vector_norm(theta, dim=-1)
+        ctx.save_for_backward(a, b, ua, ub, theta, dist)
+        return dist
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        a, b, ua, ub, theta, dist = ctx.saved_tensors
+        # theta / sin(theta) = 1 / sinc(theta / pi); it tends to 1 at theta = 0 and to inf at theta = pi.
+        inv_sinc = torch.sinc(theta / math.pi).reciprocal()
+        inv_sinc = torch.where(torch.isfinite(inv_sinc), inv_sinc, torch.zeros_like(inv_sinc))
+        safe_dist = torch.where(dist > 0, dist, torch.ones_like(dist))
+        weight = torch.where(dist > 0, grad / safe_dist, torch.zeros_like(dist))[..., None] * inv_sinc
+        wcos = weight * torch.cos(theta)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            tangent = torch.einsum("ijb,jbd->ibd", weight, ub) - ua * wcos.sum(1)[..., None]
+            grad_a = -tangent / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+        if ctx.needs_input_grad[1]:
+            tangent = torch.einsum("ijb,ibd->jbd", weight, ua) - ub * wcos.sum(0)[..., None]
+            grad_b = -tangent / torch.linalg.vector_norm(b, dim=-1, keepdim=True)
+        return grad_a, grad_b
+
+
+# --------------------------------------------------------------------------------------------------
+# the interface
+# --------------------------------------------------------------------------------------------------
+class Similarity(abc.ABC):
+    """A similarity between embeddings, with a known range.
+
+    Subclasses set :attr:`name` and implement :meth:`project`, :meth:`value_range`, ``_pairwise`` and
+    ``_paired``. The public :meth:`pairwise` and :meth:`paired` validate shapes, upcast half precision to
+    float32 and switch autocast off before calling them, so subclasses only write the formula.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    """
+
+    name: str = "abstract"
+    #: shape text used in error messages
+    expected_shape: str = "(N, k, d)"
+
+    # ---- to implement ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Map raw features onto this similarity's manifold.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+
+        Returns
+        -------
+        torch.Tensor
+            Points of the manifold; shape depends on the similarity.
+        """
+
+    @abc.abstractmethod
+    def value_range(self, k: int, d: int) -> tuple[float, float]:
+        """Return ``(lo, hi)``, the range of the similarity for k tokens of d dims."""
+
+    @abc.abstractmethod
+    def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Formula for all pairs; inputs validated, float32/float64, autocast off."""
+
+    @abc.abstractmethod
+    def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Formula for matched rows; inputs validated, float32/float64, autocast off."""
+
+    # ---- validation, overridable ----------------------------------------------------------------
+    def _check(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check both inputs are (N, k, d) with the same (k, d); return them unchanged."""
+        for x, name in ((a, "a"), (b, "b")):
+            check_rank(x, name, 3, self.expected_shape)
+            if x.dim() != 3:
+                raise ValueError(
+                    f"`{name}` must have shape {self.expected_shape} for similarity '{self.name}', "
+                    f"got shape {describe_shape(x)}"
+                )
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(
+                f"`a` and `b` must have the same (k, d) for similarity '{self.name}', "
+                f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)}"
+            )
+        return a, b
+
+    # ---- public ---------------------------------------------------------------------------------
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Similarity of every row of ``a`` with every row of ``b``.
+
+        Parameters
+        ----------
+        a : torch.Tensor, shape (Na, k, d)
+            Projected features (see :meth:`project`).
+        b : torch.Tensor, shape (Nb, k, d)
+            Projected features with the same (k, d).
+
+        Returns
+        -------
+        torch.Tensor, shape (Na, Nb)
+            float32 (float64 if an input is float64), also under autocast; values in :meth:`value_range`.
+        """
+        a, b = self._check(a, b)
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            return self._pairwise(_upcast(a), _upcast(b))
+
+    def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Similarity of row i of ``a`` with row i of ``b`` (the positives), ``diag(pairwise(a, b))``.
+
+        Parameters
+        ----------
+        a, b : torch.Tensor, shape (N, k, d)
+            Projected features.
+
+        Returns
+        -------
+        torch.Tensor, shape (N,)
+        """
+        a, b = self._check(a, b)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(
+                f"`a` and `b` must have the same number of rows for paired similarity, "
+                f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)}"
+            )
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            return self._paired(_upcast(a), _upcast(b))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# --------------------------------------------------------------------------------------------------
+# built-ins
+# --------------------------------------------------------------------------------------------------
+class CosineSimilarity(Similarity):
+    """Cosine on one sphere: the whole (k * d) vector is one point of S^(k*d - 1). Range [-1, 1].
+
+    Accepts (N, D) or (N, k, d); (N, k, d) is flattened to (N, k * d).
+    """
+
+    name = "cosine"
+    expected_shape = "(N, D) or (N, k, d)"
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalize the flattened vector.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, D) or (N, k, d)
+
+        Returns
+        -------
+        torch.Tensor, shape (N, D) or (N, k * d), unit norm rows.
+        """
+        check_rank(features, "features", 2, self.expected_shape)
+        return F.normalize(features.flatten(1), dim=-1)
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-1.0, 1.0)
+
+    def _check(self, a, b):
+        for x, name in ((a, "a"), (b, "b")):
+            check_rank(x, name, 2, self.expected_shape)
+            if x.dim() > 3:
+                raise ValueError(
+                    f"`{name}` must have shape {self.expected_shape}, got shape {describe_shape(x)}"
+                )
+        a, b = a.flatten(1), b.flatten(1)
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(
+                f"`a` and `b` must have the same width D = k * d for similarity 'cosine', "
+                f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)} after flattening"
+            )
+        return a, b
+
+    def _pairwise(self, a, b):
+        return a @ b.T
+
+    def _paired(self, a, b):
+        return (a * b).sum(-1)
+
+
+class ObliqueSimilarity(Similarity):
+    """Inner product on OB(d, k): ``sum_b <u_b, v_b>``. Range [-k, k].
+
+    Computed as one matrix product of the flattened (k * d) features.
+    """
+
+    name = "oblique"
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalize each token.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+
+        Returns
+        -------
+        torch.Tensor, shape (N, k, d), unit norm along the last axis.
+        """
+        check_rank(features, "features", 3, self.expected_shape)
+        return F.normalize(features, dim=-1)
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-float(k), float(k))
+
+    def _pairwise(self, a, b):
+        return a.flatten(1) @ b.flatten(1).T
+
+    def _paired(self, a, b):
+        return (a * b).sum((-2, -1))
+
+
+class GeodesicSimilarity(ObliqueSimilarity):
+    """Minus the geodesic distance on OB(d, k): ``-sqrt(sum_b theta_b^2)``. Range [-pi * sqrt(k), 0].
+
+    Angles come from ``2 * atan2(|u - v|, |u + v|)`` (see :func:`token_angles`). ``pairwise`` works in row
+    chunks and never holds the whole (Na, Nb, k, d) tensor; its backward pass is analytic (not twice
+    differentiable).
+    """
+
+    name = "geodesic"
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-math.pi * math.sqrt(k), 0.0)
+
+    def _pairwise(self, a, b):
+        return -_PairwiseGeodesic.apply(a, b)
+
+    def _paired(self, a, b):
+        return -torch.linalg.vector_norm(token_angles(a, b), dim=-1)
+
+
+class ChordalSimilarity(ObliqueSimilarity):
+    """Minus the squared Euclidean (chordal) distance: ``-sum_b |u_b - v_b|^2``. Range [-4k, 0].
+
+    On projected features it equals ``-(2k - 2 * oblique)``; it is computed from the Gram matrix and the
+    actual squared norms, and clipped at 0 from above against rounding.
+    """
+
+    name = "chordal"
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-4.0 * k, 0.0)
+
+    def _pairwise(self, a, b):
+        a, b = a.flatten(1), b.flatten(1)
+        sq = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.T)
+        return -sq.clamp(min=0.0)
+
+    def _paired(self, a, b):
+        return -((a - b) ** 2).sum((-2, -1))
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------
+SimilarityFactory = Callable[[], Similarity]
+
+_REGISTRY: dict[str, SimilarityFactory] = {
+    "cosine": CosineSimilarity,
+    "oblique": ObliqueSimilarity,
+    "geodesic": GeodesicSimilarity,
+    "chordal": ChordalSimilarity,
+}
+
+
+def list_similarities() -> list[str]:
+    """Return the registered similarity names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def register_similarity(name: str, factory: SimilarityFactory, *, overwrite: bool = False) -> None:
+    """Register a similarity under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Registry key, non-empty.
+    factory : callable
+        A :class:`Similarity` subclass or any zero-argument callable returning a :class:`Similarity`.
+    overwrite : bool, keyword-only
+        Replace an existing entry; without it registering a taken name raises ``ValueError``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"`factory` must be a Similarity subclass or a callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"similarity '{name}' is already registered; pass overwrite=True to replace it "
+            f"(registered: {', '.join(list_similarities())})"
+        )
+    _REGISTRY[name] = factory
+
+
+def get_similarity(name: Union[str, Similarity]) -> Similarity:
+    """Look up a similarity by name (a new instance), or return a :class:`Similarity` as is.
+
+    Parameters
+    ----------
+    name : str or Similarity
+        One of :func:`list_similarities`, or an instance.
+
+    Returns
+    -------
+    Similarity
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the message lists the registered names), or a factory that returns no Similarity.
+    """
+    if isinstance(name, Similarity):
+        return name
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown similarity {name!r} for argument `name`; registered: {', '.join(list_similarities())}"
+        )
+    sim = _REGISTRY[name]()
+    if not isinstance(sim, Similarity):
+        raise ValueError(f"the factory registered as '{name}' returned {type(sim).__name__}, not a Similarity")
+    return sim
