@@ -1,0 +1,515 @@
+"""Riemannian optimizers with torch semantics, built on geoopt.
+
+geoopt's ``RiemannianAdam`` and ``RiemannianSGD`` are the engine: the manifold operations
+(``egrad2rgrad``, ``component_inner``, ``retr_transp``, ``projx``/``proju`` for stabilization) are
+theirs. What this module changes is where geoopt departs from ``torch.optim``:
+
+- weight decay is never written into ``p.grad`` (geoopt does ``grad.add_(point, alpha=wd)``);
+- ``RiemannianAdamW`` decays decoupled, like ``torch.optim.AdamW``;
+- weight decay is skipped on parameters constrained to a non-Euclidean manifold, where shrinking
+  the point towards the origin has no meaning;
+- the first SGD momentum buffer is the gradient itself, as in ``torch.optim.SGD`` (geoopt
+  seeds it with the raw gradient and then adds the gradient again);
+- torch keyword arguments that would be silently ignored (``foreach``, ``maximize``, ...) are
+  rejected, and hyper-parameters are validated with messages naming the argument;
+- float16/bfloat16 parameters are updated in float32 (geoopt's ``EPS`` tables only have float32
+  and float64 keys), with the optimizer state kept in float32.
+
+``parameter_groups`` splits a model's parameters into "manifold", "decay" and "no_decay" groups.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import geoopt
+import torch
+from torch import nn
+
+__all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
+
+NO_DECAY_KEYWORDS: tuple[str, ...] = (
+    "class_embedding",
+    "positional_embedding",
+    "logit_scale",
+    "temperature",
+    "logit_bias",
+    "class_tokens",
+)
+"""Substrings of parameter names that ``parameter_groups`` never decays by default."""
+
+# Keys torch itself may put into a param group dict passed to ``add_param_group``.
+_EXTRA_GROUP_KEYS = frozenset({"params", "name", "stabilize", "initial_lr", "param_names"})
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+def _reject_unsupported(owner: str, given: dict[str, Any], accepted: Iterable[str]) -> None:
+    """Raise ``TypeError`` naming every keyword in ``given`` and listing the accepted ones."""
+    if given:
+        names = ", ".join(f"`{k}`" for k in sorted(given))
+        raise TypeError(
+            f"{owner} does not support the argument(s) {names}; "
+            f"accepted arguments: {', '.join(sorted(accepted))}"
+        )
+
+
+def _is_real(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_real(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not _is_real(value) or not ok:
+        raise ValueError(f"`{name}` must be {expected}, received {value!r}")
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+    _check_real(name, value, _is_real(value) and bool(value >= 0), "a real number >= 0")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    _check_real(name, value, _is_real(value) and bool(value > 0), "a real number > 0")
+
+
+def _check_betas(betas: Any) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"`betas` must be a pair (beta1, beta2) with values in [0, 1), received {betas!r}")
+    for i, beta in enumerate(betas):
+        _check_real(f"betas[{i}]", beta, _is_real(beta) and bool(0 <= beta < 1), "in [0, 1)")
+
+
+def _check_stabilize(stabilize: Any) -> None:
+    ok = stabilize is None or (isinstance(stabilize, int) and not isinstance(stabilize, bool) and stabilize > 0)
+    if not ok:
+        raise ValueError(f"`stabilize` must be None or a positive int (steps), received {stabilize!r}")
+
+
+def _check_group_keys(owner: str, group: dict, defaults: dict) -> None:
+    accepted = set(defaults) | _EXTRA_GROUP_KEYS
+    _reject_unsupported(f"{owner} param group", {k: v for k, v in group.items() if k not in accepted}, accepted)
+
+
+def _validate_adamw(group: dict) -> None:
+    _check_nonnegative("lr", group["lr"])
+    _check_betas(group["betas"])
+    _check_positive("eps", group["eps"])
+    _check_nonnegative("weight_decay", group["weight_decay"])
+    _check_stabilize(group.get("stabilize"))
+
+
+def _validate_sgd(group: dict) -> None:
+    _check_nonnegative("lr", group["lr"])
+    _check_nonnegative("momentum", group["momentum"])
+    _check_real("dampening", group["dampening"], _is_real(group["dampening"]), "a real number")
+    _check_nonnegative("weight_decay", group["weight_decay"])
+    _check_stabilize(group.get("stabilize"))
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(
+            "`nesterov=True` requires `momentum` > 0 and `dampening` == 0, received "
+            f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared by both optimizers
+# ----------------------------------------------------------------------------------------------
+def _manifold_of(param: torch.Tensor) -> geoopt.Manifold:
+    """The manifold a parameter lives on (``geoopt.Euclidean`` for plain tensors)."""
+    if isinstance(param, (geoopt.ManifoldParameter, geoopt.ManifoldTensor)):
+        return param.manifold
+    return geoopt.Euclidean()
+
+
+def _is_euclidean(manifold: geoopt.Manifold) -> bool:
+    return isinstance(manifold, geoopt.Euclidean)
+
+
+def _is_manifold_constrained(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a geoopt tensor on a non-Euclidean manifold (no weight decay there)."""
+    return not _is_euclidean(_manifold_of(param))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are updated in float32; other dtypes in themselves."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _read_grad(param: torch.Tensor, dtype: torch.dtype, *, private: bool) -> torch.Tensor:
+    """``param.grad`` in ``dtype``; a copy when ``private`` so that callees may modify it.
+
+    Third-party ``egrad2rgrad`` implementations may work in place, so non-Euclidean parameters
+    get a private copy; the Euclidean path only uses out-of-place ops on the gradient.
+    """
+    grad = param.grad
+    if grad.is_sparse:
+        raise RuntimeError("manifold_align.optim does not support sparse gradients")
+    return grad.to(dtype, copy=private)
+
+
+def _state_zeros(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def _project_group(optimizer: torch.optim.Optimizer, group: dict, buffer_key: str) -> None:
+    """Project manifold parameters back onto their manifold and their buffer onto the tangent space."""
+    for param in group["params"]:
+        manifold = _manifold_of(param)
+        if _is_euclidean(manifold):
+            continue
+        point = manifold.projx(param.to(_compute_dtype(param.dtype)))
+        param.copy_(point)
+        buffer = optimizer.state[param].get(buffer_key) if param in optimizer.state else None
+        if buffer is not None:
+            buffer.copy_(manifold.proju(point, buffer))
+
+
+def _steps_as_int(optimizer: torch.optim.Optimizer) -> None:
+    # torch.optim.Adam.__setstate__ turns integer steps into tensors; the update wants ints.
+    for state in optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = int(state["step"].item())
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW
+# ----------------------------------------------------------------------------------------------
+class RiemannianAdamW(geoopt.optim.RiemannianAdam):
+    r"""Riemannian Adam with decoupled weight decay, matching :class:`torch.optim.AdamW`.
+
+    On Euclidean parameters (plain tensors, or ``ManifoldParameter`` on ``geoopt.Euclidean``)
+    one step equals ``torch.optim.AdamW``'s: ``p <- p * (1 - lr * weight_decay)``, then the Adam
+    update. On manifold parameters the update is geoopt's Riemannian Adam (Riemannian gradient,
+    moments from ``component_inner``, ``retr_transp`` of the first moment) and weight decay is
+    skipped.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or dicts defining parameter groups (keys: ``params``, the hyper-parameters
+        below, ``stabilize``, ``name``).
+    lr : float
+        Learning rate, >= 0.
+    betas : tuple of float
+        Coefficients of the running averages of the gradient and its square, each in [0, 1).
+    eps : float
+        Added to the denominator for numerical stability, > 0.
+    weight_decay : float
+        Decoupled weight decay, >= 0; applied to Euclidean parameters only.
+    amsgrad : bool
+        Use the AMSGrad variant.
+    stabilize : int or None
+        Every ``stabilize`` steps, project manifold parameters back onto their manifold and their
+        first moment onto the tangent space (geoopt's stabilization). ``None``: never.
+
+    Raises
+    ------
+    TypeError
+        For keyword arguments of ``torch.optim.AdamW`` this optimizer does not implement
+        (``foreach``, ``fused``, ``capturable``, ``maximize``, ``differentiable``, ...) or unknown ones.
+    ValueError
+        For out-of-range hyper-parameters.
+
+    Notes
+    -----
+    The gradient ``p.grad`` is only read. float16/bfloat16 parameters are updated in float32
+    and their state is kept in float32.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        stabilize: int | None = None,
+        **unsupported: Any,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        _reject_unsupported(type(self).__name__, unsupported, [*defaults, "params", "stabilize"])
+        _validate_adamw({**defaults, "stabilize": stabilize})
+        self._stabilize = stabilize
+        # Skip torch.optim.Adam.__init__: it would add foreach/maximize/fused/... defaults this
+        # update never reads.
+        torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a parameter group after checking its keys and hyper-parameters."""
+        _check_group_keys(type(self).__name__, param_group, self.defaults)
+        super().add_param_group(param_group)
+        _validate_adamw(self.param_groups[-1])
+
+    def __setstate__(self, state: dict) -> None:
+        torch.optim.Optimizer.__setstate__(self, state)
+        _steps_as_int(self)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Perform one optimization step; ``closure`` re-evaluates the loss (optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            due = False
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                step = self._update(param, group)
+                due = due or (group["stabilize"] is not None and step % group["stabilize"] == 0)
+            if due:
+                self.stabilize_group(group)
+        return loss
+
+    @torch.no_grad()
+    def stabilize_group(self, group: dict) -> None:
+        """Project the group's manifold parameters and first moments back where they belong."""
+        _project_group(self, group, "exp_avg")
+
+    def _init_state(self, param: torch.Tensor, dtype: torch.dtype, *, amsgrad: bool) -> dict:
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = _state_zeros(param, dtype)
+            state["exp_avg_sq"] = _state_zeros(param, dtype)
+        if amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = _state_zeros(param, dtype)
+        return state
+
+    def _update(self, param: torch.Tensor, group: dict) -> int:
+        """One AdamW step for ``param``; returns its step count."""
+        manifold = _manifold_of(param)
+        euclidean = _is_euclidean(manifold)
+        dtype = _compute_dtype(param.dtype)
+        grad = _read_grad(param, dtype, private=not euclidean)
+        point = param.to(dtype)  # an alias when no cast: only out-of-place ops below
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        state = self._init_state(param, dtype, amsgrad=group["amsgrad"])
+        state["step"] += 1
+        if euclidean and group["weight_decay"] != 0:
+            point = point * (1 - lr * group["weight_decay"])
+        rgrad = grad if euclidean else manifold.egrad2rgrad(point, grad)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(rgrad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).add_(manifold.component_inner(point, rgrad), alpha=1 - beta2)
+        second = exp_avg_sq
+        if group["amsgrad"]:
+            second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        denom = (second / (1 - beta2 ** state["step"])).sqrt_().add_(eps)
+        direction = exp_avg / (1 - beta1 ** state["step"]) / denom
+        new_point, new_exp_avg = manifold.retr_transp(point, -lr * direction, exp_avg)
+        param.copy_(new_point)
+        exp_avg.copy_(new_exp_avg)
+        return state["step"]
+
+
+# ----------------------------------------------------------------------------------------------
+# SGD
+# ----------------------------------------------------------------------------------------------
+class RiemannianSGD(geoopt.optim.RiemannianSGD):
+    r"""Riemannian SGD matching :class:`torch.optim.SGD` on Euclidean parameters.
+
+    Euclidean parameters get torch's coupled L2 weight decay ``g <- g + weight_decay * p``
+    (computed out of place), momentum ``buf <- momentum * buf + (1 - dampening) * g`` with
+    ``buf = g`` on the first step, and optional Nesterov momentum. Manifold parameters use the
+    Riemannian gradient, ``retr_transp`` to move and carry the momentum buffer, and no weight
+    decay.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or dicts defining parameter groups.
+    lr : float
+        Learning rate, >= 0.
+    momentum : float
+        Momentum factor, >= 0.
+    dampening : float
+        Dampening for momentum.
+    weight_decay : float
+        L2 penalty, >= 0; applied to Euclidean parameters only.
+    nesterov : bool
+        Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+    stabilize : int or None
+        Every ``stabilize`` calls of ``step``, project manifold parameters onto their manifold
+        and momentum buffers onto the tangent space. ``None``: never.
+
+    Raises
+    ------
+    TypeError
+        For ``torch.optim.SGD`` keywords not implemented here (``maximize``, ``foreach``,
+        ``differentiable``, ``fused``) and unknown keywords.
+    ValueError
+        For out-of-range hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        stabilize: int | None = None,
+        **unsupported: Any,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+        _reject_unsupported(type(self).__name__, unsupported, [*defaults, "params", "stabilize"])
+        _validate_sgd({**defaults, "stabilize": stabilize})
+        super().__init__(params, stabilize=stabilize, **defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a parameter group after checking its keys and hyper-parameters."""
+        _check_group_keys(type(self).__name__, param_group, self.defaults)
+        super().add_param_group(param_group)
+        _validate_sgd(self.param_groups[-1])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Perform one optimization step; ``closure`` re-evaluates the loss (optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1  # geoopt's per-group counter for stabilize
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, group)
+            if group["stabilize"] is not None and group["step"] % group["stabilize"] == 0:
+                self.stabilize_group(group)
+        return loss
+
+    @torch.no_grad()
+    def stabilize_group(self, group: dict) -> None:
+        """Project the group's manifold parameters and momentum buffers back where they belong."""
+        _project_group(self, group, "momentum_buffer")
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        """One SGD step for ``param``."""
+        manifold = _manifold_of(param)
+        euclidean = _is_euclidean(manifold)
+        dtype = _compute_dtype(param.dtype)
+        grad = _read_grad(param, dtype, private=not euclidean)
+        point = param.to(dtype)  # an alias when no cast: only out-of-place ops below
+        if euclidean and group["weight_decay"] != 0:
+            grad = grad.add(point, alpha=group["weight_decay"])
+        rgrad = grad if euclidean else manifold.egrad2rgrad(point, grad)
+        momentum = group["momentum"]
+        if momentum == 0:
+            param.copy_(manifold.retr(point, -group["lr"] * rgrad))
+            return
+        buffer = self._momentum(param, rgrad, dtype, momentum=momentum, dampening=group["dampening"])
+        direction = rgrad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+        new_point, new_buffer = manifold.retr_transp(point, -group["lr"] * direction, buffer)
+        param.copy_(new_point)
+        buffer.copy_(new_buffer)
+
+    def _momentum(self, param, rgrad, dtype, *, momentum: float, dampening: float) -> torch.Tensor:
+        """Update and return the momentum buffer; the first buffer is the gradient (torch rule)."""
+        state = self.state[param]
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            buffer = state["momentum_buffer"] = rgrad.to(dtype, copy=True).contiguous()
+        else:
+            buffer.mul_(momentum).add_(rgrad, alpha=1 - dampening)
+        return buffer
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter groups
+# ----------------------------------------------------------------------------------------------
+NoDecayRule = Callable[[str, nn.Parameter], bool]
+
+
+def _model_no_weight_decay(model: nn.Module) -> set[str]:
+    """Names from ``model.no_weight_decay()`` (timm convention), or an empty set."""
+    hook = getattr(model, "no_weight_decay", None)
+    return set(hook()) if callable(hook) else set()
+
+
+def _listed(name: str, listed: set[str]) -> bool:
+    """``name`` is listed, or lies under a listed module (``"pos" `` covers ``"pos.weight"``)."""
+    return name in listed or any(name.startswith(entry + ".") for entry in listed)
+
+
+def _default_rule(keywords: tuple[str, ...], listed: set[str]) -> NoDecayRule:
+    def rule(name: str, param: nn.Parameter) -> bool:
+        return param.ndim < 2 or _listed(name, listed) or any(k in name for k in keywords)
+
+    return rule
+
+
+def _no_decay_rule(no_decay, model: nn.Module) -> NoDecayRule:
+    if callable(no_decay):
+        return no_decay
+    if no_decay is None:
+        keywords = NO_DECAY_KEYWORDS
+    elif isinstance(no_decay, str):
+        keywords = (no_decay,)
+    elif isinstance(no_decay, Iterable):
+        keywords = tuple(no_decay)
+        if not all(isinstance(k, str) for k in keywords):
+            raise TypeError(f"`no_decay` must hold name substrings (str), received {keywords!r}")
+    else:
+        raise TypeError(
+            "`no_decay` must be None, an iterable of name substrings or a callable (name, param) -> bool, "
+            f"received {type(no_decay).__name__}"
+        )
+    return _default_rule(keywords, _model_no_weight_decay(model))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, *, no_decay=None) -> list[dict]:
+    """Split a model's trainable parameters into optimizer groups.
+
+    Each trainable parameter (``requires_grad`` True) lands in exactly one group:
+
+    - ``"manifold"``: a ``geoopt.ManifoldParameter`` on a non-Euclidean manifold; weight decay 0.
+    - ``"no_decay"``: by default a parameter with ``ndim < 2`` (biases, norm scales, scalars), a
+      name returned by ``model.no_weight_decay()`` if the model defines it (exact name, or a
+      module name covering the parameter), or a name containing one of ``NO_DECAY_KEYWORDS``;
+      weight decay 0.
+    - ``"decay"``: everything else; weight decay ``weight_decay``.
+
+    Frozen parameters are left out, as are empty groups.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; shared parameters are listed once.
+    weight_decay : float
+        Weight decay of the ``"decay"`` group, >= 0.
+    no_decay : None, iterable of str or callable, optional
+        ``None``: the default rules above. Iterable of str: replaces ``NO_DECAY_KEYWORDS`` (the
+        ``ndim < 2`` and ``no_weight_decay()`` rules still apply). Callable ``(name, param) -> bool``:
+        replaces all three rules.
+
+    Returns
+    -------
+    list of dict
+        In the order manifold, decay, no_decay; each with keys ``"name"``, ``"params"`` and
+        ``"weight_decay"``. Pass it to any ``torch.optim`` optimizer or to this module's.
+    """
+    _check_nonnegative("weight_decay", weight_decay)
+    rule = _no_decay_rule(no_decay, model)
+    groups: dict[str, list[nn.Parameter]] = {"manifold": [], "decay": [], "no_decay": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if _is_manifold_constrained(param):
+            groups["manifold"].append(param)
+        elif rule(name, param):
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    decay = {"manifold": 0.0, "decay": weight_decay, "no_decay": 0.0}
+    return [{"name": key, "params": params, "weight_decay": decay[key]} for key, params in groups.items() if params]
