@@ -1,0 +1,81 @@
+"""One training batch, and the collate function that drops bad samples."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+__all__ = ["Batch", "BadDataError", "collate_skip_bad"]
+
+
+class BadDataError(RuntimeError):
+    """Every sample of a batch was bad (unreadable or missing image, empty caption).
+
+    One bad sample is skipped and counted; a batch with nothing left to train on means the data
+    source itself is broken, so it is an error that names the files.
+    """
+
+
+class Batch(NamedTuple):
+    """A collated batch of image-text pairs.
+
+    Attributes
+    ----------
+    images : torch.Tensor, shape (B, 3, H, W), float
+        Preprocessed images.
+    texts : torch.Tensor, shape (B, L), long
+        Token ids.
+    n_skipped : int
+        Samples of this batch dropped as bad; ``B + n_skipped`` is the nominal batch size.
+    """
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    n_skipped: int = 0
+
+    def to(self, device, *, non_blocking: bool = False) -> "Batch":
+        """Return a copy with ``images`` and ``texts`` moved to ``device``."""
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.texts.to(device, non_blocking=non_blocking),
+            self.n_skipped,
+        )
+
+
+def collate_skip_bad(batch: Sequence, *, sources: Optional[Sequence[str]] = None) -> Batch:
+    """Stack the good samples of ``batch`` and count the bad ones.
+
+    Parameters
+    ----------
+    batch : sequence of (torch.Tensor (3, H, W), torch.Tensor (L,)) or None
+        Dataset items; ``None`` marks a bad sample.
+    sources : sequence of str, optional
+        One name per item (file path, shard and key), quoted by :class:`BadDataError`.
+
+    Returns
+    -------
+    Batch
+        ``images`` (B, 3, H, W), ``texts`` (B, L) long, ``n_skipped`` = number of ``None`` items.
+
+    Raises
+    ------
+    BadDataError
+        If every item is ``None`` (or ``batch`` is empty); names the sources when given.
+    """
+    good = [item for item in batch if item is not None]
+    n_skipped = len(batch) - len(good)
+    if not good:
+        if sources is not None and len(sources) > 0:
+            shown = ", ".join(str(s) for s in list(sources)[:10])
+            more = f" (and {len(sources) - 10} more)" if len(sources) > 10 else ""
+            names = f": {shown}{more}"
+        else:
+            names = " (sources unknown)"
+        raise BadDataError(
+            f"all {len(batch)} samples of the batch are bad (unreadable or missing image, "
+            f"or empty caption){names}"
+        )
+    images = torch.stack([item[0] for item in good])
+    texts = torch.stack([torch.as_tensor(item[1], dtype=torch.long) for item in good])
+    return Batch(images, texts, n_skipped)

@@ -1,0 +1,167 @@
+"""``build_data``: one entry point from a DataConfig to loaders and evaluation tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+
+from .batch import BadDataError
+from .csv_dataset import CsvDataset
+from .digit_pairs import make_digit_pairs
+from .digits import make_digits
+from .in_memory import InMemoryImageText
+from .loader import ResumableLoader
+from .synthetic import make_synthetic
+from .tasks import EmbeddedTask, RetrievalTask, ZeroShotTask
+from .webdataset_source import WebDatasetLoader, read_samples
+
+__all__ = ["DATASETS", "DataBundle", "ZeroShotTask", "RetrievalTask", "build_data", "build_embedded"]
+
+DATASETS = ("digits", "digit-pairs", "synthetic", "csv", "webdataset")
+
+
+@dataclass
+class DataBundle:
+    """What the trainer needs from the data side.
+
+    Attributes
+    ----------
+    train : ResumableLoader or WebDatasetLoader
+        Iterable of :class:`~training.data.batch.Batch`; ``position()`` / ``set_position()``.
+    zero_shot : ZeroShotTask or None
+    retrieval : RetrievalTask or None
+    steps_per_epoch : int
+        Batches per epoch on every rank.
+    description : str
+        One line for logs.
+    """
+
+    train: Union[ResumableLoader, WebDatasetLoader]
+    zero_shot: Optional[ZeroShotTask]
+    retrieval: Optional[RetrievalTask]
+    steps_per_epoch: int
+    description: str
+
+
+def _get(cfg, name, default=None):
+    value = getattr(cfg, name, default)
+    return default if value is None else value
+
+
+def build_embedded(data_cfg, seed: int) -> EmbeddedTask:
+    """The digits, digit-pairs or synthetic task for ``data_cfg``."""
+    size, noise = int(_get(data_cfg, "image_size", 32)), float(_get(data_cfg, "caption_noise", 0.0))
+    if data_cfg.dataset == "digits":
+        return make_digits(size, seed=seed, caption_noise=noise)
+    if data_cfg.dataset == "digit-pairs":
+        return make_digit_pairs(size, seed=seed, caption_noise=noise)
+    n_train = int(_get(data_cfg, "num_samples", 512))
+    return make_synthetic(size, seed=seed, caption_noise=noise, n_train=n_train)
+
+
+def _csv(path, data_cfg, transform, tokenizer) -> CsvDataset:
+    return CsvDataset(
+        path,
+        transform,
+        tokenizer,
+        img_key=_get(data_cfg, "csv_img_key", "filepath"),
+        caption_key=_get(data_cfg, "csv_caption_key", "title"),
+        sep=_get(data_cfg, "csv_separator", "\t"),
+    )
+
+
+def _csv_retrieval(dataset: CsvDataset) -> RetrievalTask:
+    images, texts, captions = [], [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item is not None:
+            images.append(item[0])
+            texts.append(item[1])
+            captions.append(dataset.captions[i].strip())
+    if not images:
+        raise BadDataError(f"`data.val_data` {dataset.path}: no readable image with a caption")
+    return RetrievalTask(torch.stack(images), torch.stack(texts), captions)
+
+
+def build_data(
+    data_cfg,
+    *,
+    preprocess_train: Callable,
+    preprocess_val: Callable,
+    tokenizer: Callable,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataBundle:
+    """Build the training loader and the evaluation tasks for ``data_cfg``.
+
+    Parameters
+    ----------
+    data_cfg : DataConfig-like
+        Read by attribute: ``dataset``, ``train_data``, ``val_data``, ``csv_separator``,
+        ``csv_img_key``, ``csv_caption_key``, ``caption_noise``, ``image_size``, ``batch_size``
+        (GLOBAL, all ranks together), ``workers``, ``num_samples``.
+    preprocess_train, preprocess_val : callable
+        ``PIL.Image -> torch.Tensor (3, H, W)``.
+    tokenizer : callable
+        ``list[str] -> torch.LongTensor (N, L)``.
+    seed : int
+        Seeds the batch order, augmentation, caption phrasings and caption noise.
+    rank, world_size : int
+        This process's slice of each global batch.
+
+    Returns
+    -------
+    DataBundle
+
+    Raises
+    ------
+    ValueError
+        Unknown ``data.dataset``, or a missing ``data.train_data`` for csv/webdataset.
+    """
+    name = getattr(data_cfg, "dataset", None)
+    if name not in DATASETS:
+        raise ValueError(f"`data.dataset` must be one of {list(DATASETS)}, got {name!r}")
+    batch_size, workers = int(data_cfg.batch_size), int(_get(data_cfg, "workers", 0))
+    common = dict(seed=seed, rank=rank, world_size=world_size, workers=workers)
+    if name in ("digits", "digit-pairs", "synthetic"):
+        task = build_embedded(data_cfg, seed)
+        train = InMemoryImageText(task.train_images, task.train_captions, preprocess_train, tokenizer, prefix=name)
+        loader = ResumableLoader(train, batch_size, **common)
+        noise = float(_get(data_cfg, "caption_noise", 0.0))
+        description = (
+            f"{name}: {len(train)} train / {len(task.test_labels)} held-out images, "
+            f"{len(task.classnames)} classes, caption_noise={noise:g}, "
+            f"batch {batch_size} (global), {loader.steps_per_epoch} steps/epoch"
+        )
+        return DataBundle(
+            loader,
+            task.zero_shot(preprocess_val),
+            task.retrieval(preprocess_val, tokenizer),
+            loader.steps_per_epoch,
+            description,
+        )
+    train_data, val_data = getattr(data_cfg, "train_data", None), getattr(data_cfg, "val_data", None)
+    if not train_data:
+        raise ValueError(f"`data.train_data` is required for `data.dataset`={name!r}")
+    if name == "csv":
+        loader = ResumableLoader(_csv(train_data, data_cfg, preprocess_train, tokenizer), batch_size, **common)
+        retrieval = _csv_retrieval(_csv(val_data, data_cfg, preprocess_val, tokenizer)) if val_data else None
+        n = len(loader.dataset)
+    else:
+        loader = WebDatasetLoader(
+            train_data, preprocess_train, tokenizer, batch_size,
+            num_samples=getattr(data_cfg, "num_samples", None), **common,
+        )
+        retrieval = None
+        if val_data:
+            images, texts, captions, _ = read_samples(val_data, preprocess_val, tokenizer)
+            retrieval = RetrievalTask(images, texts, captions)
+        n = loader.num_samples
+    description = (
+        f"{name}: {train_data} ({n} samples/epoch), val={val_data or 'none'}, "
+        f"batch {batch_size} (global), {loader.steps_per_epoch} steps/epoch"
+    )
+    return DataBundle(loader, None, retrieval, loader.steps_per_epoch, description)
