@@ -217,9 +217,76 @@ def test_cdist_equals_dist_over_pairs(kd, dtype, seed, n, m):
 def test_cdist_diagonal_accuracy_and_gradient():
     x = ref_points((6, 3, 5), 2, torch.float32).requires_grad_()
     c = M.cdist(x, x.detach())
-    assert c.diagonal().abs().max() < 1e-6  # float64 accumulation: no 5e-4 rad floor
+    assert c.diagonal().abs().max() < 1e-6  # exact recomputation of |c| > 0.95: no 5e-4 rad floor
     c.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def moved_by(x, t, seed):
+    """Points whose every row is at angle t from the matching row of x (float64 construction)."""
+    w = ref_tangent(x.double(), seed)
+    w = w / w.norm(dim=-1, keepdim=True)
+    return (math.cos(t) * x.double() + math.sin(t) * w).to(x.dtype)
+
+
+def ref_dist(x, y):
+    """float64 exact distance between the directions of the rows of x and y (broadcast)."""
+    a, b = (t.double() / t.double().norm(dim=-1, keepdim=True) for t in (x, y))
+    return (2 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1))).square().sum(-1).sqrt()
+
+
+def ref_cdist(x, y):
+    return ref_dist(x[:, None], y[None])
+
+
+@pytest.mark.parametrize("t", [0.0, 1e-6, 1e-3, 0.3, 0.33, 1.0, math.pi - 1e-3, math.pi])
+def test_cdist_accuracy_float32(t):
+    # the documented statement: ~1e-6 rad at every angle with precise=True (d = 8 here)
+    x = ref_points((40, 4, 8), 11)
+    y = torch.cat([moved_by(x, t, 12), ref_points((10, 4, 8), 13)])
+    x32, y32 = x.float(), y.float()
+    err = (M.cdist(x32, y32).double() - ref_cdist(x32, y32)).abs().max()
+    assert err < 2e-6
+    if t < 1e-3 or t > math.pi - 1e-2:  # where the cosine floor shows without the recomputation
+        assert (M.cdist(x32, y32, precise=False).double() - ref_cdist(x32, y32)).abs().max() > 1e-5
+
+
+def test_cdist_gradcheck_float64_with_near_pairs():
+    x = ref_points((3, 2, 4), 21).requires_grad_()
+    y = torch.cat([moved_by(x.detach(), 1e-3, 22), ref_points((2, 2, 4), 23), -x.detach()[:1]]).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: M.cdist(a, b), (x, y))
+
+
+def test_cdist_recomputation_chunks_agree(monkeypatch):
+    from manifold_align.manifolds import oblique
+
+    x = ref_points((5, 3, 6), 31, torch.float32).requires_grad_()
+    y = torch.cat([moved_by(x.detach(), 1e-4, 32), ref_points((4, 3, 6), 33, torch.float32)])
+    whole = M.cdist(x, y)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), x)
+    monkeypatch.setattr(oblique, "_PAIR_CHUNK", 12)  # 2 pairs per chunk at d = 6
+    chunked = M.cdist(x, y)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), x)
+    torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
+    torch.testing.assert_close(grad_chunked, grad_whole, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1e-6, 0.1, 1.0, 2.0, 2.5])
+def test_dist_accuracy_float32_away_from_antipodes(t):
+    x = ref_points((200, 4, 8), 41)
+    y32, x32 = moved_by(x, t, 42).float(), x.float()
+    err = (M.dist(x32, y32).double() - ref_dist(x32, y32)).abs().max()
+    assert err < 2e-6
+
+
+def test_dist_near_antipodes_float32_floor_and_gradient():
+    # |x + y|^2 = 4 - |x - y|^2 cancels at pi: the documented floor is ~sqrt(eps) rad per sphere
+    x = ref_points((200, 4, 8), 43, torch.float32).requires_grad_()
+    for y in (-x.detach(), moved_by(x.detach(), math.pi - 1e-3, 44)):
+        d = M.dist(x, y)
+        assert (d.double() - ref_dist(x.detach(), y)).abs().max() < 5e-3
+        (g,) = torch.autograd.grad(d.sum(), x)
+        assert torch.isfinite(g).all()
 
 
 @SETTINGS
