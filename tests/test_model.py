@@ -1,0 +1,325 @@
+"""Tests for training/model.py and training/towers.py: the multi-token CLIP on open_clip towers."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from training.model import (
+    CONFIG_DIR,
+    EmbedConfig,
+    MultiTokenCLIP,
+    create_model,
+    create_stock_model,
+    get_tokenizer,
+    load_model_config,
+)
+from training.pretrained import convert_stock_state_dict
+from training.towers import PrefixPatchDropout
+
+CAPTIONS = ["a photo of a cat", "two dogs playing in the snow!", "x", "a red car parked next to a tree"]
+
+
+def tiny_cfg(context_length: int = 16, **vision) -> dict:
+    """A small open_clip config: 32x32 images, patch 8, 2 layers of width 64 in each tower."""
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32, **vision},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+
+
+def embed(k: int, d: int, similarity: str = "oblique", **kwargs) -> EmbedConfig:
+    return EmbedConfig(n_tokens=k, token_dim=d, similarity=similarity, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return open_clip.tokenizer.SimpleTokenizer(context_length=16)(CAPTIONS)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# shapes, dtypes, outputs
+
+
+@pytest.mark.parametrize("k, d", [(1, 128), (4, 32), (16, 8)])
+def test_forward_shapes_dtypes_and_manifold(k, d, images, tokens):
+    torch.manual_seed(0)
+    model = create_model(tiny_cfg(), embed(k, d))
+    out = model(images, tokens)
+    assert out["image_features"].shape == (len(CAPTIONS), k, d)
+    assert out["text_features"].shape == (len(CAPTIONS), k, d)
+    assert out["image_features"].dtype == out["text_features"].dtype == torch.float32
+    assert out["logit_scale"].dim() == 0
+    assert "logit_bias" not in out
+    for features in (out["image_features"], out["text_features"]):
+        torch.testing.assert_close(features.norm(dim=-1), torch.ones(len(CAPTIONS), k))
+
+
+def test_cosine_projects_whole_vector_and_keeps_token_shape(images):
+    model = create_model(tiny_cfg(), embed(4, 32, "cosine"))
+    features = model.encode_image(images)
+    assert features.shape == (len(images), 4, 32)
+    torch.testing.assert_close(features.flatten(1).norm(dim=-1), torch.ones(len(images)))
+    raw = model.encode_image(images, normalize=False)
+    torch.testing.assert_close(features, torch.nn.functional.normalize(raw.flatten(1), dim=-1).view_as(raw))
+
+
+def test_sigmoid_objective_outputs_logit_bias(images, tokens):
+    model = create_model(tiny_cfg(), embed(4, 32, objective="sigmoid", bias_init=-5.0))
+    out = model(images, tokens)
+    assert out["logit_bias"].dim() == 0 and out["logit_bias"].item() == -5.0
+
+
+def test_forward_with_one_modality(images):
+    out = create_model(tiny_cfg(), embed(4, 32))(image=images)
+    assert out["text_features"] is None and out["image_features"].shape == (len(images), 4, 32)
+
+
+def test_learnable_temperature_is_the_logit_scale(images, tokens):
+    model = create_model(tiny_cfg(), embed(4, 32, temperature={"name": "learnable", "init": 0.07}))
+    torch.testing.assert_close(model(images, tokens)["logit_scale"], model.temperature.scale())
+    assert model(images, tokens)["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# k = 1 reproduces stock open_clip
+
+
+def test_k1_cosine_reproduces_stock_open_clip(images, tokens):
+    torch.manual_seed(1)
+    stock = create_stock_model(tiny_cfg()).eval()
+    model = create_model(tiny_cfg(), embed(1, 128, "cosine")).eval()
+    model.load_state_dict(convert_stock_state_dict(stock.state_dict(), 1, 128, noise_std=0.0), strict=False)
+    with torch.no_grad():
+        image, text = model.encode_image(images), model.encode_text(tokens)
+        torch.testing.assert_close(image[:, 0], stock.encode_image(images, normalize=True), atol=1e-6, rtol=0)
+        torch.testing.assert_close(text[:, 0], stock.encode_text(tokens, normalize=True), atol=1e-6, rtol=0)
+
+
+def test_k1_state_dict_is_the_stock_one_up_to_layout():
+    model = create_model(tiny_cfg(), embed(1, 128, "cosine"))
+    stock = create_stock_model(tiny_cfg())
+    converted = convert_stock_state_dict(stock.state_dict(), 1, 128, noise_std=0.0)
+    ours = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("temperature.")}
+    assert ours == {k: v.shape for k, v in converted.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# text tower: padding
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_text_features_ignore_padding(k):
+    model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).eval()
+    short = open_clip.tokenizer.SimpleTokenizer(context_length=12)(CAPTIONS[:3])
+    long = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS[:3])
+    garbage = long.clone()
+    after_eot = torch.arange(24)[None] > long.argmax(dim=1, keepdim=True)
+    garbage[after_eot] = torch.randint(1, 40000, (int(after_eot.sum()),))
+    with torch.no_grad():
+        reference = model.encode_text(long)
+        torch.testing.assert_close(model.encode_text(short), reference, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.encode_text(garbage), reference, atol=1e-6, rtol=0)
+
+
+def test_text_longer_than_context_is_refused():
+    model = create_model(tiny_cfg(context_length=8), embed(2, 64))
+    with pytest.raises(ValueError, match="context_length"):
+        model.encode_text(torch.zeros(1, 9, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------
+# gradients
+
+
+def test_gradients_reach_every_class_token_and_projection_block(images, tokens):
+    torch.manual_seed(2)
+    k, d = 4, 32
+    model = create_model(tiny_cfg(), embed(k, d))
+    out = model(images, tokens)
+    weights = torch.randn(2, len(images), k, d)
+    ((out["image_features"] * weights[0]).sum() + (out["text_features"] * weights[1]).sum()).backward()
+    visual, text = model.visual, model.text
+    assert (visual.class_embedding.grad.abs().sum(dim=1) > 0).all()
+    assert (visual.positional_embedding.grad[:k].abs().sum(dim=1) > 0).all()
+    assert (text.class_tokens.grad.abs().sum(dim=1) > 0).all()
+    for projection in (visual.proj, text.text_projection):
+        block_grads = projection.grad.view(projection.shape[0], k, d).abs().sum(dim=(0, 2))
+        assert (block_grads > 0).all()
+
+
+def test_grad_checkpointing_runs_and_matches(images, tokens):
+    torch.manual_seed(3)
+    model = create_model(tiny_cfg(), embed(4, 32))
+
+    def grads():
+        model.zero_grad()
+        out = model(images, tokens)
+        (out["image_features"].sum() + out["text_features"][:, :, 0].sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.visual.transformer.grad_checkpointing and model.text.transformer.grad_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LiT locking, weight decay
+
+
+def test_lock_image_tower_freezes_the_image_tower_only():
+    model = create_model(tiny_cfg(), embed(4, 32))
+    model.lock_image_tower()
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    assert all(p.requires_grad for p in model.text.parameters())
+    model = create_model(tiny_cfg(), embed(4, 32))
+    model.lock_image_tower(unlocked_groups=1)
+    trainable = {n for n, p in model.visual.named_parameters() if p.requires_grad}
+    assert trainable == {"proj"}
+
+
+def test_lock_text_tower_freezes_class_tokens_too():
+    model = create_model(tiny_cfg(), embed(4, 32))
+    model.lock_text_tower()
+    assert not any(p.requires_grad for p in model.text.parameters())
+    assert all(p.requires_grad for p in model.visual.parameters())
+    model = create_model(tiny_cfg(), embed(4, 32))
+    model.lock_text_tower(unlocked_layers=100)
+    assert all(p.requires_grad for p in model.text.parameters())
+
+
+def test_no_weight_decay_names():
+    model = create_model(tiny_cfg(), embed(4, 32, temperature={"name": "learnable"}, objective="sigmoid"))
+    names = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert names <= params.keys()
+    for expected in ("visual.class_embedding", "visual.positional_embedding", "text.positional_embedding",
+                     "text.class_tokens", "logit_bias", "visual.ln_post.weight", "text.ln_final.bias"):
+        assert expected in names
+    assert any(n.startswith("temperature.") for n in names)
+    biases = {n for n in params if n.endswith(".bias")}
+    assert biases <= names
+    for decayed in ("visual.proj", "text.text_projection", "visual.conv1.weight", "text.token_embedding.weight"):
+        assert decayed not in names
+
+
+# ---------------------------------------------------------------------------------------------------
+# state dict, configs
+
+
+def test_state_dict_round_trip(tmp_path, images, tokens):
+    torch.manual_seed(4)
+    model = create_model(tiny_cfg(), embed(4, 32, temperature={"name": "learnable", "init": 0.05})).eval()
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    fresh = create_model(tiny_cfg(), embed(4, 32, temperature={"name": "learnable"}))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    fresh.eval()
+    from_file = create_model(tiny_cfg(), embed(4, 32, temperature={"name": "learnable"}), pretrained=path).eval()
+    with torch.no_grad():
+        expected = model(images, tokens)
+        for other in (fresh, from_file):
+            got = other(images, tokens)
+            for key in ("image_features", "text_features", "logit_scale"):
+                torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+
+
+def test_create_model_from_name_json_and_dict(tmp_path):
+    assert open_clip.get_model_config("tiny-vit-oblique")["embed_cfg"]["n_tokens"] == 16
+    by_name = create_model("tiny-vit-oblique")
+    assert (by_name.n_tokens, by_name.token_dim, by_name.similarity.name) == (16, 32, "oblique")
+    sphere = create_model("tiny-vit-sphere")
+    assert (sphere.n_tokens, sphere.similarity.name) == (1, "cosine") and sphere.temperature.value() > 1
+    cfg = {**tiny_cfg(), "embed_cfg": {"n_tokens": 8, "token_dim": 16, "similarity": "geodesic"}}
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(cfg))
+    for spec in (cfg, path, str(path)):
+        model = create_model(spec)
+        assert (model.n_tokens, model.token_dim, model.similarity.name) == (8, 16, "geodesic")
+    assert create_model(cfg, {"n_tokens": 2, "token_dim": 4}).n_tokens == 2  # argument wins over the file
+    assert get_tokenizer("tiny-vit-oblique")(["a cat"]).shape == (1, 20)
+
+
+@pytest.mark.parametrize("name, width, patches", [("ViT-B-16", 768, 196), ("ViT-B-32", 768, 49), ("ViT-S-32", 384, 49)])
+def test_open_clip_vit_configs_build(name, width, patches):
+    with torch.device("meta"):  # shapes only, no memory
+        model = create_model(name, {"n_tokens": 16, "token_dim": 8})
+    assert model.visual.class_embedding.shape == (16, width)
+    assert model.visual.positional_embedding.shape == (16 + patches, width)
+    assert model.visual.proj.shape == (width, 128)
+    assert model.text.text_projection.shape[1] == 128
+
+
+def test_shipped_configs_load_and_are_registered():
+    names = {path.stem for path in CONFIG_DIR.glob("*.json")}
+    assert {"tiny-vit-oblique", "tiny-vit-sphere", "tiny-vit-concat", "digits-tiny"} <= names
+    for name in names:
+        assert name in open_clip.list_models()
+        EmbedConfig.from_dict(load_model_config(name)["embed_cfg"])
+
+
+@pytest.mark.parametrize(
+    "cfg_change, match",
+    [
+        ({"embed": {"n_tokens": 0}}, r"n_tokens.*>= 1"),
+        ({"embed": {"token_dim": 1}}, r"token_dim.*>= 2"),
+        ({"embed": {"n_tokens": 4, "token_dim": 32, "embed_dim": 512}}, r"embed_dim.*4 \* 32"),
+        ({"embed": {"similarity": "manhattan"}}, r"similarity.*manhattan.*oblique"),
+        ({"embed": {"objective": "hinge"}}, r"objective.*softmax, sigmoid"),
+        ({"embed": {"n_token": 4}}, r"unknown keys in `embed_cfg`.*n_tokens"),
+        ({"vision": {"attentional_pool": True}}, r"vision_cfg.attentional_pool.*accepted: False"),
+        ({"vision": {"pool_type": "avg"}}, r"vision_cfg.pool_type.*'tok'"),
+        ({"vision": {"timm_model_name": "vit_base_patch16_224"}}, r"vision_cfg.timm_model_name"),
+        ({"vision": {"layers": [2, 2, 2, 2]}}, r"vision_cfg.layers"),
+        ({"text": {"pool_type": "last"}}, r"text_cfg.pool_type.*'argmax'"),
+        ({"text": {"no_causal_mask": True}}, r"text_cfg.no_causal_mask.*False"),
+        ({"text": {"embed_cls": True}}, r"text_cfg.embed_cls"),
+        ({"top": {"multimodal_cfg": {}}}, r"unsupported keys \['multimodal_cfg'\]"),
+    ],
+)
+def test_bad_configs_name_the_field_and_accepted_values(cfg_change, match):
+    cfg = tiny_cfg()
+    cfg["vision_cfg"].update(cfg_change.get("vision", {}))
+    cfg["text_cfg"].update(cfg_change.get("text", {}))
+    cfg.update(cfg_change.get("top", {}))
+    with pytest.raises(ValueError, match=match):
+        create_model(cfg, {"n_tokens": 4, "token_dim": 32, **cfg_change.get("embed", {})})
+
+
+def test_unknown_model_name_lists_models():
+    with pytest.raises(ValueError, match="unknown model 'ViT-Q-99'.*tiny-vit-oblique"):
+        create_model("ViT-Q-99")
+
+
+# ---------------------------------------------------------------------------------------------------
+# image tower details
+
+
+def test_patch_dropout_keeps_all_class_tokens():
+    dropout = PrefixPatchDropout(0.5, num_prefix_tokens=3).train()
+    x = torch.arange(2 * 11, dtype=torch.float32).view(2, 11, 1).expand(2, 11, 4)
+    out = dropout(x)
+    assert out.shape == (2, 3 + 4, 4)
+    torch.testing.assert_close(out[:, :3], x[:, :3])
+    model = create_model(tiny_cfg(patch_dropout=0.5), embed(4, 32)).train()
+    assert isinstance(model.visual.patch_dropout, PrefixPatchDropout)
+    assert model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32)
+
+
+def test_multi_token_clip_is_built_directly():
+    cfg = tiny_cfg()
+    model = MultiTokenCLIP(cfg["vision_cfg"], cfg["text_cfg"], {"n_tokens": 2, "token_dim": 64})
+    assert model.encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 2, 64)

@@ -1,0 +1,125 @@
+"""Tests for training/zero_shot.py: classifier on OB(d, k), zero-shot accuracy, retrieval recall."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.model import create_model
+from training.zero_shot import (
+    build_zero_shot_classifier,
+    encode_images,
+    encode_texts,
+    retrieval_metrics,
+    zero_shot_accuracy,
+    zero_shot_logits,
+)
+
+CLASSES = ["cat", "dog", "car", "tree", "boat", "house", "bird"]
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "{}", "a blurry photo of the {}!"]
+
+
+def tiny_cfg() -> dict:
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "temperature": {"name": "fixed", "scale": 3.0}})
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return open_clip.tokenizer.SimpleTokenizer(context_length=16)
+
+
+@pytest.fixture(scope="module")
+def classifier(model, tokenizer):
+    return build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES, batch_size=5)
+
+
+def test_classifier_is_on_the_oblique_manifold(classifier):
+    assert classifier.shape == (len(CLASSES), 4, 32)
+    torch.testing.assert_close(classifier.norm(dim=-1), torch.ones(len(CLASSES), 4))
+
+
+def test_classifier_averages_per_token_then_renormalizes_per_token(model, tokenizer, classifier):
+    prompts = [t.format(c) for c in CLASSES for t in TEMPLATES]
+    features = encode_texts(model, tokenizer(prompts)).view(len(CLASSES), len(TEMPLATES), 4, 32)
+    expected = F.normalize(features.mean(dim=1), dim=-1)
+    torch.testing.assert_close(classifier, expected, atol=1e-6, rtol=0)
+    flat = F.normalize(features.mean(dim=1).flatten(1), dim=-1).view_as(expected)
+    assert (classifier - flat).abs().max() > 1e-3  # not the flattened normalization
+
+
+def test_classifier_is_invariant_to_template_order_and_callables(model, tokenizer, classifier):
+    reordered = build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES[::-1])
+    torch.testing.assert_close(reordered, classifier, atol=1e-6, rtol=0)
+    callables = [lambda c, t=t: t.format(c) for t in TEMPLATES]
+    from_callables = build_zero_shot_classifier(model, tokenizer, CLASSES, callables)
+    torch.testing.assert_close(from_callables, classifier, atol=1e-6, rtol=0)
+
+
+def test_logits_use_the_model_similarity_and_temperature(model, classifier):
+    images = encode_images(model, torch.randn(5, 3, 32, 32))
+    logits = zero_shot_logits(model, images, classifier)
+    torch.testing.assert_close(logits, 3.0 * model.similarity.pairwise(images, classifier))
+    probs = logits.softmax(dim=1)
+    assert probs.shape == (5, len(CLASSES))
+    assert ((probs >= 0) & (probs <= 1)).all()
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
+    assert logits.abs().max() <= 3.0 * 4 + 1e-5  # inside the scaled oblique range [-3k, 3k]
+
+
+def test_zero_shot_accuracy_on_a_separable_task(model):
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    own_classes = encode_images(model, images)  # each image is its own class
+    labels = torch.arange(6)
+    result = zero_shot_accuracy(model, images, labels, own_classes, batch_size=4)
+    assert result == {"top1": 1.0, "top5": 1.0}
+    shuffled = zero_shot_accuracy(model, [(images[:3], None), (images[3:], None)], labels.roll(1), own_classes)
+    assert shuffled["top1"] == 0.0 and 0.0 <= shuffled["top5"] <= 1.0
+
+
+def test_evaluation_restores_training_mode(model):
+    model.train()
+    encode_images(model, torch.randn(2, 3, 32, 32))
+    assert model.training
+
+
+def brute_force_recall(scores: torch.Tensor, text_to_image: torch.Tensor, k: int) -> tuple[float, float]:
+    order_i2t = scores.argsort(dim=1, descending=True)[:, :k]
+    i2t = [(text_to_image[order_i2t[i]] == i).any().item() for i in range(scores.shape[0])]
+    order_t2i = scores.T.argsort(dim=1, descending=True)[:, :k]
+    t2i = [(order_t2i[j] == text_to_image[j]).any().item() for j in range(scores.shape[1])]
+    return sum(i2t) / len(i2t), sum(t2i) / len(t2i)
+
+
+@pytest.mark.parametrize("similarity", ["oblique", "geodesic"])
+def test_retrieval_matches_brute_force_with_several_captions_per_image(similarity):
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": similarity})
+    generator = torch.Generator().manual_seed(5)
+    images = F.normalize(torch.randn(20, 4, 32, generator=generator), dim=-1)
+    text_to_image = torch.arange(20).repeat_interleave(3)[torch.randperm(60, generator=generator)]
+    texts = F.normalize(images[text_to_image] + 0.8 * torch.randn(60, 4, 32, generator=generator), dim=-1)
+    metrics = retrieval_metrics(model, images, texts, text_to_image=text_to_image, chunk_size=7)
+    scores = model.similarity.pairwise(images, texts)
+    for k in (1, 5, 10):
+        i2t, t2i = brute_force_recall(scores, text_to_image, k)
+        assert metrics[f"image_to_text_R@{k}"] == pytest.approx(i2t)
+        assert metrics[f"text_to_image_R@{k}"] == pytest.approx(t2i)
+
+
+def test_retrieval_one_caption_per_image(model):
+    features = F.normalize(torch.randn(12, 4, 32), dim=-1)
+    perfect = retrieval_metrics(model, features, features)
+    assert all(value == 1.0 for value in perfect.values()) and len(perfect) == 6
+    with pytest.raises(ValueError, match="text_to_image"):
+        retrieval_metrics(model, features, features[:5])

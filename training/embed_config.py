@@ -1,0 +1,105 @@
+"""The embedding geometry of a multi-token model: ``k`` tokens of ``d`` dims, similarity, temperature.
+
+:class:`EmbedConfig` is validated once, when it is built; it is the ``"embed_cfg"`` key of a model JSON
+file in open_clip's format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from manifold_align.similarity import Similarity, get_similarity, list_similarities
+
+__all__ = ["OBJECTIVES", "EmbedConfig"]
+
+#: accepted values of ``EmbedConfig.objective``
+OBJECTIVES = ("softmax", "sigmoid")
+
+
+@dataclass
+class EmbedConfig:
+    """Shape and scoring of the embeddings: points of OB(d, k), shape ``(B, k, d)``.
+
+    Parameters
+    ----------
+    n_tokens : int
+        ``k``, the number of class tokens per tower, ``>= 1``.
+    token_dim : int
+        ``d``, the dims of each token, ``>= 2``.
+    similarity : str or Similarity
+        A name from :func:`manifold_align.list_similarities` (``"oblique"``, ``"cosine"``, ...) or an
+        instance; its ``project`` puts the features on its manifold.
+    temperature : str, dict or Temperature
+        Anything :func:`manifold_align.get_temperature` accepts, e.g. ``{"name": "learnable",
+        "init": 0.07, "max_scale": 100.0}``.
+    objective : str
+        ``"softmax"`` (InfoNCE) or ``"sigmoid"`` (SigLIP; the model then owns a ``logit_bias``).
+    bias_init : float
+        Initial ``logit_bias`` for the sigmoid objective.
+    embed_dim : int or None
+        Declared total width; when given it must equal ``n_tokens * token_dim``.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, the accepted values and what arrived.
+    """
+
+    n_tokens: int = 16
+    token_dim: int = 32
+    similarity: Union[str, Similarity] = "oblique"
+    temperature: Any = field(default_factory=lambda: {"name": "none"})
+    objective: str = "softmax"
+    bias_init: float = -10.0
+    embed_dim: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self._check_int("n_tokens", self.n_tokens, 1)
+        self._check_int("token_dim", self.token_dim, 2)
+        if self.embed_dim is not None and self.embed_dim != self.n_tokens * self.token_dim:
+            raise ValueError(
+                f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
+                f"{self.n_tokens} * {self.token_dim} = {self.n_tokens * self.token_dim}"
+            )
+        if not isinstance(self.similarity, Similarity):
+            try:
+                get_similarity(self.similarity)
+            except ValueError:
+                raise ValueError(
+                    f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
+                    f"{', '.join(list_similarities())} or a Similarity instance"
+                ) from None
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+
+    @staticmethod
+    def _check_int(name: str, value: Any, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"`embed_cfg.{name}` must be an int >= {minimum}, got {value!r}")
+
+    @property
+    def width(self) -> int:
+        """``k * d``, the width of the flattened embedding."""
+        return self.n_tokens * self.token_dim
+
+    @classmethod
+    def from_dict(cls, cfg: Union["EmbedConfig", Mapping[str, Any], None]) -> "EmbedConfig":
+        """Build from a mapping (the ``"embed_cfg"`` JSON key); unknown keys raise ``ValueError``."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(cfg) - set(known))
+        if unknown:
+            raise ValueError(f"unknown keys in `embed_cfg`: {unknown}; accepted keys: {known}")
+        return cls(**cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (a Similarity instance is written by its name)."""
+        out = dataclasses.asdict(self)
+        if isinstance(self.similarity, Similarity):
+            out["similarity"] = self.similarity.name
+        return out
