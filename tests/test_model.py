@@ -323,3 +323,25 @@ def test_multi_token_clip_is_built_directly():
     cfg = tiny_cfg()
     model = MultiTokenCLIP(cfg["vision_cfg"], cfg["text_cfg"], {"n_tokens": 2, "token_dim": 64})
     assert model.encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 2, 64)
+
+
+def test_block_control_is_one_token_split_into_normalized_blocks(images, tokens):
+    """class_tokens=1: the raw output of a single-token model (same weights), reshaped into k blocks of d,
+    each block normalized on its own sphere."""
+    single = create_model(tiny_cfg(), embed(1, 128, "cosine")).eval()
+    block = create_model(tiny_cfg(), embed(4, 32, class_tokens=1)).eval()
+    block.load_state_dict(single.state_dict())
+    with torch.no_grad():
+        for encode in ("encode_image", "encode_text"):
+            inputs = images if encode == "encode_image" else tokens
+            raw = getattr(single, encode)(inputs, normalize=False).reshape(-1, 4, 32)
+            expected = torch.nn.functional.normalize(raw.double(), dim=-1)
+            got = getattr(block, encode)(inputs)
+            assert got.shape == (inputs.shape[0], 4, 32)
+            torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("class_tokens", [0, 3])
+def test_class_tokens_must_divide_n_tokens(class_tokens):
+    with pytest.raises(ValueError, match="class_tokens"):
+        embed(4, 32, class_tokens=class_tokens)

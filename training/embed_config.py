@@ -40,6 +40,11 @@ class EmbedConfig:
         Initial ``logit_bias`` for the sigmoid objective.
     embed_dim : int or None
         Declared total width; when given it must equal ``n_tokens * token_dim``.
+    class_tokens : int or None
+        Class tokens each tower carries; None means ``n_tokens`` (one token per sphere). A divisor of
+        ``n_tokens``: each class token is projected to ``n_tokens / class_tokens`` blocks of ``token_dim``.
+        ``class_tokens=1`` with ``n_tokens=16`` is the block control of the benchmarks: one 512-d token split
+        into 16 blocks of 32, each normalized on its own sphere.
 
     Raises
     ------
@@ -54,10 +59,18 @@ class EmbedConfig:
     objective: str = "softmax"
     bias_init: float = -10.0
     embed_dim: Optional[int] = None
+    class_tokens: Optional[int] = None
 
     def __post_init__(self) -> None:
         self._check_int("n_tokens", self.n_tokens, 1)
         self._check_int("token_dim", self.token_dim, 2)
+        if self.class_tokens is not None:
+            self._check_int("class_tokens", self.class_tokens, 1)
+            if self.n_tokens % self.class_tokens:
+                raise ValueError(
+                    f"`embed_cfg.class_tokens` = {self.class_tokens} must divide n_tokens = {self.n_tokens}; "
+                    f"accepted: None or one of {[c for c in range(1, self.n_tokens + 1) if self.n_tokens % c == 0]}"
+                )
         if self.embed_dim is not None and self.embed_dim != self.n_tokens * self.token_dim:
             raise ValueError(
                 f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
@@ -83,6 +96,16 @@ class EmbedConfig:
     def width(self) -> int:
         """``k * d``, the width of the flattened embedding."""
         return self.n_tokens * self.token_dim
+
+    @property
+    def tower_tokens(self) -> int:
+        """Class tokens per tower: ``class_tokens``, or ``n_tokens`` when that is None."""
+        return self.n_tokens if self.class_tokens is None else self.class_tokens
+
+    @property
+    def tower_token_dim(self) -> int:
+        """Output width of each tower token: ``n_tokens * token_dim / tower_tokens``."""
+        return self.width // self.tower_tokens
 
     @classmethod
     def from_dict(cls, cfg: Union["EmbedConfig", Mapping[str, Any], None]) -> "EmbedConfig":

@@ -121,9 +121,9 @@ class MultiTokenCLIP(nn.Module):
     ):
         super().__init__()
         self.embed_cfg = EmbedConfig.from_dict(embed_cfg)
-        k, d = self.embed_cfg.n_tokens, self.embed_cfg.token_dim
-        self.visual = build_vision_tower(vision_cfg, k, d, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
-        self.text = build_text_tower(text_cfg, k, d, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
+        c, w = self.embed_cfg.tower_tokens, self.embed_cfg.tower_token_dim
+        self.visual = build_vision_tower(vision_cfg, c, w, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
+        self.text = build_text_tower(text_cfg, c, w, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size
         self.similarity = get_similarity(self.embed_cfg.similarity)
@@ -143,19 +143,21 @@ class MultiTokenCLIP(nn.Module):
         """``d``."""
         return self.embed_cfg.token_dim
 
-    def _project(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, k, d) raw -> (B, k, d) on the similarity's manifold (cosine's flat output reshaped back)."""
+    def _as_points(self, tower_output: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """Tower output (B, class_tokens, k * d / class_tokens) -> (B, k, d), on the similarity's manifold
+        if ``normalize`` (cosine's flat output reshaped back)."""
+        features = tower_output.reshape(tower_output.shape[0], self.n_tokens, self.token_dim)
+        if not normalize:
+            return features
         return self.similarity.project(features).reshape(features.shape)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Images (B, 3, H, W) -> features (B, k, d), projected with ``similarity.project`` if ``normalize``."""
-        features = self.visual(image)
-        return self._project(features) if normalize else features
+        return self._as_points(self.visual(image), normalize)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Token ids (B, L), L <= context_length -> features (B, k, d), projected if ``normalize``."""
-        features = self.text(text)
-        return self._project(features) if normalize else features
+        return self._as_points(self.text(text), normalize)
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> dict:
         """Encode both modalities, open_clip ``output_dict`` style.

@@ -223,7 +223,9 @@ def from_open_clip(
         cfg = load_model_config(model_name)
         state_dict = _read_checkpoint(model_or_checkpoint_path)
     cfg.pop("embed_cfg", None)
-    mapped = convert_stock_state_dict(state_dict, embed.n_tokens, embed.token_dim, noise_std=noise_std, seed=seed)
+    mapped = convert_stock_state_dict(
+        state_dict, embed.tower_tokens, embed.tower_token_dim, noise_std=noise_std, seed=seed
+    )
     return _build_and_load(cfg, embed, mapped)
 
 
