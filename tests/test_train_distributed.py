@@ -1,0 +1,99 @@
+"""Two gloo processes under torchrun train like one process on the concatenated batch.
+
+The test launches this very file with ``python -m torch.distributed.run --nproc_per_node 2``; each
+worker builds a :class:`training.trainer.Trainer` (DDP-wrapped model, loss gathering features with
+gradient), runs forward and backward on its half of one fixed batch and rank 0 saves the loss and the
+(DDP-averaged) gradients. A single process does the same on the whole batch; both must agree to 1e-5.
+A second test runs the ``train`` command itself under torchrun for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 16
+SETTINGS = ["data.batch_size=16", "log.progress=false", "log.tensorboard=false", "train.threads=1",
+            "train.steps=3", "train.warmup=1", "train.device=cpu"]
+CAPTIONS = ["a photo of the digit {}", "handwritten {}", "the figure {} in pen", "digit {}"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fixed_batch(tokenizer):
+    from training.data import Batch
+
+    generator = torch.Generator().manual_seed(123)
+    images = torch.randn(BATCH, 3, 32, 32, generator=generator)
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    texts = tokenizer([CAPTIONS[i % 4].format(words[(3 * i) % 10]) for i in range(BATCH)])
+    return Batch(images, texts, 0)
+
+
+def one_step(out_file: Path) -> None:
+    """Build a Trainer in this process (single or torchrun worker), run one forward/backward on this
+    rank's rows of the fixed batch and save the loss and the gradients (rank 0)."""
+    from training.config import load_config
+    from training.data import Batch
+    from training.distributed_env import cleanup_distributed, init_distributed
+    from training.trainer import Trainer
+
+    cfg = load_config(None, SETTINGS)
+    env = init_distributed("cpu")
+    torch.set_num_threads(1)
+    trainer = Trainer(cfg, out_file.parent / f"run{env.world_size}", env=env)
+    batch = _fixed_batch(trainer.tokenizer)
+    rows = slice(env.rank * BATCH // env.world_size, (env.rank + 1) * BATCH // env.world_size)
+    result, _ = trainer._micro_step(Batch(batch.images[rows], batch.texts[rows], 0), 1, sync=True)
+    if env.is_main:
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        torch.save({"loss": result.loss.detach(), "grads": grads}, out_file)
+    cleanup_distributed()
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_the_concatenated_batch(tmp_path):
+    _torchrun(__file__, "--worker", str(tmp_path / "ddp.pt"), cwd=tmp_path)
+    one_step(tmp_path / "single.pt")
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    torch.testing.assert_close(ddp["loss"], single["loss"], atol=1e-5, rtol=0)
+    assert ddp["grads"].keys() == single["grads"].keys()
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_train_command_under_torchrun(tmp_path):
+    args = ["-m", "training", "train", "--output", str(tmp_path / "run")]
+    for item in SETTINGS:
+        args += ["--set", item]
+    _torchrun(*args, cwd=tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["final_step"] == 3
+    assert summary["samples_seen"] == 3 * BATCH
+    assert (tmp_path / "run" / "checkpoints" / "step_00000003.pt").is_file()
+
+
+if __name__ == "__main__":  # a torchrun worker: python tests/test_train_distributed.py --worker OUT
+    one_step(Path(sys.argv[sys.argv.index("--worker") + 1]))

@@ -1,0 +1,137 @@
+"""Checkpoint files: atomic writes, the latest N kept, ``latest`` resolution.
+
+A checkpoint is one ``torch.save`` file ``checkpoints/step_00000100.pt`` holding plain state dicts.
+It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the final
+name with ``os.replace`` -- a crash at any moment leaves either the previous set of checkpoints or the
+new complete file, never a partial one under a checkpoint name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "atomic_torch_save",
+    "find_latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is only durable once the directory entry is flushed.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Parameters
+    ----------
+    obj : Any
+        Anything ``torch.save`` accepts.
+    path : str or Path
+        Final file name; its folder is created if missing.
+
+    Returns
+    -------
+    Path
+        ``path``. On any error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """Return ``directory/step_{step:08d}.pt``."""
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """Return ``[(step, path), ...]`` of the complete checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def find_latest_checkpoint(directory: str | Path) -> Path | None:
+    """Return the checkpoint with the highest step in ``directory``, or ``None``."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints; return the deleted paths."""
+    found = list_checkpoints(directory)
+    doomed = [path for _, path in found[: max(len(found) - keep, 0)]]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, *, keep: int) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` and keep only the ``keep`` newest.
+
+    Parameters
+    ----------
+    state : dict
+        Plain state (state dicts, RNG states, step, data position, config).
+    directory : str or Path
+        The run's checkpoint folder.
+    step : int
+        Optimizer steps done; part of the file name.
+    keep : int
+        How many checkpoints to keep (>= 1); older ones are deleted after the new one is complete.
+    """
+    path = atomic_torch_save(state, checkpoint_path(directory, step))
+    prune_checkpoints(directory, keep)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU."""
+    # weights_only=False: the state holds numpy/python RNG states, not only tensors; checkpoints
+    # are our own files.
+    return torch.load(Path(path), map_location="cpu", weights_only=False)

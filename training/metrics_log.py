@@ -1,0 +1,120 @@
+"""Run logging: ``metrics.jsonl`` rows, TensorBoard scalars and a tqdm progress bar.
+
+Only rank 0 logs; on other ranks :class:`MetricsLog` and :class:`Progress` are silent no-ops, so the
+trainer calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["MetricsLog", "Progress", "peak_memory_mb"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MB: ``torch.cuda.max_memory_allocated`` on GPU, the process max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is kilobytes on Linux, bytes on macOS.
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep the row valid
+    return value
+
+
+class MetricsLog:
+    """Append metric rows to ``metrics.jsonl`` and, optionally, TensorBoard.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        The run folder; ``metrics.jsonl`` and ``tensorboard/`` go there.
+    enabled : bool
+        ``False`` on ranks other than 0.
+    tensorboard : bool
+        Also write TensorBoard event files.
+    """
+
+    def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.tensorboard_dir = Path(output_dir) / "tensorboard" if tensorboard else None
+        self._writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows with ``step`` greater than ``step`` (a resumed run repeats those steps)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
+        """Append one row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard
+        under ``kind/name``."""
+        if not self.enabled:
+            return
+        row = {"step": step, "kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for name, value in row.items():
+                if name not in ("step", "kind") and isinstance(value, (int, float)):
+                    self._writer.add_scalar(f"{kind}/{name}", value, step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+class Progress:
+    """A tqdm bar over optimizer steps showing loss, temperature scale and samples/s (rank 0)."""
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step",
+                             dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int, *, loss: float, scale: float, samples_per_second: float) -> None:
+        """Advance ``n`` steps and show the latest numbers."""
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:.3g}",
+                                  samples_s=f"{samples_per_second:.0f}", refresh=False)
+            self._bar.update(n)
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(text)
+
+    def close(self) -> None:
+        """Close the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

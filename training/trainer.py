@@ -1,0 +1,630 @@
+"""The training loop: model, loss, optimizer, schedule, precision, checkpoints, evaluation.
+
+:func:`train` is the whole job (what ``manifold-align train`` runs); :class:`Trainer` holds the
+pieces so that tests can drive single steps. One optimizer step consumes ``train.accumulation``
+batches; the learning rate, the temperature schedule, checkpoints and logs all count optimizer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from manifold_align import ContrastiveLoss
+from manifold_align.optim import RiemannianAdamW, parameter_groups
+
+from . import checkpoint as ckpt
+from .config import RunConfig, config_to_dict, dump_config
+from .distributed_env import DistEnv, cleanup_distributed, init_distributed
+from .metrics_log import MetricsLog, Progress, peak_memory_mb
+
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "build_data_bundle",
+    "build_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "format_metrics",
+    "lr_factor",
+    "train",
+]
+
+
+# -- building the pieces ------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: RunConfig, device: torch.device):
+    """Create the model, its tokenizer and its image transforms.
+
+    The ``loss`` section's similarity, temperature and objective go into the model's ``EmbedConfig``
+    (the model owns the temperature and the sigmoid bias, so they are saved with its weights).
+
+    Returns
+    -------
+    (MultiTokenCLIP, tokenizer, (train_transform, val_transform))
+    """
+    import open_clip
+
+    from .model import EmbedConfig, create_model, get_tokenizer, load_model_config
+
+    embed = EmbedConfig(
+        n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, similarity=cfg.loss.similarity,
+        temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps), objective=cfg.loss.objective,
+        bias_init=cfg.loss.bias_init,
+    )
+    model = create_model(cfg.model.name, embed, pretrained=cfg.model.pretrained).to(device)
+    image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
+    transforms = (open_clip.image_transform(image_size, is_train=True),
+                  open_clip.image_transform(image_size, is_train=False))
+    return model, get_tokenizer(cfg.model.name), transforms
+
+
+def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
+    """``training.data.build_data`` for this configuration and process."""
+    from .data import build_data
+
+    return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
+                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient norm) became NaN or Inf and ``train.skip_nonfinite`` is off."""
+
+
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warmup from ``1/warmup`` to 1 over ``warmup`` steps, then a cosine decay to ``min_ratio``
+    at ``total``.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Counters:
+    """Running totals kept in checkpoints."""
+
+    samples: int = 0
+    skipped_samples: int = 0
+    nonfinite_steps: int = 0
+    train_seconds: float = 0.0
+    last_checkpoint: str | None = None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """All the state of one training run on one process.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Validated configuration.
+    output_dir : str or Path
+        The run folder (``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``,
+        ``summary.json``).
+    env : DistEnv, optional
+        From :func:`training.distributed_env.init_distributed`; default: one CPU/GPU process.
+    """
+
+    def __init__(self, cfg: RunConfig, output_dir: str | Path, *, env: DistEnv | None = None):
+        self.cfg = cfg
+        self.env = env or init_distributed(cfg.train.device)
+        self.device = self.env.device
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / ckpt.CHECKPOINT_DIR
+        seed_everything(cfg.seed)
+        self.model, self.tokenizer, self.transforms = build_model(cfg, self.device)
+        self.data = build_data_bundle(cfg, self.env, self.tokenizer, self.transforms)
+        self.forward_model = self._wrap_model()
+        self.loss_fn = self._build_loss()
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.step = 0
+        self.counters = Counters()
+        self.last_metrics: dict[str, Any] = {}
+        # Different ranks draw different dropout/augmentation noise; model init was already equal.
+        seed_everything(cfg.seed + 1000 * self.env.rank + 1)
+
+    # -- construction ------------------------------------------------------------------------
+    def _wrap_model(self) -> torch.nn.Module:
+        model = self.model
+        if self.cfg.train.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.train.compile:
+            model = torch.compile(model)
+        return model
+
+    def _build_loss(self) -> ContrastiveLoss:
+        loss_cfg = self.cfg.loss
+        return ContrastiveLoss(
+            similarity=self.model.similarity,
+            temperature=self.model.temperature,
+            objective=self.model.embed_cfg.objective,
+            logit_bias=self.model.logit_bias,
+            local_loss=loss_cfg.local_loss,
+            gather_with_grad=loss_cfg.gather_with_grad,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        train_cfg = self.cfg.train
+        groups = parameter_groups(self.model, train_cfg.weight_decay)
+        for group in groups:
+            group["initial_lr"] = train_cfg.lr
+        return RiemannianAdamW(groups, lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
+                               eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
+
+    # -- one optimizer step --------------------------------------------------------------------
+    @staticmethod
+    def autocast_for(precision: str, device: torch.device):
+        """A zero-argument factory of the autocast context for ``train.precision``."""
+        if precision == "fp32":
+            return nullcontext
+        return lambda: torch.autocast(device.type, dtype=_DTYPES[precision])
+
+    def _autocast(self):
+        return self.autocast_for(self.cfg.train.precision, self.device)()
+
+    def _set_lr(self) -> float:
+        factor = lr_factor(self.step, warmup=self.cfg.train.warmup, total=self.cfg.train.steps,
+                           min_ratio=self.cfg.train.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.cfg.train.lr * factor
+
+    def _micro_step(self, batch, n_micro: int, sync: bool):
+        images = batch.images.to(self.device, non_blocking=True)
+        texts = batch.texts.to(self.device, non_blocking=True)
+        no_sync = getattr(self.forward_model, "no_sync", None)
+        context = no_sync() if (not sync and no_sync is not None) else nullcontext()
+        with context:
+            with self._autocast():
+                out = self.forward_model(image=images, text=texts)
+                result = self.loss_fn(out["image_features"], out["text_features"])
+            self.scaler.scale(result.loss / n_micro).backward()
+        return result, images.shape[0]
+
+    def _all_finite(self, *values: float) -> bool:
+        finite = all(math.isfinite(v) for v in values)
+        if self.env.distributed:
+            # Every rank must take the same branch, or the next collective deadlocks.
+            flag = torch.tensor(float(finite), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        return finite
+
+    def train_step(self, batches: list) -> dict[str, Any]:
+        """Run one optimizer step over ``batches`` (``train.accumulation`` of them).
+
+        Returns
+        -------
+        dict
+            ``loss``, ``lr``, ``temperature``, ``positive_similarity``, ``negative_similarity``,
+            ``gap``, ``grad_norm``, ``samples``, ``skipped``, ``finite``.
+
+        Raises
+        ------
+        NonFiniteLossError
+            On a NaN/Inf loss when ``train.skip_nonfinite`` is off; nothing has been updated.
+        """
+        self.forward_model.train()
+        self.model.temperature.set_step(self.step)
+        lr = self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        results, samples = [], 0
+        for i, batch in enumerate(batches):
+            result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1)
+            results.append(result)
+            samples += n
+        loss = sum(float(r.loss.detach()) for r in results) / len(results)
+        grad_norm = self._clip_gradients()
+        # fp16 overflow is the scaler's business (it skips the step); a non-finite *loss* is not.
+        finite = self._all_finite(loss) and (self.scaler.is_enabled() or self._all_finite(grad_norm))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.model.temperature.clamp_()  # keeps the optimizer's view of log_scale in range
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss": loss, "lr": lr, "temperature": self.model.temperature.value(),
+            "positive_similarity": _mean(r.positive_similarity for r in results),
+            "negative_similarity": _mean(r.negative_similarity for r in results),
+            "gap": _mean(r.gap for r in results), "grad_norm": grad_norm,
+            "samples": samples * self.env.world_size,
+            "skipped": sum(int(getattr(b, "n_skipped", 0)) for b in batches), "finite": finite,
+        }
+
+    def _clip_gradients(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else float("inf")
+        if not params:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit."""
+        rng = [_rng_state()]
+        if self.env.distributed:
+            rng = [None] * self.env.world_size
+            dist.all_gather_object(rng, _rng_state())
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr_schedule": {"step": self.step, "warmup": self.cfg.train.warmup,
+                            "total": self.cfg.train.steps, "peak_lr": self.cfg.train.lr},
+            "rng": rng,
+            "data_position": tuple(self.data.train.position()),
+            "counters": vars(self.counters).copy(),
+            "config": config_to_dict(self.cfg),
+            "world_size": self.env.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimizer, scaler, step, RNG, data position)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.counters = Counters(**state["counters"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        self.data.train.set_position(*state["data_position"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0) unless the parameters are non-finite."""
+        for name, param in self.model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise NonFiniteLossError(
+                    f"parameter {name!r} is non-finite at step {self.step}; not writing a "
+                    f"checkpoint (last good checkpoint: {self.counters.last_checkpoint})"
+                )
+        state = self.state_dict()  # collective in DDP: every rank takes part
+        path = None
+        if self.env.is_main:
+            path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+            state["counters"]["last_checkpoint"] = str(path)
+            ckpt.save_checkpoint(state, self.checkpoint_dir, self.step,
+                                 keep=self.cfg.train.keep_checkpoints)
+        self.counters.last_checkpoint = str(ckpt.checkpoint_path(self.checkpoint_dir, self.step))
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batches(self) -> Iterator:
+        while True:  # the loader advances its epoch at the end of each pass
+            yield from self.data.train
+
+    def _nonfinite(self, metrics: dict[str, Any]) -> None:
+        if not self.cfg.train.skip_nonfinite:
+            raise NonFiniteLossError(
+                f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at "
+                f"step {self.step}; stopping. The last good checkpoint is "
+                f"{self.counters.last_checkpoint or '(none written yet)'}; set "
+                f"train.skip_nonfinite=true to skip such steps instead"
+            )
+        self.counters.nonfinite_steps += 1
+
+    def evaluate(self) -> dict[str, float]:
+        """Zero-shot top-1/top-5 and retrieval R@K on the held-out data (every rank, same result)."""
+        return evaluate(self.model, self.tokenizer, self.data, device=self.device,
+                        batch_size=self.cfg.eval.batch_size,
+                        autocast=self.autocast_for(self.cfg.train.precision, self.device))
+
+    def fit(self, log: MetricsLog, progress: Progress) -> dict[str, Any]:
+        """Train until ``train.steps``; return the final evaluation metrics."""
+        cfg = self.cfg
+        batches = self._batches()
+        window_start, window_samples = time.perf_counter(), 0
+        while self.step < cfg.train.steps:
+            tic = time.perf_counter()
+            group = [next(batches) for _ in range(cfg.train.accumulation)]
+            metrics = self.last_metrics = self.train_step(group)
+            self.counters.train_seconds += time.perf_counter() - tic
+            if not metrics["finite"]:
+                self._nonfinite(metrics)
+                log.log(self.step, {"nonfinite_loss": metrics["loss"],
+                                    "nonfinite_steps": self.counters.nonfinite_steps}, kind="skip")
+            self.step += 1
+            self.counters.samples += metrics["samples"]
+            self.counters.skipped_samples += self._global_sum(metrics["skipped"])
+            window_samples += metrics["samples"]
+            elapsed = time.perf_counter() - window_start
+            rate = window_samples / max(elapsed, 1e-9)
+            progress.update(1, loss=metrics["loss"], scale=metrics["temperature"], samples_per_second=rate)
+            if self.step % cfg.log.every == 0 or self.step == cfg.train.steps:
+                self._log_train(log, metrics, rate)
+                window_start, window_samples = time.perf_counter(), 0
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                log.log(self.step, self.evaluate(), kind="eval")
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                self.save_checkpoint()
+        if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
+            self.save_checkpoint()
+        final = self.evaluate()
+        log.log(self.step, final, kind="eval")
+        return final
+
+    def _global_sum(self, value: int) -> int:
+        if not self.env.distributed:
+            return int(value)
+        total = torch.tensor(float(value), device=self.device)
+        dist.all_reduce(total)
+        return int(total.item())
+
+    def _log_train(self, log: MetricsLog, metrics: dict[str, Any], rate: float) -> None:
+        row = {key: metrics[key] for key in ("loss", "lr", "temperature", "positive_similarity",
+                                             "negative_similarity", "gap", "grad_norm")}
+        row.update(samples_per_second=rate, peak_memory=peak_memory_mb(self.device),
+                   skipped_samples=self.counters.skipped_samples,
+                   nonfinite_steps=self.counters.nonfinite_steps)
+        log.log(self.step, row, kind="train")
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def _encode(encode, inputs: torch.Tensor, *, batch_size: int, device: torch.device, autocast) -> torch.Tensor:
+    """Run ``encode`` over ``inputs`` in chunks; features (N, k, d) in float32 on ``device``."""
+    parts = []
+    for start in range(0, inputs.shape[0], batch_size):
+        with autocast():
+            parts.append(encode(inputs[start:start + batch_size].to(device)).float())
+    return torch.cat(parts)
+
+
+def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return float(hits.float().mean())
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, data, *, device: torch.device, batch_size: int,
+             autocast=nullcontext) -> dict[str, float]:
+    """Zero-shot classification and image-text retrieval on the held-out data of ``data``.
+
+    Returns
+    -------
+    dict
+        ``zero_shot_top1``, ``zero_shot_top5`` (fractions in [0, 1]) when ``data.zero_shot`` exists,
+        and ``image_to_text_R@{1,5,10}``, ``text_to_image_R@{1,5,10}`` when ``data.retrieval`` exists.
+    """
+    from .zero_shot import build_zero_shot_classifier, retrieval_metrics, zero_shot_logits
+
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    task = data.zero_shot
+    if task is not None:
+        with autocast():
+            classifier = build_zero_shot_classifier(model, tokenizer, task.classnames, task.templates)
+        features = _encode(model.encode_image, task.images, batch_size=batch_size, device=device,
+                           autocast=autocast)
+        logits = zero_shot_logits(model, features, classifier.float().to(device))
+        labels = task.labels.to(device)
+        metrics["zero_shot_top1"] = _topk_accuracy(logits, labels, 1)
+        metrics["zero_shot_top5"] = _topk_accuracy(logits, labels, 5)
+    if data.retrieval is not None:
+        images, texts = data.retrieval
+        kwargs = dict(batch_size=batch_size, device=device, autocast=autocast)
+        image_features = _encode(model.encode_image, images, **kwargs)
+        text_features = _encode(model.encode_text, texts, **kwargs)
+        metrics.update({k: float(v) for k, v in
+                        retrieval_metrics(model, image_features, text_features).items()})
+    model.train(was_training)
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Evaluation metrics as short human-readable lines (percentages)."""
+    lines = []
+    if "zero_shot_top1" in metrics:
+        lines.append(f"  zero-shot top-1 {100 * metrics['zero_shot_top1']:.1f}%   "
+                     f"top-5 {100 * metrics['zero_shot_top5']:.1f}%")
+    for direction in ("image_to_text", "text_to_image"):
+        recalls = [f"R@{k} {100 * metrics[f'{direction}_R@{k}']:.1f}%" for k in (1, 5, 10)
+                   if f"{direction}_R@{k}" in metrics]
+        if recalls:
+            lines.append(f"  retrieval {direction.replace('_', ' ')}: " + "  ".join(recalls))
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any]) -> dict[str, float]:
+    """Evaluate the model weights of a checkpoint on its configuration's held-out data."""
+    env = init_distributed(cfg.train.device)
+    if env.distributed:
+        raise RuntimeError("`manifold-align eval` runs in one process; launch it without torchrun")
+    _configure_torch(cfg, env)
+    model, tokenizer, transforms = build_model(cfg, env.device)
+    model.load_state_dict(state["model"])
+    data = build_data_bundle(cfg, env, tokenizer, transforms)
+    autocast = Trainer.autocast_for(cfg.train.precision, env.device)
+    return evaluate(model, tokenizer, data, device=env.device, batch_size=cfg.eval.batch_size,
+                    autocast=autocast)
+
+
+# -- the job -----------------------------------------------------------------------------------------
+def _configure_torch(cfg: RunConfig, env: DistEnv) -> None:
+    """Threads and determinism, before any model is built."""
+    if env.device.type == "cpu":
+        # Adam's second moments of rarely used embedding rows underflow to subnormals, which are
+        # orders of magnitude slower on x86 CPUs; flushing them to zero changes nothing measurable.
+        torch.set_flush_denormal(True)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size if env.distributed else 1))
+        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local))
+    elif cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        # cuBLAS needs this before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def default_output_dir(cfg: RunConfig) -> Path:
+    """``runs/<name>`` or ``runs/<YYYYmmdd-HHMMSS>``."""
+    return Path("runs") / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _agree_output_dir(output_dir: str | Path | None, cfg: RunConfig, env: DistEnv) -> Path:
+    # Rank 0 picks the folder (a timestamp may differ between processes) and tells the others.
+    choice = [str(output_dir or default_output_dir(cfg))]
+    if env.distributed:
+        dist.broadcast_object_list(choice, src=0)
+    path = Path(choice[0])
+    if env.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _summary(trainer: Trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict:
+    out = trainer.output_dir
+    return {
+        "final_metrics": final,
+        "final_step": trainer.step,
+        "final_loss": trainer.last_metrics.get("loss"),
+        "final_temperature": trainer.model.temperature.value(),
+        "wall_time_seconds": wall,
+        "train_seconds_total": trainer.counters.train_seconds,
+        "samples_seen": trainer.counters.samples,
+        "skipped_samples": trainer.counters.skipped_samples,
+        "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
+        "world_size": trainer.env.world_size,
+        "device": str(trainer.device),
+        "resumed_from": str(resumed) if resumed else None,
+        "outputs": {
+            "run_dir": str(out), "config": str(out / "config.yaml"),
+            "metrics": str(out / "metrics.jsonl"),
+            "tensorboard": str(out / "tensorboard") if trainer.cfg.log.tensorboard else None,
+            "checkpoints": str(trainer.checkpoint_dir),
+            "final_checkpoint": trainer.counters.last_checkpoint,
+            "summary": str(out / "summary.json"),
+        },
+        "config": config_to_dict(trainer.cfg),
+    }
+
+
+def _report(summary: dict[str, Any]) -> str:
+    cfg = summary["config"]
+    lines = [
+        f"manifold-align: trained {cfg['model']['name']} on {cfg['data']['dataset']} "
+        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}, "
+        f"caption noise {cfg['data']['caption_noise']}) for {summary['final_step']} steps",
+        format_metrics(summary["final_metrics"]),
+        f"  final temperature scale {summary['final_temperature']:.4g} "
+        f"({cfg['loss']['temperature']['name']})   final loss {summary['final_loss']:.4f}",
+        f"  skipped samples {summary['skipped_samples']}   non-finite steps skipped "
+        f"{summary['nonfinite_steps_skipped']}",
+        f"  wall time {summary['wall_time_seconds']:.1f} s",
+        f"  outputs in {summary['outputs']['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, "
+        f"checkpoints/{', tensorboard/' if summary['outputs']['tensorboard'] else ''})",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
+          resume_state: dict[str, Any] | None = None, resume_path: str | Path | None = None) -> dict:
+    """Run a whole training job (one process of it under torchrun).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Validated configuration.
+    output_dir : str or Path, optional
+        Run folder; default ``runs/<cfg.name or timestamp>``.
+    resume_state : dict, optional
+        A loaded checkpoint to continue from.
+    resume_path : str or Path, optional
+        Where ``resume_state`` came from (recorded in the summary).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``.
+    """
+    start = time.perf_counter()
+    env = init_distributed(cfg.train.device)
+    try:
+        _configure_torch(cfg, env)
+        output = _agree_output_dir(output_dir, cfg, env)
+        existing = ckpt.find_latest_checkpoint(output / ckpt.CHECKPOINT_DIR)
+        if resume_state is None and existing is not None:
+            # Mixing two runs' checkpoints would make pruning delete the new ones.
+            raise FileExistsError(f"{output} already holds checkpoints ({existing.name}); continue it "
+                                  f"with --resume latest or choose another --output")
+        trainer = Trainer(cfg, output, env=env)
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
+        if env.is_main:
+            dump_config(cfg, output / "config.yaml")
+        log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
+        log.truncate_after(trainer.step)  # a killed run may have logged past its last checkpoint
+        progress = Progress(cfg.train.steps, trainer.step, enabled=env.is_main and cfg.log.progress)
+        try:
+            final = trainer.fit(log, progress)
+        finally:
+            progress.close()
+            log.close()
+        summary = _summary(trainer, final, time.perf_counter() - start, resume_path)
+        if env.is_main:
+            _write_json(summary, output / "summary.json")
+            print(_report(summary), flush=True)
+        return summary
+    finally:
+        cleanup_distributed()
