@@ -210,18 +210,96 @@ def csv_folder(tmp_path):
     return tmp_path, rows
 
 
-def test_csv_bad_samples_are_skipped_and_counted(transforms, csv_folder):
+class _CountingBad(torch.utils.data.Dataset):
+    """Wraps a dataset and counts every time it hands out a bad item (``None``)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.bad_hits = dataset, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def source(self, index):
+        return self.dataset.source(index)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        self.bad_hits += item is None
+        return item
+
+
+def _csv_dataset(transforms, folder, rows):
+    return CsvDataset(_write_csv(folder, rows), transforms[0], transforms[2])
+
+
+def test_csv_bad_samples_are_replaced_and_each_hit_counted(transforms, csv_folder):
     folder, rows = csv_folder
-    train, val, tok = transforms
-    path = _write_csv(folder, rows)
-    dataset = CsvDataset(path, train, tok)
+    dataset = _csv_dataset(transforms, folder, rows)
     assert len(dataset) == 9
     assert dataset[6] is None and dataset[7] is None and dataset[8] is None
     assert dataset[0][0].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
-    loader = ResumableLoader(dataset, 9, seed=0)
-    batches = list(loader.epoch_batches(0)) + list(loader.epoch_batches(1))  # training continues
-    assert [b.n_skipped for b in batches] == [3, 3]
-    assert all(b.images.shape[0] == 6 for b in batches) and loader.n_skipped_total == 6
+    counting = _CountingBad(dataset)
+    loader = ResumableLoader(counting, 4, seed=0)
+    for epoch in range(4):  # training continues across epochs
+        for b, batch in enumerate(loader.epoch_batches(epoch)):
+            assert batch.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.texts.shape[0] == 4
+            bad_slots = sum(i >= 6 for i in loader.batch_indices(epoch, b))
+            assert batch.n_skipped >= bad_slots
+            if bad_slots == 0:
+                assert batch.n_skipped == 0
+    assert loader.n_skipped_total == counting.bad_hits > 0
+
+
+def test_csv_n_skipped_equals_bad_hits_per_batch(transforms, csv_folder):
+    folder, rows = csv_folder
+    counting = _CountingBad(_csv_dataset(transforms, folder, rows))
+    loader = ResumableLoader(counting, 9, seed=0)  # one batch holding every row, every epoch
+    for epoch in range(2):
+        hits_before = counting.bad_hits
+        (batch,) = loader.epoch_batches(epoch)
+        assert batch.images.shape[0] == 9
+        assert batch.n_skipped == counting.bad_hits - hits_before >= 3  # each bad row at least once
+
+
+def test_csv_replacement_is_deterministic_across_loaders_workers_and_resume(transforms, csv_folder):
+    folder, rows = csv_folder
+    dataset = _csv_dataset(transforms, folder, rows)
+    first = list(itertools.islice(iter(ResumableLoader(dataset, 4, seed=7)), 6))
+    second = list(itertools.islice(iter(ResumableLoader(dataset, 4, seed=7)), 6))
+    parallel = list(ResumableLoader(dataset, 4, seed=7, workers=2).epoch_batches(1))
+    resumed = ResumableLoader(dataset, 4, seed=7)
+    resumed.set_position(1, 1)
+    for a, b in zip(first, second):
+        _same(a, b)
+        assert a.n_skipped == b.n_skipped
+    for a, b in zip(first[2:4], parallel):
+        _same(a, b)
+        assert a.n_skipped == b.n_skipped
+    _same(first[3], next(iter(resumed)))
+    assert sum(b.n_skipped for b in first) > 0  # the bad rows were hit
+
+
+def test_csv_replacement_keeps_rank_slices_equal_to_the_single_process_batch(transforms, csv_folder):
+    folder, rows = csv_folder
+    dataset = _csv_dataset(transforms, folder, rows)
+    single = ResumableLoader(dataset, 4, seed=2)
+    ranks = [ResumableLoader(dataset, 4, seed=2, rank=r, world_size=2) for r in range(2)]
+    skipped = 0
+    for epoch in range(3):
+        for whole, part0, part1 in zip(*(loader.epoch_batches(epoch) for loader in [single, *ranks])):
+            assert part0.images.shape[0] == part1.images.shape[0] == 2  # same rows on every rank
+            _same(whole, Batch(torch.cat([part0.images, part1.images]), torch.cat([part0.texts, part1.texts])))
+            assert whole.n_skipped == part0.n_skipped + part1.n_skipped
+            skipped += whole.n_skipped
+    assert skipped > 0
+
+
+def test_csv_one_good_row_is_enough_to_keep_batches_full(transforms, csv_folder):
+    folder, rows = csv_folder
+    dataset = _csv_dataset(transforms, folder, rows[6:9] + rows[:1])
+    batches = list(ResumableLoader(dataset, 2, seed=0).epoch_batches(0))
+    assert len(batches) == 2 and all(b.images.shape[0] == 2 for b in batches)
+    assert sum(b.n_skipped for b in batches) >= 3
 
 
 def test_csv_build_data_with_val_retrieval(transforms, csv_folder):
@@ -232,17 +310,18 @@ def test_csv_build_data_with_val_retrieval(transforms, csv_folder):
     bundle = build_data(cfg, preprocess_train=train, preprocess_val=val, tokenizer=tok, seed=0)
     assert bundle.steps_per_epoch == 3 and bundle.zero_shot is None
     assert bundle.retrieval.images.shape == (6, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert sum(b.n_skipped for b in bundle.train.epoch_batches(0)) == 3
+    batches = list(bundle.train.epoch_batches(0))
+    assert all(b.images.shape[0] == 3 for b in batches)
+    assert sum(b.n_skipped for b in batches) >= 3  # all 9 rows are used, the 3 bad ones replaced
 
 
-def test_csv_all_bad_batch_raises_naming_the_files(transforms, csv_folder):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_csv_all_bad_source_raises_naming_the_files(transforms, csv_folder, workers):
     folder, rows = csv_folder
-    train, _, tok = transforms
-    path = _write_csv(folder, rows[6:8])
-    loader = ResumableLoader(CsvDataset(path, train, tok), 2, seed=0)
+    loader = ResumableLoader(_csv_dataset(transforms, folder, rows[6:9]), 2, seed=0, workers=workers)
     with pytest.raises(BadDataError, match=r"corrupt\.png") as info:
         next(iter(loader))
-    assert "missing.png" in str(info.value)
+    assert "missing.png" in str(info.value) and "0.png" in str(info.value)
 
 
 def test_csv_missing_column_is_a_clear_error(transforms, tmp_path):

@@ -6,15 +6,35 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-__all__ = ["Batch", "BadDataError", "collate_skip_bad"]
+__all__ = ["Batch", "BadDataError", "all_bad_error", "collate_skip_bad"]
 
 
 class BadDataError(RuntimeError):
-    """Every sample of a batch was bad (unreadable or missing image, empty caption).
+    """Every sample of a batch (or of the whole data source) was bad.
 
-    One bad sample is skipped and counted; a batch with nothing left to train on means the data
-    source itself is broken, so it is an error that names the files.
+    Bad means an unreadable or missing image, or an empty caption. One bad sample is skipped and
+    counted; nothing left to train on means the data source itself is broken, so it is an error
+    that names the files.
     """
+
+
+def all_bad_error(what: str, sources: Optional[Sequence[str]] = None) -> BadDataError:
+    """The :class:`BadDataError` for "all of ``what`` are bad", naming up to 10 ``sources``.
+
+    Parameters
+    ----------
+    what : str
+        The set that turned out bad, e.g. ``"all 8 samples of the batch"``.
+    sources : sequence of str, optional
+        File paths (or shard and key) of the bad samples.
+    """
+    if sources is not None and len(sources) > 0:
+        shown = ", ".join(str(s) for s in list(sources)[:10])
+        more = f" (and {len(sources) - 10} more)" if len(sources) > 10 else ""
+        names = f": {shown}{more}"
+    else:
+        names = " (sources unknown)"
+    return BadDataError(f"{what} are bad (unreadable or missing image, or empty caption){names}")
 
 
 class Batch(NamedTuple):
@@ -27,7 +47,9 @@ class Batch(NamedTuple):
     texts : torch.Tensor, shape (B, L), long
         Token ids.
     n_skipped : int
-        Samples of this batch dropped as bad; ``B + n_skipped`` is the nominal batch size.
+        Bad samples met while filling this batch. :class:`~training.data.loader.ResumableLoader`
+        replaces each one (the batch stays full); :func:`collate_skip_bad` drops them (then
+        ``B + n_skipped`` is the nominal batch size).
     """
 
     images: torch.Tensor
@@ -66,16 +88,7 @@ def collate_skip_bad(batch: Sequence, *, sources: Optional[Sequence[str]] = None
     good = [item for item in batch if item is not None]
     n_skipped = len(batch) - len(good)
     if not good:
-        if sources is not None and len(sources) > 0:
-            shown = ", ".join(str(s) for s in list(sources)[:10])
-            more = f" (and {len(sources) - 10} more)" if len(sources) > 10 else ""
-            names = f": {shown}{more}"
-        else:
-            names = " (sources unknown)"
-        raise BadDataError(
-            f"all {len(batch)} samples of the batch are bad (unreadable or missing image, "
-            f"or empty caption){names}"
-        )
+        raise all_bad_error(f"all {len(batch)} samples of the batch", sources)
     images = torch.stack([item[0] for item in good])
     texts = torch.stack([torch.as_tensor(item[1], dtype=torch.long) for item in good])
     return Batch(images, texts, n_skipped)

@@ -13,51 +13,82 @@ Each item also gets its own seed, drawn from the same generator, and is loaded u
 ``torch.random.fork_rng`` seeded with it: random augmentation is a function of
 ``(seed, epoch, index)`` only -- independent of ``workers``, ``world_size`` and of where a run was
 resumed -- and the caller's global RNG state is left untouched.
+
+Bad samples
+-----------
+A bad item (``None``) is replaced, never dropped: the contrastive loss gathers features across
+ranks, which needs every rank to hold the same number of rows. The slot at position ``p`` of the
+epoch order tries positions ``p + j * stride (mod N)``, ``j = 1, 2, ...``, with ``stride`` the
+smallest integer ``>= B`` coprime with ``N = len(dataset)``. So the first candidates lie in later
+batches (not duplicates within this one), two slots of a batch never share a first candidate, a
+run of bad rows that are neighbours in the file does not make the search long, and the walk
+visits every other sample exactly once before it gives up with :class:`BadDataError`: that happens
+only when the whole data source is bad. The replacement is loaded under the slot's item seed, so
+it depends on ``(seed, epoch, index)`` only, like everything else. Each bad item met counts once in
+``Batch.n_skipped``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, List, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .batch import Batch, collate_skip_bad
+from .batch import Batch, all_bad_error, collate_skip_bad
 
 __all__ = ["ResumableLoader"]
 
 _SEED_HIGH = 2**62
 
 
-class _SeededItems(Dataset):
-    """Dataset view keyed by ``(index, item_seed)``; returns ``(index, item)``."""
+def _coprime_stride(batch_size: int, n: int) -> int:
+    """Smallest ``stride >= batch_size`` with ``gcd(stride, n) == 1``, so that ``p + j * stride``
+    (mod ``n``) visits all ``n`` positions."""
+    stride = batch_size
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
 
-    def __init__(self, dataset):
+
+class _EpochItems(Dataset):
+    """One epoch's items keyed by position in the epoch order; returns ``(item, n_bad)``.
+
+    A bad item is replaced by the first good one along the walk described in the module
+    docstring; ``n_bad`` is how many bad items the walk met (0 for a good slot).
+    """
+
+    def __init__(self, dataset, perm: torch.Tensor, item_seeds: torch.Tensor, stride: int):
         self.dataset = dataset
+        self.perm = perm
+        self.item_seeds = item_seeds
+        self.stride = stride
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.perm)
 
-    def __getitem__(self, key: Tuple[int, int]):
-        index, item_seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            return index, self.dataset[index]
+    def __getitem__(self, position: int):
+        n = len(self.perm)
+        item_seed = int(self.item_seeds[self.perm[position]])
+        bad: List[int] = []
+        for j in range(n):
+            index = int(self.perm[(position + j * self.stride) % n])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                item = self.dataset[index]
+            if item is not None:
+                return item, len(bad)
+            bad.append(index)
+        describe = getattr(self.dataset, "source", None)
+        sources = [describe(i) if describe else f"index {i}" for i in bad]
+        raise all_bad_error(f"all {n} samples of the dataset", sources)
 
 
-class _CollateNamed:
-    """Collate ``(index, item)`` pairs, naming the dataset's sources if the batch is all bad."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __call__(self, pairs: Sequence) -> Batch:
-        items = [item for _, item in pairs]
-        sources = None
-        if all(item is None for item in items):
-            describe = getattr(self.dataset, "source", None)
-            sources = [describe(i) if describe else f"index {i}" for i, _ in pairs]
-        return collate_skip_bad(items, sources=sources)
+def _collate_replaced(pairs: Sequence) -> Batch:
+    """Stack ``(item, n_bad)`` pairs; ``n_skipped`` is the total of ``n_bad``."""
+    batch = collate_skip_bad([item for item, _ in pairs])
+    return batch._replace(n_skipped=sum(n_bad for _, n_bad in pairs))
 
 
 class ResumableLoader:
@@ -66,8 +97,9 @@ class ResumableLoader:
     Parameters
     ----------
     dataset : torch.utils.data.Dataset
-        Map-style; items are ``(image (3, H, W), tokens (L,))`` or ``None`` for a bad sample. An
-        optional ``source(index) -> str`` method names an item in error messages.
+        Map-style; items are ``(image (3, H, W), tokens (L,))`` or ``None`` for a bad sample, which
+        is replaced (see the module docstring). An optional ``source(index) -> str`` method names
+        an item in error messages.
     batch_size : int
         GLOBAL batch size ``B`` (all ranks together); must be divisible by ``world_size``.
     seed : int
@@ -157,6 +189,8 @@ class ResumableLoader:
     def batch_indices(self, epoch: int, batch_index: int) -> List[int]:
         """Dataset indices of this rank's part of global batch ``batch_index`` of ``epoch``.
 
+        These are the indices before bad samples are replaced.
+
         Returns
         -------
         list of int, length ``batch_size // world_size``
@@ -168,13 +202,10 @@ class ResumableLoader:
         start = batch_index * self.batch_size + self.rank * self.local_batch_size
         return slice(start, start + self.local_batch_size)
 
-    def _batch_keys(self, epoch: int, start: int) -> List[List[Tuple[int, int]]]:
-        perm, item_seeds = self._epoch_order(epoch)
-        keys = []
-        for b in range(start, self.steps_per_epoch):
-            part = self._local_slice(b)
-            keys.append(list(zip(perm[part].tolist(), item_seeds[perm[part]].tolist())))
-        return keys
+    def _batch_positions(self, start: int) -> List[List[int]]:
+        """Positions in the epoch order of this rank's part of batches ``start, ...``."""
+        part = self._local_slice
+        return [list(range(part(b).start, part(b).stop)) for b in range(start, self.steps_per_epoch)]
 
     # -- iteration -------------------------------------------------------------------------
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
@@ -183,16 +214,23 @@ class ResumableLoader:
         Yields
         ------
         Batch
-            ``images`` (b, 3, H, W), ``texts`` (b, L), ``b = batch_size // world_size - n_skipped``.
+            ``images`` (b, 3, H, W), ``texts`` (b, L), always ``b = batch_size // world_size``;
+            ``n_skipped`` bad samples were met and replaced.
+
+        Raises
+        ------
+        BadDataError
+            If every sample of the dataset is bad; names the files.
         """
-        keys = self._batch_keys(epoch, start)
-        if not keys:
+        positions = self._batch_positions(start)
+        if not positions:
             return
+        perm, item_seeds = self._epoch_order(epoch)
         loader = DataLoader(
-            _SeededItems(self.dataset),
-            batch_sampler=keys,
+            _EpochItems(self.dataset, perm, item_seeds, _coprime_stride(self.batch_size, len(perm))),
+            batch_sampler=positions,
             num_workers=self.workers,
-            collate_fn=_CollateNamed(self.dataset),
+            collate_fn=_collate_replaced,
             pin_memory=self.pin_memory,
         )
         for batch in loader:
