@@ -1,4 +1,4 @@
-"""``manifold-align``: the command line (``train`` and ``eval`` subcommands).
+"""``manifold-align``: the command line (``train``, ``eval`` and ``bench`` subcommands).
 
 Examples
 --------
@@ -6,11 +6,15 @@ Examples
 ``manifold-align train --config configs/digits-sphere.yaml --set train.steps=500 --set seed=1``
 ``manifold-align train --output runs/a --resume latest`` continues ``runs/a`` from its newest checkpoint.
 ``manifold-align eval --checkpoint runs/a/checkpoints/step_00000400.pt``
+``manifold-align bench speed --quick`` times manifold ops, the training step and the optimizer step against
+their peers (``benchmarks/speed.py``); ``manifold-align bench topologies --dry-run --quick`` prints the
+topology comparison's plan (``benchmarks/topologies.py``). Both need the source checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,6 +25,12 @@ from .config import ConfigError, RunConfig, load_config
 __all__ = ["build_parser", "main"]
 
 _RUNS_ROOT = Path("runs")
+# benchmarks/ is not part of the installed package: it is found next to training/ in a source checkout
+_BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+_BENCHMARK_SCRIPTS = {
+    "speed": ("speed.py", "manifold ops, training step and optimizer step against their peers, one report"),
+    "topologies": ("topologies.py", "train the same towers under each embedding topology and compare them"),
+}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of the stored configuration (e.g. eval.batch_size=64)")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="run a benchmark script of the source checkout (speed, topologies)",
+        description="Run a benchmark of the source checkout's benchmarks/ folder. The arguments after the "
+                    "benchmark's name go to its script; `manifold-align bench NAME --help` lists them.",
+    )
+    scripts = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (script, summary) in _BENCHMARK_SCRIPTS.items():
+        # no help of its own: --help and every other argument go to the script's parser
+        scripts.add_parser(name, help=f"{summary} (benchmarks/{script})", add_help=False)
 
 
 def _newest_run(root: Path) -> Path | None:
@@ -133,9 +156,56 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmark_script(name: str) -> Path:
+    """Path of the benchmark script ``name`` (a key of ``_BENCHMARK_SCRIPTS``) in the source checkout.
+
+    Raises
+    ------
+    SystemExit
+        When the script is not there (the package was installed from a wheel, without the repository).
+    """
+    path = _BENCHMARKS_DIR / _BENCHMARK_SCRIPTS[name][0]
+    if not path.is_file():
+        raise SystemExit(f"manifold-align bench {name}: {path} not found; benchmarks live in the source "
+                         "checkout: clone the repo and run from it")
+    return path
+
+
+def _load_script(path: Path):
+    """Import a benchmark script by path as a fresh module (benchmarks/ is not an importable package)."""
+    spec = importlib.util.spec_from_file_location(f"manifold_align_bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_bench(name: str, argv: list[str]) -> int:
+    module = _load_script(benchmark_script(name))
+    prog = f"manifold-align bench {name}"
+    if name == "speed":
+        return int(module.main(argv, prog=prog) or 0)
+    # topologies.main builds its parser itself; give that parser this command's name for usage and help
+    build = module.build_parser
+
+    def build_parser_named():
+        parser = build()
+        parser.prog = prog
+        return parser
+
+    module.build_parser = build_parser_named
+    return int(module.main(argv) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``manifold-align`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `bench NAME ...` hands everything after NAME to the script, --help included
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _cmd_bench(args.benchmark, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "train":
             return _cmd_train(args)

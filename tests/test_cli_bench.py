@@ -1,0 +1,114 @@
+"""Tests of ``manifold-align bench``: help, delegation to benchmarks/*.py, the missing-checkout error.
+
+No benchmark runs here: only help, dry runs and command construction.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run_main(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_help_lists_benchmarks(capsys):
+    code, out, _ = _run_main(["bench", "--help"], capsys)
+    assert code == 0
+    assert "usage: manifold-align bench" in out
+    assert "speed" in out and "topologies" in out
+
+
+def test_top_level_help_lists_bench(capsys):
+    code, out, _ = _run_main(["--help"], capsys)
+    assert code == 0
+    assert "bench" in out
+
+
+def test_bench_speed_help_is_the_scripts(capsys):
+    code, out, _ = _run_main(["bench", "speed", "--help"], capsys)
+    assert code == 0
+    assert "usage: manifold-align bench speed" in out
+    assert "--quick" in out and "--only" in out
+
+
+def test_bench_topologies_help_is_the_scripts(capsys):
+    code, out, _ = _run_main(["bench", "topologies", "--help"], capsys)
+    assert code == 0
+    assert "usage: manifold-align bench topologies" in out
+    assert "--dry-run" in out and "--quick" in out
+
+
+def test_bench_without_benchmark_is_an_error(capsys):
+    code, _, err = _run_main(["bench"], capsys)
+    assert code == 2
+    assert "BENCHMARK" in err
+
+
+def test_bench_topologies_dry_run_quick_prints_the_plan(capsys, tmp_path):
+    code, out, _ = _run_main(["bench", "topologies", "--dry-run", "--quick", "--runs-dir", str(tmp_path)], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("# ") and lines[-1].endswith(" runs")
+    n_runs = int(lines[-1].split()[1])
+    assert n_runs > 0
+    plans = [line for line in lines if line.startswith("# ") and line.endswith("[new]")]
+    assert len(plans) == n_runs
+    assert "train.steps=20" in out  # the quick budget
+    assert not any(tmp_path.iterdir())  # a dry run trains nothing and creates no run folder
+
+
+def test_bench_speed_dry_run_quick_prints_the_commands(capsys):
+    code, out, err = _run_main(["bench", "speed", "--quick", "--dry-run"], capsys)
+    assert code == 0
+    assert "python benchmarks/bench_manifold.py --quick" in out
+    assert "python benchmarks/bench_optim.py --quick" in out
+    assert "benchmarks/bench_model.py" in out
+    assert "--out" not in out and "--no-write" not in out  # scratch output flags are not shown
+    assert "GPU" in err  # says whether there is a GPU
+
+
+def test_bench_speed_rejects_unknown_benchmark(capsys):
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        cli.main(["bench", "speed", "--only", "nope", "--dry-run"])
+
+
+@pytest.mark.parametrize("name", ["speed", "topologies"])
+def test_missing_checkout_gives_a_clear_error(monkeypatch, tmp_path, name):
+    monkeypatch.setattr(cli, "_BENCHMARKS_DIR", tmp_path / "site-packages" / "benchmarks")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", name, "--help"])
+    message = str(info.value.code)
+    assert "benchmarks live in the source checkout: clone the repo and run from it" in message
+    assert f"{name}.py" in message
+
+
+def test_benchmarks_dir_is_next_to_training():
+    assert cli._BENCHMARKS_DIR == REPO / "benchmarks"
+    assert cli.benchmark_script("speed") == REPO / "benchmarks" / "speed.py"
+
+
+def test_other_commands_still_reject_unknown_arguments(capsys):
+    code, _, err = _run_main(["eval", "--checkpoint", "x.pt", "--bogus"], capsys)
+    assert code == 2
+    assert "unrecognized arguments: --bogus" in err
+
+
+def test_console_entry_bench_help():
+    done = subprocess.run([sys.executable, "-m", "training", "bench", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "speed" in done.stdout and "topologies" in done.stdout
