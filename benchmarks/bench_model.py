@@ -10,6 +10,12 @@ warm-up. Memory: each (setting, model) pair in its own subprocess so that its pe
   the OS lazily, so these are upper-bound style numbers, comparable between the two models.
 - GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights included), bf16 autocast.
 
+Captions: the multi-token text tower runs only up to the batch's last end-of-text token (exact, see
+``docs/model.md``), stock open_clip always runs the full context. So the multi-token model is measured
+twice: on *realistic* captions (seeded web-like sentences of 10-25 words, tokenized with the model's
+tokenizer, padded to the context) and on *full-length* captions (every caption fills the context, the
+worst case for trimming). The stock model's cost does not depend on the captions (realistic ones here).
+
 Both models use the same loss (symmetric cross-entropy over the batch logits, each model scoring with
 its own similarity: stock cosine with its ``logit_scale``, multi-token ``temperature(similarity)``), so
 the difference is the towers. On a shared machine the minimum step time is the least contended
@@ -20,6 +26,7 @@ Usage::
     python benchmarks/bench_model.py                       # all settings that fit this machine
     python benchmarks/bench_model.py --settings tiny-cpu   # one setting
     python benchmarks/bench_model.py --no-write            # print only
+    python benchmarks/bench_model.py --threads 1           # the recorded run
 
 Writes ``benchmarks/results/model.md`` (table, command, machine) unless ``--no-write``.
 """
@@ -55,9 +62,33 @@ class Setting:
 
 SETTINGS = {
     "tiny-cpu": Setting("tiny-cpu", "tiny-vit-oblique", 16, 32, 64, "cpu", "fp32", 2, 10),
-    "vit-b-16-cpu": Setting("vit-b-16-cpu", "ViT-B-16", 16, 32, 8, "cpu", "fp32", 1, 4),
+    "vit-b-16-cpu": Setting("vit-b-16-cpu", "ViT-B-16", 16, 32, 8, "cpu", "fp32", 1, 3),
     "vit-b-16-gpu": Setting("vit-b-16-gpu", "ViT-B-16", 16, 32, 128, "cuda", "bf16", 3, 10),
 }
+
+
+#: the models measured per setting: stock open_clip, multi-token on realistic / full-length captions
+KINDS = ("stock", "multi-realistic", "multi-full")
+
+#: words of web-like captions (alt text, titles); all are single BPE tokens or close to it
+WORDS = (
+    "a photo of the new red blue green black white small large old modern vintage wooden beautiful "
+    "house car dog cat woman man child girl boy people group street city beach mountain lake river "
+    "sunset garden kitchen table chair bed room office park tree flowers water snow sky night "
+    "with and in on at near over under next to during for sale free shipping best quality "
+    "design style home decor wedding dress shoes bag summer winter 2019 2020 image stock picture"
+).split()
+
+
+def make_captions(batch: int, mode: str, *, seed: int = 0) -> list[str]:
+    """``batch`` captions: ``realistic`` = 10-25 random words each (seeded); ``full`` = 200 words each,
+    truncated by the tokenizer so that every caption fills the context."""
+    import random
+
+    rng = random.Random(seed)
+    if mode == "full":
+        return [" ".join(rng.choices(WORDS, k=200)) for _ in range(batch)]
+    return [" ".join(rng.choices(WORDS, k=rng.randint(10, 25))) for _ in range(batch)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,12 +112,13 @@ def _build(setting: Setting, kind: str):
     import torch
     import torch.nn.functional as F
 
-    from training.model import create_model, create_stock_model, load_model_config
+    from training.model import create_model, create_stock_model, get_tokenizer, load_model_config
 
     torch.manual_seed(0)
     device = torch.device(setting.device)
     cfg = load_model_config(setting.model)
     cfg.pop("embed_cfg", None)
+    captions = "full" if kind == "multi-full" else "realistic"
     if kind == "stock":
         model = create_stock_model(cfg)
 
@@ -107,11 +139,8 @@ def _build(setting: Setting, kind: str):
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = cfg["vision_cfg"]["image_size"]
-    context = cfg["text_cfg"]["context_length"]
     images = torch.randn(setting.batch, 3, size, size, device=device)
-    texts = torch.randint(1, 49406, (setting.batch, context), device=device)
-    texts[:, 0] = 49406
-    texts[torch.arange(setting.batch), torch.randint(3, context, (setting.batch,))] = 49407  # end-of-text
+    texts = get_tokenizer(cfg)(make_captions(setting.batch, captions)).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
 
     def step():
@@ -123,7 +152,16 @@ def _build(setting: Setting, kind: str):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    step.text_positions = _text_positions(model, texts)
     return model, step
+
+
+def _text_positions(model, texts) -> int:
+    """Positions the text transformer runs: the full context for stock, trimmed caption + k queries."""
+    if not hasattr(getattr(model, "text", None), "trim_padding"):  # stock CLIP keeps its text tower flat
+        return texts.shape[1]
+    eot = model.text._eot_index(texts)
+    return model.text._trimmed_length(eot, texts.shape[1]) + (model.text.n_tokens if model.text.n_tokens > 1 else 0)
 
 
 def time_worker(setting: Setting, threads: int | None) -> dict:
@@ -132,17 +170,18 @@ def time_worker(setting: Setting, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    steps = {kind: _build(setting, kind)[1] for kind in ("stock", "multi")}
+    steps = {kind: _build(setting, kind)[1] for kind in KINDS}
     for _ in range(setting.warmup):
         for step in steps.values():
             step()
     times = {kind: [] for kind in steps}
     for i in range(setting.steps):
-        for kind in (("stock", "multi") if i % 2 == 0 else ("multi", "stock")):
+        for kind in KINDS[i % len(KINDS):] + KINDS[: i % len(KINDS)]:  # rotate the order
             start = time.perf_counter()
             steps[kind]()
             times[kind].append(time.perf_counter() - start)
-    return {kind: {"step_s": min(t), "step_median_s": statistics.median(t)} for kind, t in times.items()}
+    return {kind: {"step_s": min(t), "step_median_s": statistics.median(t), "text_positions": steps[kind].text_positions}
+            for kind, t in times.items()}
 
 
 def memory_worker(setting: Setting, kind: str, threads: int | None) -> dict:
@@ -172,7 +211,7 @@ def memory_worker(setting: Setting, kind: str, threads: int | None) -> dict:
 
 
 def _run_in_subprocess(setting: Setting, kind: str, threads: int | None) -> dict:
-    """``kind``: "time" (both models, interleaved) or "stock"/"multi" (memory of one model)."""
+    """``kind``: "time" (all models, interleaved) or one of ``KINDS`` (memory of one model)."""
     command = [sys.executable, __file__, "--worker", setting.name, kind]
     command += ["--threads", str(threads)] if threads else []
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -195,25 +234,29 @@ def _memory(result: dict, setting: Setting) -> tuple[float, str]:
     return result["rss_step_delta_mib"], "RSS increase during steps"
 
 
-def _table(rows: list[tuple[Setting, dict, dict]]) -> str:
+def _table(rows: list[tuple[Setting, dict]]) -> str:
     lines = [
-        "| setting | model | batch | precision | params (M) | step (s), best (median) | memory (MiB) | "
-        "memory measure | "
-        "step ratio | memory ratio | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | model | captions | text positions | batch | precision | params (M) | "
+        "step (s), best (median) | memory (MiB) | memory measure | step ratio, best (median) | memory ratio | "
+        "peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for setting, stock, multi in rows:
-        for result in (stock, multi):
+    names = {"stock": "stock open_clip {model}", "multi-realistic": "multi-token k={k}, d={d}",
+             "multi-full": "multi-token k={k}, d={d}"}
+    captions = {"stock": "any (full context)", "multi-realistic": "realistic (10-25 words)",
+                "multi-full": "full-length"}
+    for setting, results in rows:
+        stock = results["stock"]
+        for kind in KINDS:
+            result = results[kind]
             memory, measure = _memory(result, setting)
-            name = f"stock open_clip {setting.model}" if result is stock else (
-                f"multi-token k={setting.n_tokens}, d={setting.token_dim}")
-            step_ratio = multi["step_s"] / stock["step_s"] if result is multi else 1.0
-            memory_ratio = memory / _memory(stock, setting)[0] if result is multi else 1.0
+            name = names[kind].format(model=setting.model, k=setting.n_tokens, d=setting.token_dim)
             lines.append(
-                f"| {setting.name} | {name} | {setting.batch} | {setting.precision} | {result['params_m']:.1f} | "
+                f"| {setting.name} | {name} | {captions[kind]} | {result['text_positions']} | {setting.batch} | "
+                f"{setting.precision} | {result['params_m']:.1f} | "
                 f"{result['step_s']:.3f} ({result['step_median_s']:.3f}) | {memory:.0f} | {measure} | "
-                f"{step_ratio:.3f}x | {memory_ratio:.3f}x | "
-                f"{result['rss_peak_mib']:.0f} |"
+                f"{result['step_s'] / stock['step_s']:.3f}x ({result['step_median_s'] / stock['step_median_s']:.3f}x) | "
+                f"{memory / _memory(stock, setting)[0]:.3f}x | {result['rss_peak_mib']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -238,11 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         setting = SETTINGS[name]
         timing = _run_in_subprocess(setting, "time", args.threads)
-        stock, multi = (
-            {**_run_in_subprocess(setting, kind, args.threads), **timing[kind]} for kind in ("stock", "multi")
-        )
-        rows.append((setting, stock, multi))
-        print(f"done {name}: stock {stock['step_s']:.3f}s, multi-token {multi['step_s']:.3f}s", file=sys.stderr)
+        results = {kind: {**_run_in_subprocess(setting, kind, args.threads), **timing[kind]} for kind in KINDS}
+        rows.append((setting, results))
+        print(f"done {name}: " + ", ".join(f"{kind} {r['step_s']:.3f}s" for kind, r in results.items()), file=sys.stderr)
     table = _table(rows)
     print(table)
     if args.no_write:
@@ -257,8 +298,12 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: CPU {_cpu_model()} ({args.threads or torch.get_num_threads()} torch threads per worker), GPU {gpu}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.\n\n"
         "One step = forward of both towers, symmetric cross-entropy, backward, AdamW step; best (minimum) of the "
-        "timed steps after warm-up (median in brackets), the two models' steps interleaved in one process. "
-        "Ratios are multi-token / stock (target: <= 1.05x).\n"
+        "timed steps after warm-up (median in brackets), the three models' steps interleaved in one process "
+        "(order rotated each round). Ratios are multi-token / stock (target: <= 1.05x).\n"
+        "Captions: *realistic* = seeded web-like sentences of 10-25 words, tokenized and padded to the context; "
+        "*full-length* = every caption fills the context (the worst case). The multi-token text tower runs only up "
+        "to the batch's last end-of-text token plus its k queries (*text positions*); stock open_clip always runs "
+        "the full context.\n"
         "CPU memory is the increase of the process's peak RSS during the steps over its peak after building "
         "model, optimizer and batch (gradients, AdamW state, activations, allocator caching); GPU memory is "
         "`torch.cuda.max_memory_allocated` during the steps; for memory each model runs alone in its own process.\n\n"

@@ -131,6 +131,71 @@ def test_text_features_ignore_padding(k):
         torch.testing.assert_close(model.encode_text(garbage), reference, atol=1e-6, rtol=0)
 
 
+def _text_features_and_grads(model, text, *, trim):
+    model.text.trim_padding = trim
+    model.zero_grad()
+    features = model.encode_text(text)  # on the manifold, unit norm per token
+    (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.text.named_parameters() if p.grad is not None}
+    return features.detach(), grads
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_trimmed_text_equals_untrimmed_features_and_grads(k):
+    """Running the text transformer only up to the batch's last end-of-text token is exact."""
+    torch.manual_seed(4)
+    model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k))
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    trimmed, trimmed_grads = _text_features_and_grads(model, text, trim=True)
+    full, full_grads = _text_features_and_grads(model, text, trim=False)
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
+    assert trimmed_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(trimmed_grads[name], full_grads[name], atol=1e-5, rtol=1e-4)  # float32 order
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_trimming_runs_only_up_to_the_last_end_of_text(k):
+    model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).eval()
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    last_eot = int(text.argmax(dim=1).max())
+    seen = []
+    model.text.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    for trim in (True, False):
+        model.text.trim_padding = trim
+        with torch.no_grad():
+            model.encode_text(text)
+    # k = 1 reads the end-of-text output (positions <= eot); k > 1 queries read positions < eot
+    expected_trimmed = last_eot + 1 if k == 1 else last_eot + k
+    assert seen == [expected_trimmed, 24 + (k if k > 1 else 0)]
+
+
+def test_trimmed_k1_reproduces_stock_open_clip_on_short_captions(images):
+    """k = 1 with trimming (the default) against stock open_clip, which runs the whole context."""
+    torch.manual_seed(5)
+    stock = create_stock_model(tiny_cfg(context_length=24)).eval()
+    model = create_model(tiny_cfg(context_length=24), embed(1, 128, "cosine")).eval()
+    model.load_state_dict(convert_stock_state_dict(stock.state_dict(), 1, 128, noise_std=0.0), strict=False)
+    assert model.text.trim_padding
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    assert int(text.argmax(dim=1).max()) + 1 < 24  # trimming is active
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(text)[:, 0], stock.encode_text(text, normalize=True),
+                                   atol=1e-6, rtol=0)
+
+
+def test_trimming_keeps_eos_pooling_exact():
+    """pool_type='eos' finds the end-of-text by id; trimming follows it."""
+    cfg = tiny_cfg(context_length=12)
+    cfg["text_cfg"].update(pool_type="eos", eos_id=7, vocab_size=64)
+    torch.manual_seed(6)
+    model = create_model(cfg, embed(4, 32))
+    text = torch.tensor([[1, 5, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0], [1, 3, 3, 3, 3, 8, 7, 0, 0, 0, 0, 0]])
+    trimmed, _ = _text_features_and_grads(model, text, trim=True)
+    full, _ = _text_features_and_grads(model, text, trim=False)
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
+
+
 def test_text_longer_than_context_is_refused():
     model = create_model(tiny_cfg(context_length=8), embed(2, 64))
     with pytest.raises(ValueError, match="context_length"):
