@@ -13,7 +13,10 @@ theirs. What this module changes is where geoopt departs from ``torch.optim``:
 - torch keyword arguments that would be silently ignored (``foreach``, ``maximize``, ...) are
   rejected, and hyper-parameters are validated with messages naming the argument;
 - float16/bfloat16 parameters are updated in float32 (geoopt's ``EPS`` tables only have float32
-  and float64 keys), with the optimizer state kept in float32.
+  and float64 keys), with the optimizer state kept in float32;
+- ``RiemannianAdamW`` steps its Euclidean float32/float64 parameters together with torch's own
+  AdamW kernel (fused on CPU and CUDA, multi-tensor elsewhere) instead of geoopt's per-tensor
+  Python update with its full-size temporaries.
 
 ``parameter_groups`` splits a model's parameters into "manifold", "decay" and "no_decay" groups.
 """
@@ -27,6 +30,7 @@ from typing import Any
 import geoopt
 import torch
 from torch import nn
+from torch.optim.adamw import adamw as _torch_adamw
 
 __all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
 
@@ -43,6 +47,13 @@ NO_DECAY_KEYWORDS: tuple[str, ...] = (
 # Keys torch itself may put into a param group dict passed to ``add_param_group``.
 _EXTRA_GROUP_KEYS = frozenset({"params", "name", "stabilize", "initial_lr", "param_names"})
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Euclidean parameters of these dtypes take RiemannianAdamW's batched path (state in the
+# parameter's dtype, as in torch); float16/bfloat16 keep float32 state, so they take the
+# per-parameter path.
+_BATCHED_DTYPES = (torch.float32, torch.float64)
+# Devices with a fused AdamW kernel in torch (one pass over each tensor, no temporaries); any
+# other device gets torch's multi-tensor (foreach) AdamW.
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +180,34 @@ def _project_group(optimizer: torch.optim.Optimizer, group: dict, buffer_key: st
             buffer.copy_(manifold.proju(point, buffer))
 
 
+def _as_float(value: Any) -> float:
+    """A hyper-parameter as a Python float (a one-element tensor is allowed by validation)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _split_batched(params: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Parameters with a gradient, split into (Euclidean dense float32/float64, all others)."""
+    batched, single = [], []
+    for param in params:
+        if param.grad is None:
+            continue
+        fast = (
+            param.dtype in _BATCHED_DTYPES
+            and param.grad.layout == torch.strided
+            and _is_euclidean(_manifold_of(param))
+        )
+        (batched if fast else single).append(param)
+    return batched, single
+
+
+def _by_device(params: list[torch.Tensor]) -> dict[torch.device, list[int]]:
+    """Indices of ``params`` per device (torch's AdamW splits each device's list by dtype)."""
+    out: dict[torch.device, list[int]] = {}
+    for i, param in enumerate(params):
+        out.setdefault(param.device, []).append(i)
+    return out
+
+
 def _steps_as_int(optimizer: torch.optim.Optimizer) -> None:
     # torch.optim.Adam.__setstate__ turns integer steps into tensors; the update wants ints.
     for state in optimizer.state.values():
@@ -218,7 +257,9 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
     Notes
     -----
     The gradient ``p.grad`` is only read. float16/bfloat16 parameters are updated in float32
-    and their state is kept in float32.
+    and their state is kept in float32. Euclidean float32/float64 parameters are stepped together
+    by torch's functional AdamW (fused kernel on CPU and CUDA, multi-tensor ops elsewhere);
+    manifold, low-precision and complex parameters one at a time.
     """
 
     def __init__(
@@ -259,13 +300,10 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            due = False
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                step = self._update(param, group)
-                due = due or (group["stabilize"] is not None and step % group["stabilize"] == 0)
-            if due:
+            batched, single = _split_batched(group["params"])
+            steps = self._update_batched(batched, group)
+            steps += [self._update(param, group) for param in single]
+            if group["stabilize"] is not None and any(step % group["stabilize"] == 0 for step in steps):
                 self.stabilize_group(group)
         return loss
 
@@ -283,6 +321,45 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
         if amsgrad and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = _state_zeros(param, dtype)
         return state
+
+    def _update_batched(self, params: list[torch.Tensor], group: dict) -> list[int]:
+        """One AdamW step for Euclidean float32/float64 ``params``; returns their step counts.
+
+        The arithmetic is torch's functional AdamW (the kernel behind ``torch.optim.AdamW``),
+        fed with this optimizer's state. Its step counters are tensors that it increments itself:
+        it gets views of one fresh tensor holding the previous counts, and the integer counts in
+        the state stay the source of truth (``state_dict`` keeps its layout).
+        """
+        if not params:
+            return []
+        amsgrad = group["amsgrad"]
+        states = [self._init_state(p, p.dtype, amsgrad=amsgrad) for p in params]
+        previous = [state["step"] for state in states]
+        for state in states:
+            state["step"] += 1
+        for device, members in _by_device(params).items():
+            fused = device.type in _FUSED_DEVICES
+            # fused kernels read float32 steps on the device; foreach reads them on the host
+            steps_on = dict(dtype=torch.float32, device=device) if fused else dict(dtype=torch.float64)
+            chosen = [states[i] for i in members]
+            _torch_adamw(
+                [params[i] for i in members],
+                [_read_grad(params[i], params[i].dtype, private=False) for i in members],
+                [state["exp_avg"] for state in chosen],
+                [state["exp_avg_sq"] for state in chosen],
+                [state["max_exp_avg_sq"] for state in chosen] if amsgrad else [],
+                list(torch.tensor([previous[i] for i in members], **steps_on).unbind()),
+                foreach=not fused,
+                fused=fused,
+                amsgrad=amsgrad,
+                beta1=_as_float(group["betas"][0]),
+                beta2=_as_float(group["betas"][1]),
+                lr=_as_float(group["lr"]),
+                weight_decay=_as_float(group["weight_decay"]),
+                eps=_as_float(group["eps"]),
+                maximize=False,
+            )
+        return [state["step"] for state in states]
 
     def _update(self, param: torch.Tensor, group: dict) -> int:
         """One AdamW step for ``param``; returns its step count."""

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import manifold_align.optim as optim_module
 from manifold_align.optim import RiemannianAdamW, RiemannianSGD, parameter_groups
 
 DTYPE = torch.float64
@@ -128,6 +129,60 @@ def test_sgd_matches_torch_sgd(kind, config):
     _run(torch.optim.SGD(ref, foreach=False, **config), ref)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused_devices", [("cpu", "cuda"), ()], ids=["fused", "foreach"])
+def test_adamw_batched_path_matches_torch_with_mixed_dtypes(monkeypatch, fused_devices):
+    # float32 and float64 Euclidean tensors share the batched path, split by dtype; () forces
+    # torch's multi-tensor kernel, the one devices without a fused kernel get.
+    monkeypatch.setattr(optim_module, "_FUSED_DEVICES", fused_devices)
+    dtypes = [torch.float32, torch.float64, torch.float32]
+    make = lambda: [nn.Parameter(p.detach().to(d)) for p, d in zip(_euclidean_params("parameter"), dtypes)]  # noqa: E731
+    ours, ref = make(), make()
+    config = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
+    _run(RiemannianAdamW(ours, **config), ours)
+    _run(torch.optim.AdamW(ref, foreach=False, **config), ref)
+    for a, b in zip(ours, ref):
+        assert a.dtype == b.dtype
+        tol = 1e-6 if a.dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(a.detach(), b.detach(), atol=tol, rtol=tol)
+
+
+def test_adamw_batched_path_keeps_per_parameter_steps():
+    # a parameter without a gradient is skipped, so step counts differ between parameters
+    ours, ref = _euclidean_params("parameter"), _euclidean_params("parameter")
+    opt_a = RiemannianAdamW(ours, lr=1e-2, weight_decay=0.1)
+    opt_b = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(12):
+        for params, opt in ((ours, opt_a), (ref, opt_b)):
+            _set_grads(params)
+            if step % 3:
+                params[0].grad = None
+            opt.step()
+    assert [opt_a.state[p]["step"] for p in ours] == [4, 12, 12]
+    assert all(type(opt_a.state[p]["step"]) is int for p in ours)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_adamw_mixed_group_matches_torch_on_euclidean_members():
+    # batched Euclidean tensors, a per-parameter sphere point and a bfloat16 tensor in one group
+    params = _mixed_params() + [nn.Parameter(torch.randn(3, 2, dtype=torch.bfloat16))]
+    ref = [nn.Parameter(p.detach().clone()) for p in params[:2]]
+    opt_a = RiemannianAdamW(params, lr=1e-2, weight_decay=0.1)
+    opt_b = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, foreach=False)
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(10):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+        for p, r in zip(params, ref):
+            r.grad = p.grad.clone()
+        opt_a.step()
+        opt_b.step()
+    for a, b in zip(params, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+    assert _on_rows_of_unit_norm(params[2], atol=1e-10)
+    assert opt_a.state[params[3]]["exp_avg"].dtype == torch.float32
 
 
 def test_adamw_parity_survives_state_dict_round_trip():
