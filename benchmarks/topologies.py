@@ -78,16 +78,18 @@ class Topology:
     ----------
     name : str
     similarity : str
-        ``loss.similarity``; ``block-oblique-<B>`` is registered by this script (see
-        :class:`BlockObliqueSimilarity`).
+        ``loss.similarity``.
     n_tokens, token_dim : int
         ``model.n_tokens`` (k) and ``model.token_dim`` (d), ``k * d = 512``.
     temperature : dict
         ``loss.temperature.*`` keys.
     blocks : int
-        Spheres the similarity normalizes on: ``k`` for oblique, 1 for cosine, ``B`` for block-oblique.
-        The gap is divided by it (the half-width of the similarity's range) to compare topologies.
+        Spheres the similarity normalizes on: ``k`` for oblique, 1 for cosine. The gap is divided by it
+        (the half-width of the similarity's range) to compare topologies.
     description : str
+    class_tokens : int or None
+        ``model.class_tokens``: class tokens per tower (``None``: ``n_tokens``). ``1`` with oblique
+        ``k = 16, d = 32`` is the block control: one 512-d token split into 16 normalized blocks of 32.
     """
 
     name: str
@@ -97,16 +99,14 @@ class Topology:
     temperature: dict = field(default_factory=lambda: {"name": "none"})
     blocks: int = 1
     description: str = ""
-
-    @property
-    def needs_plugin(self) -> bool:
-        """True when the similarity is not built into manifold_align (the run goes through this script)."""
-        return self.similarity.startswith("block-oblique-")
+    class_tokens: Optional[int] = None
 
     def overrides(self) -> list[str]:
         """``--set`` items that select this topology."""
         items = [f"loss.similarity={self.similarity}", f"model.n_tokens={self.n_tokens}",
                  f"model.token_dim={self.token_dim}"]
+        if self.class_tokens is not None:
+            items.append(f"model.class_tokens={self.class_tokens}")
         items += [f"loss.temperature.{key}={value}" for key, value in self.temperature.items()]
         return items
 
@@ -136,9 +136,9 @@ TOPOLOGIES: dict[str, Topology] = {t.name: t for t in (
              "OB(32, 16) with CLIP's learnable scale, capped at 100"),
     Topology("joint-control", "cosine", 16, 32, dict(_CLIP_TEMPERATURE), 1,
              "the same 16 tokens of 32, concatenated and normalized jointly on S^511; CLIP's scale"),
-    Topology("block-control", "block-oblique-16", 1, 512, {"name": "none"}, 16,
-             "one 512-d token split into 16 blocks of 32, each normalized: OB(32, 16) without extra "
-             "tokens; no scale"),
+    Topology("block-control", "oblique", 16, 32, {"name": "none"}, 16,
+             "one 512-d class token split into 16 blocks of 32, each normalized: OB(32, 16) without "
+             "extra tokens; no scale", class_tokens=1),
 )}
 
 #: topology whose k is swept (at fixed k * d); its k = 16 runs are shared with the main grid
@@ -153,54 +153,7 @@ def k_sweep_topology(k: int, base: str = K_SWEEP_BASE) -> Topology:
     if k == topo.n_tokens:
         return topo
     return Topology(f"{base}-k{k}", topo.similarity, k, WIDTH // k, dict(topo.temperature), k,
-                    f"{topo.name} with k = {k}, d = {WIDTH // k}")
-
-
-# --------------------------------------------------------------------------------------------------
-# the block-oblique similarity (block-control)
-# --------------------------------------------------------------------------------------------------
-def register_block_similarities() -> None:
-    """Register ``block-oblique-<B>`` for B = 1, 2, 4, ..., 512 with manifold_align.
-
-    The model has no option to emit one token and normalize it per block, so block-control runs a
-    ``k = 1, d = 512`` model with a similarity whose ``project`` does the split: the single (N, 1, 512)
-    token is viewed as (N, B, 512 / B), each block normalized, and viewed back. ``pairwise`` is the
-    flattened dot product, i.e. the OB(512/B, B) inner product, range [-B, B].
-    """
-    import torch.nn.functional as F
-
-    from manifold_align.similarity import ObliqueSimilarity, list_similarities, register_similarity
-    from manifold_align.validation import check_rank
-
-    class BlockObliqueSimilarity(ObliqueSimilarity):
-        blocks = 1
-
-        def project(self, features):
-            check_rank(features, "features", 3, self.expected_shape)
-            width = features.shape[1] * features.shape[2]
-            if width % self.blocks:
-                raise ValueError(f"similarity '{self.name}' needs a width k * d divisible by "
-                                 f"{self.blocks}, got features of shape {tuple(features.shape)}")
-            blocks = features.reshape(features.shape[0], self.blocks, width // self.blocks)
-            return F.normalize(blocks, dim=-1).reshape(features.shape)
-
-        def value_range(self, k, d):
-            return (-float(self.blocks), float(self.blocks))
-
-    for power in range(10):
-        name = f"block-oblique-{2 ** power}"
-        if name not in list_similarities():
-            cls = type(f"BlockObliqueSimilarity{2 ** power}", (BlockObliqueSimilarity,),
-                       {"name": name, "blocks": 2 ** power})
-            register_similarity(name, cls)
-
-
-def _train_with_plugins(argv: Sequence[str]) -> int:
-    """``manifold-align train ARGV`` after registering the block-oblique similarities."""
-    register_block_similarities()
-    from training.cli import main as cli_main
-
-    return cli_main(["train", *argv])
+                    f"{topo.name} with k = {k}, d = {WIDTH // k}", class_tokens=topo.class_tokens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,11 +227,7 @@ def run_state(run_dir: Path) -> str:
 
 def train_command(spec: RunSpec, args: argparse.Namespace, run_dir: Path, state: str) -> list[str]:
     """The subprocess command line of one run."""
-    if spec.topology.needs_plugin:
-        head = [sys.executable, str(Path(__file__).resolve()), "_train"]
-    else:
-        head = [sys.executable, "-m", "training", "train"]
-    cmd = [*head, "--output", str(run_dir)]
+    cmd = [sys.executable, "-m", "training", "train", "--output", str(run_dir)]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     if state == "resume":
@@ -374,6 +323,7 @@ def collect_row(spec: RunSpec, run_dir: Path) -> Optional[dict[str, Any]]:
         "similarity": cfg["loss"]["similarity"],
         "k": cfg["model"]["n_tokens"],
         "d": cfg["model"]["token_dim"],
+        "class_tokens": cfg["model"].get("class_tokens"),
         "temperature": topo.temperature_label(),
         "noise": spec.noise,
         "seed": spec.seed,
@@ -731,8 +681,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point (``manifold-align bench topologies`` can delegate here); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_train"]:  # internal: one run that needs a similarity registered by this script
-        return _train_with_plugins(argv[1:])
     args = resolve_args(build_parser().parse_args(argv))
     seeds = list(range(args.seeds))
     specs = plan_runs(args.topologies, args.noise, seeds, args.k_values, args.k_noise)

@@ -111,6 +111,15 @@ def test_bad_range():
         load_config(None, ["train.steps=10", "train.warmup=10"])
 
 
+def test_class_tokens_must_divide_n_tokens():
+    assert load_config(None, []).model.class_tokens is None
+    assert load_config(None, ["model.class_tokens=4"]).model.class_tokens == 4
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*divisor of model\.n_tokens \(16\)"):
+        load_config(None, ["model.class_tokens=5"])
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*positive"):
+        load_config(None, ["model.class_tokens=0"])
+
+
 def test_section_given_a_value():
     with pytest.raises(ConfigError, match=r"'train'"):
         config_from_dict({"train": 3})

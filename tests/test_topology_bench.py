@@ -1,4 +1,4 @@
-"""Tests of benchmarks/topologies.py: the plan, the block-oblique similarity, statistics, outputs, resume."""
+"""Tests of benchmarks/topologies.py: the plan, the block control, statistics, outputs, resume."""
 
 from __future__ import annotations
 
@@ -25,23 +25,6 @@ def bench():
     return module
 
 
-@pytest.fixture
-def registered(bench):
-    """Register the block-oblique similarities for one test, then restore the registry.
-
-    There is no public unregister; the snapshot keeps other tests' view of the registry unchanged.
-    """
-    from manifold_align import similarity
-
-    saved = dict(similarity._REGISTRY)
-    bench.register_block_similarities()
-    try:
-        yield
-    finally:
-        similarity._REGISTRY.clear()
-        similarity._REGISTRY.update(saved)
-
-
 def _args(bench, argv):
     return bench.resolve_args(bench.build_parser().parse_args(argv))
 
@@ -54,7 +37,7 @@ def test_every_topology_has_width_512(bench):
         assert topo.n_tokens * topo.token_dim == bench.WIDTH, topo.name
 
 
-def test_topology_overrides_build_valid_configs(bench, registered):
+def test_topology_overrides_build_valid_configs(bench):
     from training.config import load_config
 
     for topo in bench.TOPOLOGIES.values():
@@ -62,6 +45,7 @@ def test_topology_overrides_build_valid_configs(bench, registered):
         assert cfg.loss.similarity == topo.similarity
         assert (cfg.model.n_tokens, cfg.model.token_dim) == (topo.n_tokens, topo.token_dim)
         assert cfg.loss.temperature.name == topo.temperature["name"]
+        assert cfg.model.class_tokens == topo.class_tokens
     clip = load_config(None, bench.TOPOLOGIES["sphere-learnable"].overrides()).loss.temperature
     assert (clip.init, clip.max_scale) == (0.07, 100.0)
     capped = load_config(None, bench.TOPOLOGIES["oblique-learnable-3.95"].overrides()).loss.temperature
@@ -110,40 +94,26 @@ def test_resume_state_and_command(bench, tmp_path):
     (run / "summary.json").write_text("{}")
     assert bench.run_state(run) == "done"
     block = bench.train_command(bench.RunSpec(bench.TOPOLOGIES["block-control"], 0.0, 0), args, run, "new")
-    assert block[1:3] == [str(SCRIPT), "_train"] and "--resume" not in block
+    assert block[1:4] == ["-m", "training", "train"] and "--resume" not in block
+    assert "model.class_tokens=1" in block
 
 
 # --------------------------------------------------------------------------------------------------
-# block-oblique similarity (block-control)
+# block control: one class token, 16 normalized blocks, the built-in oblique similarity
 # --------------------------------------------------------------------------------------------------
-def test_block_similarity_normalizes_each_block(bench, registered):
-    from manifold_align import get_similarity
+def test_block_control_is_oblique_with_one_class_token(bench):
+    from training.builders import build_model
+    from training.config import load_config
 
-    sim = get_similarity("block-oblique-16")
-    x = torch.randn(5, 1, 512)
-    y = sim.project(x)
-    assert y.shape == x.shape
-    norms = y.reshape(5, 16, 32).norm(dim=-1)
-    torch.testing.assert_close(norms, torch.ones(5, 16))
-    assert sim.value_range(1, 512) == (-16.0, 16.0)
-
-
-def test_block_similarity_equals_oblique_on_the_reshaped_tokens(bench, registered):
-    from manifold_align import get_similarity
-
-    block, oblique = get_similarity("block-oblique-16"), get_similarity("oblique")
-    a, b = torch.randn(4, 1, 512), torch.randn(6, 1, 512)
-    pa, pb = block.project(a), block.project(b)
-    expected = oblique.pairwise(oblique.project(a.view(4, 16, 32)), oblique.project(b.view(6, 16, 32)))
-    torch.testing.assert_close(block.pairwise(pa, pb), expected)
-    torch.testing.assert_close(block.paired(pa, pa[:4]), torch.full((4,), 16.0))
-
-
-def test_block_similarity_rejects_indivisible_width(bench, registered):
-    from manifold_align import get_similarity
-
-    with pytest.raises(ValueError, match="divisible by 16"):
-        get_similarity("block-oblique-16").project(torch.randn(2, 1, 40))
+    block, oblique = bench.TOPOLOGIES["block-control"], bench.TOPOLOGIES["oblique-none"]
+    assert (block.similarity, block.n_tokens, block.token_dim, block.class_tokens) == ("oblique", 16, 32, 1)
+    assert block.overrides() == oblique.overrides()[:3] + ["model.class_tokens=1"] + oblique.overrides()[3:]
+    cfg = load_config(None, block.overrides())
+    model, _, _ = build_model(cfg, torch.device("cpu"))
+    assert model.embed_cfg.tower_tokens == 1 and model.embed_cfg.tower_token_dim == 512
+    features = model.encode_image(torch.randn(3, 3, 32, 32))
+    assert features.shape == (3, 16, 32)
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(3, 16))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +177,8 @@ def test_quick_end_to_end_and_resume(bench, tmp_path, capsys):
         assert 0.0 <= float(row["zero_shot_top1"]) <= 1.0 and 0.0 <= float(row["retrieval_R@1"]) <= 1.0
         assert math.isfinite(float(row["gap"]))
     by_topo = {r["topology"]: r for r in json.loads((out / "results.json").read_text())}
-    assert by_topo["block-control"]["similarity"] == "block-oblique-16"
+    assert by_topo["block-control"]["similarity"] == "oblique"
+    assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
     assert by_topo["block-control"]["final_temperature"] == 1.0
     assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= 100.0
     assert by_topo["sphere-learnable"]["temperature_trajectory"]

@@ -123,3 +123,69 @@ def test_retrieval_one_caption_per_image(model):
     assert all(value == 1.0 for value in perfect.values()) and len(perfect) == 6
     with pytest.raises(ValueError, match="text_to_image"):
         retrieval_metrics(model, features, features[:5])
+
+
+def brute_force_class_recall(scores: torch.Tensor, query_labels, item_labels, k: int) -> float:
+    """Share of queries (rows) with an item of their class scoring at least the K-th best score.
+
+    Ties at the K-th score count in the query's favour; float64, one query at a time.
+    """
+    hits = []
+    for row, label in zip(scores.tolist(), query_labels.tolist()):
+        kth = sorted(row, reverse=True)[min(k, len(row)) - 1]
+        hits.append(any(s >= kth and item == label for s, item in zip(row, item_labels.tolist())))
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1024])
+def test_class_recall_matches_float64_brute_force_with_tied_captions(model, chunk_size):
+    # Class-coded captions: every caption of a class is the same sentence, so its features are equal
+    # and the scores of an image to them tie exactly.
+    generator = torch.Generator().manual_seed(11)
+    labels = torch.randint(0, 6, (40,), generator=generator)
+    prototypes = F.normalize(torch.randn(6, 4, 32, generator=generator, dtype=torch.float64), dim=-1)
+    texts = prototypes[labels]
+    images = F.normalize(texts + 1.2 * torch.randn(40, 4, 32, generator=generator, dtype=torch.float64), dim=-1)
+    metrics = retrieval_metrics(model, images.float(), texts.float(), labels=labels, chunk_size=chunk_size)
+    scores = (images.flatten(1) @ texts.flatten(1).T)  # the oblique similarity, in float64
+    for k in (1, 5, 10):
+        assert metrics[f"image_to_text_class_R@{k}"] == pytest.approx(brute_force_class_recall(scores, labels, labels, k))
+        assert metrics[f"text_to_image_class_R@{k}"] == pytest.approx(brute_force_class_recall(scores.T, labels, labels, k))
+    # an image's own caption ties with every caption of its class: exact image->text recall counts the
+    # tie in the image's favour, so it equals class-level recall; text->image has no such ties
+    for k in (1, 5, 10):
+        assert metrics[f"image_to_text_R@{k}"] == metrics[f"image_to_text_class_R@{k}"]
+    assert metrics["text_to_image_R@1"] < metrics["text_to_image_class_R@1"]
+
+
+def test_class_recall_with_several_captions_per_image_and_label_errors(model):
+    generator = torch.Generator().manual_seed(2)
+    images = F.normalize(torch.randn(10, 4, 32, generator=generator), dim=-1)
+    text_to_image = torch.arange(10).repeat(2)
+    texts = F.normalize(images[text_to_image] + 0.5 * torch.randn(20, 4, 32, generator=generator), dim=-1)
+    labels = torch.arange(10) % 3
+    metrics = retrieval_metrics(model, images, texts, text_to_image=text_to_image, labels=labels)
+    scores = model.similarity.pairwise(images, texts).double()
+    for k in (1, 5, 10):
+        assert metrics[f"image_to_text_class_R@{k}"] == pytest.approx(
+            brute_force_class_recall(scores, labels, labels[text_to_image], k))
+        assert metrics[f"text_to_image_class_R@{k}"] == pytest.approx(
+            brute_force_class_recall(scores.T, labels[text_to_image], labels, k))
+        assert metrics[f"image_to_text_class_R@{k}"] >= metrics[f"image_to_text_R@{k}"]
+    assert "image_to_text_class_R@1" not in retrieval_metrics(model, images, texts, text_to_image=text_to_image)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(10,\)"):
+        retrieval_metrics(model, images, texts, text_to_image=text_to_image, labels=labels[text_to_image])
+
+
+def test_encoders_run_in_the_given_autocast_and_return_float32(model):
+    entered = []
+
+    class Recording:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            return False
+
+    features = encode_images(model, torch.randn(5, 3, 32, 32), batch_size=2, autocast=Recording)
+    assert features.dtype == torch.float32 and len(entered) == 3

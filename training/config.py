@@ -72,11 +72,18 @@ class ModelConfig:
     model name (``"ViT-B-16"``) or a path to a JSON file in open_clip's format. The embedding is
     ``n_tokens`` (k) vectors of ``token_dim`` (d) dims; the similarity, temperature and objective
     live in the ``loss`` section and the trainer passes them into the model's ``EmbedConfig``.
+
+    ``class_tokens`` is the number of class tokens each tower carries (``None``: ``n_tokens``, one
+    per sphere); it must divide ``n_tokens``, and each class token is split into
+    ``n_tokens / class_tokens`` blocks of ``token_dim``, each normalized on its own sphere.
+    ``class_tokens=1`` with ``n_tokens=16, token_dim=32`` is the block control: one 512-d token in
+    16 normalized blocks of 32.
     """
 
     name: str = "digits-fast"
     n_tokens: int = 16
     token_dim: int = 32
+    class_tokens: Optional[int] = None
     pretrained: Optional[str] = None
 
 
@@ -192,6 +199,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.workers": (lambda v: v >= 0, "a non-negative integer"),
     "model.n_tokens": (lambda v: v > 0, "a positive integer"),
     "model.token_dim": (lambda v: v > 0, "a positive integer"),
+    "model.class_tokens": (lambda v: v is None or v > 0, "a positive integer or null"),
     "loss.temperature.scale": (lambda v: v > 0, "a positive number"),
     "loss.temperature.init": (lambda v: v > 0, "a positive number"),
     "loss.temperature.max_scale": (lambda v: v > 0, "a positive number"),
@@ -303,6 +311,12 @@ def _check_cross_field(cfg: RunConfig) -> None:
                 f"bad value {cfg.loss.similarity!r} for 'loss.similarity': expected one of "
                 f"{', '.join(repr(n) for n in names)}{hint}"
             )
+    tokens = cfg.model.class_tokens
+    if tokens is not None and cfg.model.n_tokens % tokens:
+        raise ConfigError(
+            f"bad value {tokens} for 'model.class_tokens': expected a divisor of model.n_tokens "
+            f"({cfg.model.n_tokens}) or null"
+        )
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:

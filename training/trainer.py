@@ -1,35 +1,44 @@
-"""The training loop: model, loss, optimizer, schedule, precision, checkpoints, evaluation.
+"""The training loop: optimizer steps, precision, non-finite losses, checkpoints, the whole job.
 
 :func:`train` is the whole job (what ``manifold-align train`` runs); :class:`Trainer` holds the
-pieces so that tests can drive single steps. One optimizer step consumes ``train.accumulation``
+pieces so that tests can drive single steps. The pieces are built in :mod:`training.builders`,
+evaluated in :mod:`training.evaluation` and summed up in :mod:`training.run_summary`. One optimizer step consumes ``train.accumulation``
 batches; the learning rate, the temperature schedule, checkpoints and logs all count optimizer steps.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from manifold_align import ContrastiveLoss
-from manifold_align.optim import RiemannianAdamW, parameter_groups
 
 from . import checkpoint as ckpt
+from .builders import (
+    autocast_for,
+    build_data_bundle,
+    build_model,
+    build_optimizer,
+    configure_torch,
+    lr_factor,
+)
 from .config import RunConfig, config_to_dict, dump_config
 from .distributed_env import DistEnv, cleanup_distributed, init_distributed
+from .evaluation import evaluate, evaluate_checkpoint, format_metrics
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
+from .rng import rng_state, seed_everything, set_rng_state
+from .run_summary import format_report, run_summary, write_json
 
+# build_*, evaluate*, format_metrics and lr_factor live in builders.py / evaluation.py; re-exported
+# here because `training.trainer` was their home and the CLI and scripts import them from it.
 __all__ = [
     "NonFiniteLossError",
     "Trainer",
@@ -43,65 +52,8 @@ __all__ = [
 ]
 
 
-# -- building the pieces ------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: RunConfig, device: torch.device):
-    """Create the model, its tokenizer and its image transforms.
-
-    The ``loss`` section's similarity, temperature and objective go into the model's ``EmbedConfig``
-    (the model owns the temperature and the sigmoid bias, so they are saved with its weights).
-
-    Returns
-    -------
-    (MultiTokenCLIP, tokenizer, (train_transform, val_transform))
-    """
-    import open_clip
-
-    from .model import EmbedConfig, create_model, get_tokenizer, load_model_config
-
-    embed = EmbedConfig(
-        n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, similarity=cfg.loss.similarity,
-        temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps), objective=cfg.loss.objective,
-        bias_init=cfg.loss.bias_init,
-    )
-    model = create_model(cfg.model.name, embed, pretrained=cfg.model.pretrained).to(device)
-    image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
-    transforms = (open_clip.image_transform(image_size, is_train=True),
-                  open_clip.image_transform(image_size, is_train=False))
-    return model, get_tokenizer(cfg.model.name), transforms
-
-
-def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
-    """``training.data.build_data`` for this configuration and process."""
-    from .data import build_data
-
-    return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
-                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became NaN or Inf and ``train.skip_nonfinite`` is off."""
-
-
-def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
-
-    Linear warmup from ``1/warmup`` to 1 over ``warmup`` steps, then a cosine decay to ``min_ratio``
-    at ``total``.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -113,22 +65,6 @@ class Counters:
     nonfinite_steps: int = 0
     train_seconds: float = 0.0
     last_checkpoint: str | None = None
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
@@ -156,7 +92,7 @@ class Trainer:
         self.data = build_data_bundle(cfg, self.env, self.tokenizer, self.transforms)
         self.forward_model = self._wrap_model()
         self.loss_fn = self._build_loss()
-        self.optimizer = self._build_optimizer()
+        self.optimizer = build_optimizer(self.model, cfg.train)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
         self.counters = Counters()
@@ -189,24 +125,9 @@ class Trainer:
             world_size=self.env.world_size,
         )
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        train_cfg = self.cfg.train
-        groups = parameter_groups(self.model, train_cfg.weight_decay)
-        for group in groups:
-            group["initial_lr"] = train_cfg.lr
-        return RiemannianAdamW(groups, lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
-                               eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
-
     # -- one optimizer step --------------------------------------------------------------------
-    @staticmethod
-    def autocast_for(precision: str, device: torch.device):
-        """A zero-argument factory of the autocast context for ``train.precision``."""
-        if precision == "fp32":
-            return nullcontext
-        return lambda: torch.autocast(device.type, dtype=_DTYPES[precision])
-
     def _autocast(self):
-        return self.autocast_for(self.cfg.train.precision, self.device)()
+        return autocast_for(self.cfg.train.precision, self.device)()
 
     def _set_lr(self) -> float:
         factor = lr_factor(self.step, warmup=self.cfg.train.warmup, total=self.cfg.train.steps,
@@ -288,10 +209,10 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit."""
-        rng = [_rng_state()]
+        rng = [rng_state()]
         if self.env.distributed:
             rng = [None] * self.env.world_size
-            dist.all_gather_object(rng, _rng_state())
+            dist.all_gather_object(rng, rng_state())
         return {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -314,7 +235,7 @@ class Trainer:
         self.step = int(state["step"])
         self.counters = Counters(**state["counters"])
         rng = state["rng"]
-        _set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
         self.data.train.set_position(*state["data_position"])
 
     def save_checkpoint(self) -> Path | None:
@@ -352,9 +273,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Zero-shot top-1/top-5 and retrieval R@K on the held-out data (every rank, same result)."""
-        return evaluate(self.model, self.tokenizer, self.data, device=self.device,
-                        batch_size=self.cfg.eval.batch_size,
-                        autocast=self.autocast_for(self.cfg.train.precision, self.device))
+        return evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
+                        autocast=autocast_for(self.cfg.train.precision, self.device))
 
     def fit(self, log: MetricsLog, progress: Progress) -> dict[str, Any]:
         """Train until ``train.steps``; return the final evaluation metrics."""
@@ -411,106 +331,7 @@ def _mean(values) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-# -- evaluation ------------------------------------------------------------------------------------
-@torch.no_grad()
-def _encode(encode, inputs: torch.Tensor, *, batch_size: int, device: torch.device, autocast) -> torch.Tensor:
-    """Run ``encode`` over ``inputs`` in chunks; features (N, k, d) in float32 on ``device``."""
-    parts = []
-    for start in range(0, inputs.shape[0], batch_size):
-        with autocast():
-            parts.append(encode(inputs[start:start + batch_size].to(device)).float())
-    return torch.cat(parts)
-
-
-def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
-    return float(hits.float().mean())
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, data, *, device: torch.device, batch_size: int,
-             autocast=nullcontext) -> dict[str, float]:
-    """Zero-shot classification and image-text retrieval on the held-out data of ``data``.
-
-    Returns
-    -------
-    dict
-        ``zero_shot_top1``, ``zero_shot_top5`` (fractions in [0, 1]) when ``data.zero_shot`` exists,
-        and ``image_to_text_R@{1,5,10}``, ``text_to_image_R@{1,5,10}`` when ``data.retrieval`` exists.
-    """
-    from .zero_shot import build_zero_shot_classifier, retrieval_metrics, zero_shot_logits
-
-    was_training = model.training
-    model.eval()
-    metrics: dict[str, float] = {}
-    task = data.zero_shot
-    if task is not None:
-        with autocast():
-            classifier = build_zero_shot_classifier(model, tokenizer, task.classnames, task.templates)
-        features = _encode(model.encode_image, task.images, batch_size=batch_size, device=device,
-                           autocast=autocast)
-        logits = zero_shot_logits(model, features, classifier.float().to(device))
-        labels = task.labels.to(device)
-        metrics["zero_shot_top1"] = _topk_accuracy(logits, labels, 1)
-        metrics["zero_shot_top5"] = _topk_accuracy(logits, labels, 5)
-    if data.retrieval is not None:
-        images, texts = data.retrieval
-        kwargs = dict(batch_size=batch_size, device=device, autocast=autocast)
-        image_features = _encode(model.encode_image, images, **kwargs)
-        text_features = _encode(model.encode_text, texts, **kwargs)
-        metrics.update({k: float(v) for k, v in
-                        retrieval_metrics(model, image_features, text_features).items()})
-    model.train(was_training)
-    return metrics
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """Evaluation metrics as short human-readable lines (percentages)."""
-    lines = []
-    if "zero_shot_top1" in metrics:
-        lines.append(f"  zero-shot top-1 {100 * metrics['zero_shot_top1']:.1f}%   "
-                     f"top-5 {100 * metrics['zero_shot_top5']:.1f}%")
-    for direction in ("image_to_text", "text_to_image"):
-        recalls = [f"R@{k} {100 * metrics[f'{direction}_R@{k}']:.1f}%" for k in (1, 5, 10)
-                   if f"{direction}_R@{k}" in metrics]
-        if recalls:
-            lines.append(f"  retrieval {direction.replace('_', ' ')}: " + "  ".join(recalls))
-    return "\n".join(lines)
-
-
-def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any]) -> dict[str, float]:
-    """Evaluate the model weights of a checkpoint on its configuration's held-out data."""
-    env = init_distributed(cfg.train.device)
-    if env.distributed:
-        raise RuntimeError("`manifold-align eval` runs in one process; launch it without torchrun")
-    _configure_torch(cfg, env)
-    model, tokenizer, transforms = build_model(cfg, env.device)
-    model.load_state_dict(state["model"])
-    data = build_data_bundle(cfg, env, tokenizer, transforms)
-    autocast = Trainer.autocast_for(cfg.train.precision, env.device)
-    return evaluate(model, tokenizer, data, device=env.device, batch_size=cfg.eval.batch_size,
-                    autocast=autocast)
-
-
 # -- the job -----------------------------------------------------------------------------------------
-def _configure_torch(cfg: RunConfig, env: DistEnv) -> None:
-    """Threads and determinism, before any model is built."""
-    if env.device.type == "cpu":
-        # Adam's second moments of rarely used embedding rows underflow to subnormals, which are
-        # orders of magnitude slower on x86 CPUs; flushing them to zero changes nothing measurable.
-        torch.set_flush_denormal(True)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size if env.distributed else 1))
-        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local))
-    elif cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        # cuBLAS needs this before its first call to be deterministic.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def default_output_dir(cfg: RunConfig) -> Path:
     """``runs/<name>`` or ``runs/<YYYYmmdd-HHMMSS>``."""
     return Path("runs") / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
@@ -525,57 +346,6 @@ def _agree_output_dir(output_dir: str | Path | None, cfg: RunConfig, env: DistEn
     if env.is_main:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _summary(trainer: Trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict:
-    out = trainer.output_dir
-    return {
-        "final_metrics": final,
-        "final_step": trainer.step,
-        "final_loss": trainer.last_metrics.get("loss"),
-        "final_temperature": trainer.model.temperature.value(),
-        "wall_time_seconds": wall,
-        "train_seconds_total": trainer.counters.train_seconds,
-        "samples_seen": trainer.counters.samples,
-        "skipped_samples": trainer.counters.skipped_samples,
-        "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
-        "world_size": trainer.env.world_size,
-        "device": str(trainer.device),
-        "resumed_from": str(resumed) if resumed else None,
-        "outputs": {
-            "run_dir": str(out), "config": str(out / "config.yaml"),
-            "metrics": str(out / "metrics.jsonl"),
-            "tensorboard": str(out / "tensorboard") if trainer.cfg.log.tensorboard else None,
-            "checkpoints": str(trainer.checkpoint_dir),
-            "final_checkpoint": trainer.counters.last_checkpoint,
-            "summary": str(out / "summary.json"),
-        },
-        "config": config_to_dict(trainer.cfg),
-    }
-
-
-def _report(summary: dict[str, Any]) -> str:
-    cfg = summary["config"]
-    lines = [
-        f"manifold-align: trained {cfg['model']['name']} on {cfg['data']['dataset']} "
-        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}, "
-        f"caption noise {cfg['data']['caption_noise']}) for {summary['final_step']} steps",
-        format_metrics(summary["final_metrics"]),
-        f"  final temperature scale {summary['final_temperature']:.4g} "
-        f"({cfg['loss']['temperature']['name']})   final loss {summary['final_loss']:.4f}",
-        f"  skipped samples {summary['skipped_samples']}   non-finite steps skipped "
-        f"{summary['nonfinite_steps_skipped']}",
-        f"  wall time {summary['wall_time_seconds']:.1f} s",
-        f"  outputs in {summary['outputs']['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, "
-        f"checkpoints/{', tensorboard/' if summary['outputs']['tensorboard'] else ''})",
-    ]
-    return "\n".join(line for line in lines if line)
 
 
 def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
@@ -601,7 +371,7 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
     start = time.perf_counter()
     env = init_distributed(cfg.train.device)
     try:
-        _configure_torch(cfg, env)
+        configure_torch(cfg, env)
         output = _agree_output_dir(output_dir, cfg, env)
         existing = ckpt.find_latest_checkpoint(output / ckpt.CHECKPOINT_DIR)
         if resume_state is None and existing is not None:
@@ -621,10 +391,10 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         finally:
             progress.close()
             log.close()
-        summary = _summary(trainer, final, time.perf_counter() - start, resume_path)
+        summary = run_summary(trainer, final, time.perf_counter() - start, resume_path)
         if env.is_main:
-            _write_json(summary, output / "summary.json")
-            print(_report(summary), flush=True)
+            write_json(summary, output / "summary.json")
+            print(format_report(summary), flush=True)
         return summary
     finally:
         cleanup_distributed()

@@ -8,7 +8,8 @@ sigmoid objective): no hard-coded 100x scale.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence, Union
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -23,6 +24,8 @@ __all__ = [
 
 Template = Union[str, Callable[[str], str]]
 ImageSource = Union[torch.Tensor, Iterable]
+#: a zero-argument factory of the context each forward pass runs in (e.g. ``torch.autocast``)
+Autocast = Callable[[], ContextManager]
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -58,18 +61,32 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def encode_images(model, images: ImageSource, *, batch_size: int = 256) -> torch.Tensor:
-    """Projected image features of a tensor (N, 3, H, W) or a loader, in eval mode: (N, k, d)."""
-    device = _device(model)
-    with _EvalMode(model):
-        return torch.cat([model.encode_image(batch.to(device)) for batch in _batches(images, batch_size)])
+def _encode(encode, batches: Iterable[torch.Tensor], device: torch.device, autocast: Autocast) -> torch.Tensor:
+    parts = []
+    for batch in batches:
+        with autocast():
+            parts.append(encode(batch.to(device)).float())
+    return torch.cat(parts)
 
 
-def encode_texts(model, tokens: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-    """Projected text features of token ids (N, L), in eval mode: (N, k, d)."""
-    device = _device(model)
+def encode_images(model, images: ImageSource, *, batch_size: int = 256,
+                  autocast: Autocast = nullcontext) -> torch.Tensor:
+    """Projected image features of a tensor (N, 3, H, W) or a loader, in eval mode.
+
+    Each batch runs inside ``autocast()``; the features come back as float32, shape (N, k, d).
+    """
     with _EvalMode(model):
-        return torch.cat([model.encode_text(batch.to(device)) for batch in tokens.split(batch_size)])
+        return _encode(model.encode_image, _batches(images, batch_size), _device(model), autocast)
+
+
+def encode_texts(model, tokens: torch.Tensor, *, batch_size: int = 256,
+                 autocast: Autocast = nullcontext) -> torch.Tensor:
+    """Projected text features of token ids (N, L), in eval mode: float32, shape (N, k, d).
+
+    Each batch runs inside ``autocast()``.
+    """
+    with _EvalMode(model):
+        return _encode(model.encode_text, tokens.split(batch_size), _device(model), autocast)
 
 
 def _fill(template: Template, classname: str) -> str:
@@ -83,6 +100,7 @@ def build_zero_shot_classifier(
     templates: Sequence[Template],
     *,
     batch_size: int = 256,
+    autocast: Autocast = nullcontext,
 ) -> torch.Tensor:
     """Class embeddings on the model's manifold.
 
@@ -96,6 +114,8 @@ def build_zero_shot_classifier(
         Format strings with ``"{}"`` or callables ``classname -> prompt``.
     batch_size : int, keyword-only
         Prompts encoded per forward pass.
+    autocast : callable, keyword-only
+        Factory of the context each forward pass runs in (default: none).
 
     Returns
     -------
@@ -106,7 +126,7 @@ def build_zero_shot_classifier(
     if not classnames or not templates:
         raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
     prompts = [_fill(template, name) for name in classnames for template in templates]
-    features = encode_texts(model, tokenizer(prompts), batch_size=batch_size)  # (C * T, k, d)
+    features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
     mean = features.view(len(classnames), len(templates), *features.shape[1:]).mean(dim=1)
     return model.similarity.project(mean).reshape(mean.shape)
 
@@ -139,6 +159,7 @@ def zero_shot_accuracy(
     classifier: torch.Tensor,
     *,
     batch_size: int = 256,
+    autocast: Autocast = nullcontext,
 ) -> dict[str, float]:
     """Top-1 and top-5 zero-shot accuracy.
 
@@ -149,6 +170,9 @@ def zero_shot_accuracy(
     labels : torch.Tensor, shape (N,)
         Class indices into ``classifier``.
     classifier : torch.Tensor, shape (C, k, d)
+    batch_size : int, keyword-only
+    autocast : callable, keyword-only
+        Factory of the context each image batch is encoded in (default: none); logits are float32.
 
     Returns
     -------
@@ -156,7 +180,8 @@ def zero_shot_accuracy(
         ``{"top1": float, "top5": float}`` in [0, 1]; top-5 is top-min(5, C).
     """
     with _EvalMode(model):
-        logits = zero_shot_logits(model, encode_images(model, images, batch_size=batch_size), classifier)
+        features = encode_images(model, images, batch_size=batch_size, autocast=autocast)
+        logits = zero_shot_logits(model, features, classifier.float())
     labels = labels.to(logits.device)
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"`labels` has {labels.shape[0]} entries for {logits.shape[0]} images")
@@ -171,6 +196,7 @@ def retrieval_metrics(
     text_features: torch.Tensor,
     *,
     text_to_image: Optional[torch.Tensor] = None,
+    labels: Optional[torch.Tensor] = None,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
@@ -185,6 +211,11 @@ def retrieval_metrics(
     text_to_image : torch.Tensor, shape (Nt,), optional, keyword-only
         Image index of each caption (several captions per image). Default: caption i belongs to image i
         (needs Nt == Ni).
+    labels : torch.Tensor, shape (Ni,), optional, keyword-only
+        Class of each image; caption j has the class of image ``text_to_image[j]``. When given, the
+        class-level recalls are reported as well: a retrieved item is correct when its class is the
+        query's (on class-coded captions, where every caption of a class is the same sentence,
+        index-exact recall has a ceiling that class-level recall does not).
     ks : sequence of int, keyword-only
     chunk_size : int, keyword-only
         Image rows scored at a time (the (Ni, Nt) matrix is never held whole).
@@ -193,7 +224,10 @@ def retrieval_metrics(
     -------
     dict
         ``"image_to_text_R@K"`` (an image counts if any of its captions is in its top K) and
-        ``"text_to_image_R@K"``, in [0, 1]. Ties are ranked in the item's favour.
+        ``"text_to_image_R@K"``, in [0, 1]; with ``labels`` also ``"image_to_text_class_R@K"`` and
+        ``"text_to_image_class_R@K"``. Ties are ranked in the query's favour: a query counts when
+        fewer than K items score strictly above its best correct item, so equal scores never depend
+        on sort order.
     """
     n_images, n_texts = image_features.shape[0], text_features.shape[0]
     if text_to_image is None:
@@ -201,24 +235,42 @@ def retrieval_metrics(
             raise ValueError(f"{n_images} images and {n_texts} captions: pass `text_to_image` (Nt,)")
         text_to_image = torch.arange(n_texts)
     owner = text_to_image.to(image_features.device)
-    image_rank = torch.empty(n_images, dtype=torch.long, device=image_features.device)
-    positive = torch.empty(n_texts, device=image_features.device)  # score of each caption's own image
-    greater = torch.zeros(n_texts, dtype=torch.long, device=image_features.device)
-    with torch.no_grad():
-        for start in range(0, n_images, chunk_size):
-            scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features)
-            rows = torch.arange(start, start + scores.shape[0], device=scores.device)
-            correct = owner[None, :] == rows[:, None]  # (chunk, Nt)
-            best = scores.masked_fill(~correct, float("-inf")).max(dim=1).values
-            image_rank[start : start + scores.shape[0]] = (scores > best[:, None]).sum(dim=1)
-            mine = (owner >= start) & (owner < start + scores.shape[0])
-            positive[mine] = scores[owner[mine] - start, mine.nonzero().squeeze(1)]
-        for start in range(0, n_images, chunk_size):
-            scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features)
-            greater += (scores > positive[None, :]).sum(dim=0)
+    keys = {"": (torch.arange(n_images, device=owner.device), owner)}
+    if labels is not None:
+        if labels.shape != (n_images,):
+            raise ValueError(f"`labels` must have shape ({n_images},) (one class per image), got {tuple(labels.shape)}")
+        labels = labels.to(owner.device)
+        keys["class_"] = (labels, labels[owner])
     out = {}
-    for k in ks:
-        out[f"image_to_text_R@{k}"] = (image_rank < k).float().mean().item()
-    for k in ks:
-        out[f"text_to_image_R@{k}"] = (greater < k).float().mean().item()
+    for prefix, (image_keys, text_keys) in keys.items():
+        image_rank, text_rank = _retrieval_ranks(model, image_features, text_features, image_keys, text_keys,
+                                                 chunk_size)
+        out.update({f"image_to_text_{prefix}R@{k}": (image_rank < k).float().mean().item() for k in ks})
+        out.update({f"text_to_image_{prefix}R@{k}": (text_rank < k).float().mean().item() for k in ks})
     return out
+
+
+@torch.no_grad()
+def _retrieval_ranks(model, image_features, text_features, image_keys, text_keys, chunk_size):
+    """Per query, how many items score strictly above its best correct item (correct: equal keys).
+
+    Returns ``(image_rank (Ni,), text_rank (Nt,))``; a query without any correct item gets a rank no K
+    reaches.
+    """
+    n_images, n_texts = image_features.shape[0], text_features.shape[0]
+    never = torch.iinfo(torch.long).max
+    image_rank = torch.empty(n_images, dtype=torch.long, device=image_features.device)
+    positive = torch.full((n_texts,), float("-inf"), device=image_features.device)  # best correct image
+    for start in range(0, n_images, chunk_size):
+        scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features).float()
+        correct = image_keys[start : start + scores.shape[0], None] == text_keys[None, :]  # (chunk, Nt)
+        masked = scores.masked_fill(~correct, float("-inf"))
+        best = masked.max(dim=1).values
+        rank = (scores > best[:, None]).sum(dim=1)
+        image_rank[start : start + scores.shape[0]] = rank.masked_fill(best == float("-inf"), never)
+        positive = torch.maximum(positive, masked.max(dim=0).values)
+    text_rank = torch.zeros(n_texts, dtype=torch.long, device=image_features.device)
+    for start in range(0, n_images, chunk_size):
+        scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features).float()
+        text_rank += (scores > positive[None, :]).sum(dim=0)
+    return image_rank, text_rank.masked_fill(positive == float("-inf"), never)

@@ -1,0 +1,110 @@
+"""The pieces a run is built from: torch settings, model, data, optimizer, schedule, precision.
+
+Shared by the training loop (:mod:`training.trainer`) and checkpoint evaluation
+(:mod:`training.evaluation`), so that both build exactly the same model and held-out data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from typing import Callable, ContextManager
+
+import torch
+
+from manifold_align.optim import RiemannianAdamW, parameter_groups
+
+from .config import RunConfig, TrainConfig
+from .distributed_env import DistEnv
+
+__all__ = [
+    "autocast_for",
+    "build_data_bundle",
+    "build_model",
+    "build_optimizer",
+    "configure_torch",
+    "lr_factor",
+]
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def configure_torch(cfg: RunConfig, env: DistEnv) -> None:
+    """Threads and determinism, before any model is built."""
+    if env.device.type == "cpu":
+        # Adam's second moments of rarely used embedding rows underflow to subnormals, which are
+        # orders of magnitude slower on x86 CPUs; flushing them to zero changes nothing measurable.
+        torch.set_flush_denormal(True)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size if env.distributed else 1))
+        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local))
+    elif cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        # cuBLAS needs this before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(cfg: RunConfig, device: torch.device):
+    """Create the model, its tokenizer and its image transforms.
+
+    The ``loss`` section's similarity, temperature and objective go into the model's ``EmbedConfig``
+    (the model owns the temperature and the sigmoid bias, so they are saved with its weights), with
+    ``model.n_tokens``, ``model.token_dim`` and ``model.class_tokens``.
+
+    Returns
+    -------
+    (MultiTokenCLIP, tokenizer, (train_transform, val_transform))
+    """
+    import open_clip
+
+    from .model import EmbedConfig, create_model, get_tokenizer, load_model_config
+
+    embed = EmbedConfig(
+        n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, class_tokens=cfg.model.class_tokens,
+        similarity=cfg.loss.similarity, temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
+        objective=cfg.loss.objective, bias_init=cfg.loss.bias_init,
+    )
+    model = create_model(cfg.model.name, embed, pretrained=cfg.model.pretrained).to(device)
+    image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
+    transforms = (open_clip.image_transform(image_size, is_train=True),
+                  open_clip.image_transform(image_size, is_train=False))
+    return model, get_tokenizer(cfg.model.name), transforms
+
+
+def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
+    """``training.data.build_data`` for this configuration and process."""
+    from .data import build_data
+
+    return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
+                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+
+
+def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """RiemannianAdamW over ``parameter_groups(model)``; each group remembers its ``initial_lr``."""
+    groups = parameter_groups(model, train_cfg.weight_decay)
+    for group in groups:
+        group["initial_lr"] = train_cfg.lr
+    return RiemannianAdamW(groups, lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
+                           eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warmup from ``1/warmup`` to 1 over ``warmup`` steps, then a cosine decay to ``min_ratio``
+    at ``total``.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+    """A zero-argument factory of the autocast context for ``train.precision``."""
+    if precision == "fp32":
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=_DTYPES[precision])

@@ -1,0 +1,103 @@
+"""Held-out evaluation of a model: zero-shot classification and image-text retrieval.
+
+The scoring itself is :mod:`training.zero_shot`'s; this module feeds it a run's held-out data (a
+``training.data`` bundle), evaluates checkpoints and formats the metrics for people.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from .builders import autocast_for, build_data_bundle, build_model, configure_torch
+from .config import RunConfig
+from .distributed_env import init_distributed
+from .zero_shot import (
+    build_zero_shot_classifier,
+    encode_images,
+    encode_texts,
+    retrieval_metrics,
+    zero_shot_accuracy,
+)
+
+__all__ = ["evaluate", "evaluate_checkpoint", "format_metrics"]
+
+RECALL_KS = (1, 5, 10)
+
+
+def evaluate(model, tokenizer, data, *, batch_size: int, autocast=nullcontext) -> dict[str, float]:
+    """Zero-shot classification and image-text retrieval on the held-out data of ``data``.
+
+    Parameters
+    ----------
+    model : MultiTokenCLIP
+        Evaluated in eval mode; its training mode is restored after.
+    tokenizer : callable
+    data : training.data.DataBundle
+        Its ``zero_shot`` (ZeroShotTask or None) and ``retrieval`` (RetrievalTask or None).
+    batch_size : int, keyword-only
+        Images or captions encoded per forward pass.
+    autocast : callable, keyword-only
+        Factory of the context each forward pass runs in (:func:`training.builders.autocast_for`).
+
+    Returns
+    -------
+    dict
+        ``zero_shot_top1``, ``zero_shot_top5`` (fractions in [0, 1]) when ``data.zero_shot`` exists;
+        ``image_to_text_R@{1,5,10}``, ``text_to_image_R@{1,5,10}`` when ``data.retrieval`` exists, and
+        the class-level ``image_to_text_class_R@K``, ``text_to_image_class_R@K`` when its pairs have
+        ``labels``.
+    """
+    metrics: dict[str, float] = {}
+    if data.zero_shot is not None:
+        metrics.update(_zero_shot(model, tokenizer, data.zero_shot, batch_size, autocast))
+    if data.retrieval is not None:
+        metrics.update(_retrieval(model, data.retrieval, batch_size, autocast))
+    return metrics
+
+
+def _zero_shot(model, tokenizer, task, batch_size: int, autocast) -> dict[str, float]:
+    classifier = build_zero_shot_classifier(model, tokenizer, task.classnames, task.templates,
+                                            batch_size=batch_size, autocast=autocast)
+    accuracy = zero_shot_accuracy(model, task.images, task.labels, classifier, batch_size=batch_size,
+                                  autocast=autocast)
+    return {"zero_shot_top1": accuracy["top1"], "zero_shot_top5": accuracy["top5"]}
+
+
+def _retrieval(model, task, batch_size: int, autocast) -> dict[str, float]:
+    images, texts = task
+    image_features = encode_images(model, images, batch_size=batch_size, autocast=autocast)
+    text_features = encode_texts(model, texts, batch_size=batch_size, autocast=autocast)
+    with torch.no_grad():
+        return retrieval_metrics(model, image_features, text_features, labels=getattr(task, "labels", None),
+                                 ks=RECALL_KS)
+
+
+def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any]) -> dict[str, float]:
+    """Evaluate the model weights of a checkpoint on its configuration's held-out data."""
+    env = init_distributed(cfg.train.device)
+    if env.distributed:
+        raise RuntimeError("`manifold-align eval` runs in one process; launch it without torchrun")
+    configure_torch(cfg, env)
+    model, tokenizer, transforms = build_model(cfg, env.device)
+    model.load_state_dict(state["model"])
+    data = build_data_bundle(cfg, env, tokenizer, transforms)
+    return evaluate(model, tokenizer, data, batch_size=cfg.eval.batch_size,
+                    autocast=autocast_for(cfg.train.precision, env.device))
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Evaluation metrics as short human-readable lines (percentages)."""
+    lines = []
+    if "zero_shot_top1" in metrics:
+        lines.append(f"  zero-shot top-1 {100 * metrics['zero_shot_top1']:.1f}%   "
+                     f"top-5 {100 * metrics['zero_shot_top5']:.1f}%")
+    for level, infix in (("", ""), (" (class-level)", "class_")):
+        for direction in ("image_to_text", "text_to_image"):
+            keys = [(k, f"{direction}_{infix}R@{k}") for k in RECALL_KS]
+            recalls = [f"R@{k} {100 * metrics[key]:.1f}%" for k, key in keys if key in metrics]
+            if recalls:
+                lines.append(f"  retrieval {direction.replace('_', ' ')}{level}: " + "  ".join(recalls))
+    return "\n".join(lines)

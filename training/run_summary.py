@@ -1,0 +1,69 @@
+"""What a finished run leaves behind: ``summary.json`` and the report printed at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import config_to_dict
+from .evaluation import format_metrics
+
+__all__ = ["format_report", "run_summary", "write_json"]
+
+
+def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict[str, Any]:
+    """The ``summary.json`` of a finished :class:`training.trainer.Trainer` (``wall`` in seconds)."""
+    out = trainer.output_dir
+    return {
+        "final_metrics": final,
+        "final_step": trainer.step,
+        "final_loss": trainer.last_metrics.get("loss"),
+        "final_temperature": trainer.model.temperature.value(),
+        "wall_time_seconds": wall,
+        "train_seconds_total": trainer.counters.train_seconds,
+        "samples_seen": trainer.counters.samples,
+        "skipped_samples": trainer.counters.skipped_samples,
+        "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
+        "world_size": trainer.env.world_size,
+        "device": str(trainer.device),
+        "resumed_from": str(resumed) if resumed else None,
+        "outputs": {
+            "run_dir": str(out), "config": str(out / "config.yaml"),
+            "metrics": str(out / "metrics.jsonl"),
+            "tensorboard": str(out / "tensorboard") if trainer.cfg.log.tensorboard else None,
+            "checkpoints": str(trainer.checkpoint_dir),
+            "final_checkpoint": trainer.counters.last_checkpoint,
+            "summary": str(out / "summary.json"),
+        },
+        "config": config_to_dict(trainer.cfg),
+    }
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """The lines printed at the end of ``manifold-align train`` (from a :func:`run_summary`)."""
+    cfg = summary["config"]
+    tokens = cfg["model"].get("class_tokens")
+    lines = [
+        f"manifold-align: trained {cfg['model']['name']} on {cfg['data']['dataset']} "
+        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}, "
+        f"{f'{tokens} class token(s) per tower, ' if tokens is not None else ''}"
+        f"caption noise {cfg['data']['caption_noise']}) for {summary['final_step']} steps",
+        format_metrics(summary["final_metrics"]),
+        f"  final temperature scale {summary['final_temperature']:.4g} "
+        f"({cfg['loss']['temperature']['name']})   final loss {summary['final_loss']:.4f}",
+        f"  skipped samples {summary['skipped_samples']}   non-finite steps skipped "
+        f"{summary['nonfinite_steps_skipped']}",
+        f"  wall time {summary['wall_time_seconds']:.1f} s",
+        f"  outputs in {summary['outputs']['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, "
+        f"checkpoints/{', tensorboard/' if summary['outputs']['tensorboard'] else ''})",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON, atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
