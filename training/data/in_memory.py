@@ -27,6 +27,8 @@ class InMemoryImageText(Dataset):
     prefix : str
         Items are named ``"{prefix}[i]"`` in error messages.
 
+    Notes
+    -----
     Items are ``(image (3, H', W'), tokens (L,))``, or ``None`` when a caption is empty.
     """
 
