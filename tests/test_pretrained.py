@@ -10,15 +10,10 @@ import torch.nn.functional as F
 from training.model import create_model, create_stock_model
 from training.pretrained import convert_stock_state_dict, from_open_clip, stock_config_from_model
 
+from tiny_config import tiny_cfg
+
 CAPTIONS = ["a photo of a cat", "two dogs playing in the snow", "x"]
 
-
-def tiny_cfg() -> dict:
-    return {
-        "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
 
 
 @pytest.fixture(scope="module")

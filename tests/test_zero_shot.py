@@ -17,16 +17,11 @@ from training.zero_shot import (
     zero_shot_logits,
 )
 
+from tiny_config import tiny_cfg
+
 CLASSES = ["cat", "dog", "car", "tree", "boat", "house", "bird"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "{}", "a blurry photo of the {}!"]
 
-
-def tiny_cfg() -> dict:
-    return {
-        "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
 
 
 @pytest.fixture(scope="module")

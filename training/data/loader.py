@@ -91,6 +91,24 @@ def _collate_replaced(pairs: Sequence) -> Batch:
     return batch._replace(n_skipped=sum(n_bad for _, n_bad in pairs))
 
 
+def normalize_position(epoch: int, batch_index: int, steps_per_epoch: int) -> tuple[int, int]:
+    """Check a data position and roll ``batch_index == steps_per_epoch`` over to ``(epoch + 1, 0)``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``epoch >= 0`` and ``0 <= batch_index <= steps_per_epoch``.
+    """
+    if epoch < 0 or not 0 <= batch_index <= steps_per_epoch:
+        raise ValueError(
+            f"position must satisfy epoch >= 0 and 0 <= batch_index <= steps_per_epoch="
+            f"{steps_per_epoch}, got ({epoch}, {batch_index})"
+        )
+    if batch_index == steps_per_epoch:
+        epoch, batch_index = epoch + 1, 0
+    return int(epoch), int(batch_index)
+
+
 class ResumableLoader:
     """Seeded, resumable, rank-sliced batches of a map-style dataset.
 
@@ -170,14 +188,7 @@ class ResumableLoader:
 
         ``batch_index == steps_per_epoch`` is accepted and means ``(epoch + 1, 0)``.
         """
-        if epoch < 0 or not 0 <= batch_index <= self.steps_per_epoch:
-            raise ValueError(
-                f"position must satisfy epoch >= 0 and 0 <= batch_index <= steps_per_epoch="
-                f"{self.steps_per_epoch}, got ({epoch}, {batch_index})"
-            )
-        if batch_index == self.steps_per_epoch:
-            epoch, batch_index = epoch + 1, 0
-        self._epoch, self._batch_index = int(epoch), int(batch_index)
+        self._epoch, self._batch_index = normalize_position(epoch, batch_index, self.steps_per_epoch)
 
     # -- order -----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:

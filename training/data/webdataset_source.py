@@ -34,6 +34,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from .batch import BadDataError, Batch, collate_skip_bad
+from .loader import normalize_position
 
 __all__ = ["WebDatasetLoader", "expand_shards", "count_samples", "read_samples"]
 
@@ -193,14 +194,7 @@ class WebDatasetLoader:
 
     def set_position(self, epoch: int, batch_index: int) -> None:
         """Resume at ``batch_index`` of ``epoch`` (best effort, see the module notes)."""
-        if epoch < 0 or not 0 <= batch_index <= self.steps_per_epoch:
-            raise ValueError(
-                f"position must satisfy epoch >= 0 and 0 <= batch_index <= {self.steps_per_epoch}, "
-                f"got ({epoch}, {batch_index})"
-            )
-        if batch_index == self.steps_per_epoch:
-            epoch, batch_index = epoch + 1, 0
-        self._epoch, self._batch_index = int(epoch), int(batch_index)
+        self._epoch, self._batch_index = normalize_position(epoch, batch_index, self.steps_per_epoch)
 
     def _pass_urls(self, epoch: int, pass_index: int) -> List[str]:
         rng = np.random.default_rng([self.seed, epoch, pass_index])
