@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.utils.benchmark as tb
 
+from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+
 K, D = 16, 32
 
 
@@ -122,13 +124,7 @@ def geomstats_child(batches: list[int], min_run_time: float, repeat: int) -> Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads; python {platform.python_version()}"
+    return f"{cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} threads; python {platform.python_version()}"
 
 
 def main() -> None:

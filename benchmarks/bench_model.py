@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+
 RESULTS = Path(__file__).parent / "results" / "model.md"
 
 
@@ -218,16 +220,6 @@ def _run_in_subprocess(setting: Setting, kind: str, threads: int | None) -> dict
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _memory(result: dict, setting: Setting) -> tuple[float, str]:
     if setting.device == "cuda":
         return result["gpu_peak_mib"], "max_memory_allocated"
@@ -295,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.write_text(
         "# Multi-token model vs stock open_clip: one training step\n\n"
         f"Command: `{command}`\n\n"
-        f"Machine: CPU {_cpu_model()} ({args.threads or torch.get_num_threads()} torch threads per worker), GPU {gpu}, "
+        f"Machine: CPU {cpu_model()} ({args.threads or torch.get_num_threads()} torch threads per worker), GPU {gpu}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.\n\n"
         "One step = forward of both towers, symmetric cross-entropy, backward, AdamW step; best (minimum) of the "
         "timed steps after warm-up (median in brackets), the three models' steps interleaved in one process "

@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 import torch.utils.benchmark as tb
 
+from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "optim.md"
 K, D = 16, 32
@@ -185,14 +187,6 @@ def time_case(case: Case, repeat: int, min_run_time: float) -> list[tuple[str, f
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     import geoopt

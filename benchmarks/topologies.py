@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "topologies"
 DEFAULT_RUNS = REPO / "runs" / "bench-topologies"
@@ -463,7 +465,7 @@ def machine() -> str:
     """A one-line description of this machine."""
     import torch
 
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}").replace("  ", " ")
 

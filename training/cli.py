@@ -173,6 +173,9 @@ def benchmark_script(name: str) -> Path:
 
 def _load_script(path: Path):
     """Import a benchmark script by path as a fresh module (benchmarks/ is not an importable package)."""
+    # as `python path` would: the script's folder first on sys.path, for its sibling imports (machine_info)
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"manifold_align_bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
