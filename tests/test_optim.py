@@ -6,7 +6,6 @@ optima for the manifold convergence tests, bit patterns and version counters for
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import geoopt
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 import manifold_align.optim as optim_module
+from manifold_align.manifolds import Oblique, ObliqueExact
 from manifold_align.optim import RiemannianAdamW, RiemannianSGD, parameter_groups
 
 DTYPE = torch.float64
@@ -40,23 +40,14 @@ TORCH_ONLY_KWARGS = ["foreach", "fused", "capturable", "maximize", "differentiab
 N_STEPS = 60
 
 
-def _oblique_manifold():
-    """The package's Oblique manifold, or None while manifolds/oblique.py is not there yet."""
-    try:
-        return importlib.import_module("manifold_align.manifolds.oblique").Oblique()
-    except ModuleNotFoundError:
-        return None
-
-
 def _manifolds():
     """Non-Euclidean manifolds whose rows are unit vectors: points of shape (k, d)."""
-    found = [pytest.param(geoopt.Sphere(), id="sphere"), pytest.param(geoopt.SphereExact(), id="sphere_exact")]
-    oblique = _oblique_manifold()
-    marks = pytest.mark.skip(reason="manifold_align/manifolds/oblique.py not written yet") if oblique is None else ()
-    found.append(pytest.param(oblique, id="oblique", marks=marks))
-    exact = None if oblique is None else importlib.import_module("manifold_align.manifolds.oblique").ObliqueExact()
-    found.append(pytest.param(exact, id="oblique_exact", marks=marks))
-    return found
+    return [
+        pytest.param(geoopt.Sphere(), id="sphere"),
+        pytest.param(geoopt.SphereExact(), id="sphere_exact"),
+        pytest.param(Oblique(), id="oblique"),
+        pytest.param(ObliqueExact(), id="oblique_exact"),
+    ]
 
 
 def _euclidean_params(kind: str, *, seed: int = 0, dtype=DTYPE) -> list[nn.Parameter]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from training.cli import _load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "topologies.py"
@@ -18,11 +18,8 @@ SCRIPT = REPO / "benchmarks" / "topologies.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_topologies", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The script loaded the way `manifold-align bench topologies` loads it."""
+    return _load_script(SCRIPT)
 
 
 def _args(bench, argv):
