@@ -185,3 +185,12 @@ def test_precision_accumulation_and_checkpointing_options_run(tmp_path, precisio
     summary = train(cfg, tmp_path / "run")
     assert summary["final_step"] == 2 and summary["samples_seen"] == 2 * 2 * 16
     assert math.isfinite(summary["final_loss"])
+
+
+def test_skip_nonfinite_under_fp16_keeps_training(tmp_path, monkeypatch):
+    """A skipped step after the GradScaler's unscale_ must not break the next step."""
+    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNAtCall)
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1",
+                                    "train.precision=fp16", "train.skip_nonfinite=true"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["final_step"] == 4 and summary["nonfinite_steps_skipped"] == 1

@@ -28,7 +28,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def _jsonable(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -74,7 +74,7 @@ class MetricsLog:
         under ``kind/name``."""
         if not self.enabled:
             return
-        row = {"step": step, "kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
+        row = {"step": step, "kind": kind, **{k: json_value(v) for k, v in metrics.items()}}
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self._writer is not None:

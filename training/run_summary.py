@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import config_to_dict
 from .evaluation import format_metrics
+from .metrics_log import json_value
 
 __all__ = ["format_report", "run_summary", "write_json"]
 
@@ -52,7 +53,7 @@ def format_report(summary: dict[str, Any]) -> str:
         f"caption noise {cfg['data']['caption_noise']}) for {summary['final_step']} steps",
         format_metrics(summary["final_metrics"]),
         f"  final temperature scale {summary['final_temperature']:.4g} "
-        f"({cfg['loss']['temperature']['name']})   final loss {summary['final_loss']:.4f}",
+        f"({cfg['loss']['temperature']['name']})   final loss {_loss_text(summary['final_loss'])}",
         f"  skipped samples {summary['skipped_samples']}   non-finite steps skipped "
         f"{summary['nonfinite_steps_skipped']}",
         f"  wall time {summary['wall_time_seconds']:.1f} s",
@@ -62,8 +63,22 @@ def format_report(summary: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _loss_text(loss: Any) -> str:
+    """``final_loss`` for the report: None when no step ran in this process (a finished run resumed)."""
+    return "n/a (no step in this run)" if loss is None else f"{loss:.4f}"
+
+
+def _valid_json(obj: Any) -> Any:
+    """``obj`` with NaN/Inf floats (and tensors) made JSON-valid, recursively (see ``metrics_log.json_value``)."""
+    if isinstance(obj, dict):
+        return {key: _valid_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_json(value) for value in obj]
+    return json_value(obj)
+
+
 def write_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` as indented JSON, atomically (a temporary file renamed over ``path``)."""
+    """Write ``obj`` as indented, valid JSON, atomically (a temporary file renamed over ``path``)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_valid_json(obj), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)

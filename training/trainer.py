@@ -186,8 +186,9 @@ class Trainer:
         finite = self._all_finite(loss) and (self.scaler.is_enabled() or self._all_finite(grad_norm))
         if finite:
             self.scaler.step(self.optimizer)
-            self.scaler.update()
             self.model.temperature.clamp_()  # keeps the optimizer's view of log_scale in range
+        # always, after unscale_: a skipped step must still reset the scaler, or the next unscale_ raises
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": loss, "lr": lr, "temperature": self.model.temperature.value(),
