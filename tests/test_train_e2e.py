@@ -194,3 +194,13 @@ def test_skip_nonfinite_under_fp16_keeps_training(tmp_path, monkeypatch):
                                     "train.precision=fp16", "train.skip_nonfinite=true"])
     summary = train(cfg, tmp_path / "run")
     assert summary["final_step"] == 4 and summary["nonfinite_steps_skipped"] == 1
+
+
+def test_resume_from_an_older_checkpoint_next_to_newer_ones_is_refused(tmp_path):
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=3", "train.warmup=1",
+                                    "train.checkpoint_every=1", "train.keep_checkpoints=3"])
+    train(cfg, tmp_path / "run")
+    (oldest_step, oldest), *_ = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
+    with pytest.raises(FileExistsError, match=f"step {oldest_step}.*later checkpoints"):
+        train(cfg, tmp_path / "run", resume_state=ckpt.load_checkpoint(oldest))
+    assert len(ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")) == 3  # nothing deleted

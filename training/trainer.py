@@ -382,6 +382,11 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         trainer = Trainer(cfg, output, env=env)
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
+            newer = [p.name for step, p in ckpt.list_checkpoints(output / ckpt.CHECKPOINT_DIR) if step > trainer.step]
+            if newer:
+                # pruning keeps the highest steps: it would delete every checkpoint this run writes
+                raise FileExistsError(f"resuming at step {trainer.step} into {output}, which holds later "
+                                      f"checkpoints {newer}; move them away or choose another --output")
         if env.is_main:
             dump_config(cfg, output / "config.yaml")
         log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
