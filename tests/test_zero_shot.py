@@ -68,7 +68,7 @@ def test_logits_use_the_model_similarity_and_temperature(model, classifier):
     torch.testing.assert_close(logits, 3.0 * model.similarity.pairwise(images, classifier))
     probs = logits.softmax(dim=1)
     assert probs.shape == (5, len(CLASSES))
-    assert ((probs >= 0) & (probs <= 1)).all()
+    assert torch.isfinite(logits).all()
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
     assert logits.abs().max() <= 3.0 * 4 + 1e-5  # inside the scaled oblique range [-3k, 3k]
 
@@ -80,7 +80,7 @@ def test_zero_shot_accuracy_on_a_separable_task(model):
     result = zero_shot_accuracy(model, images, labels, own_classes, batch_size=4)
     assert result == {"top1": 1.0, "top5": 1.0}
     shuffled = zero_shot_accuracy(model, [(images[:3], None), (images[3:], None)], labels.roll(1), own_classes)
-    assert shuffled["top1"] == 0.0 and 0.0 <= shuffled["top5"] <= 1.0
+    assert shuffled["top1"] == 0.0  # every image scores its own class first, which is now the wrong label
 
 
 def test_evaluation_restores_training_mode(model):
