@@ -32,7 +32,10 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
+from .manifolds.oblique import Oblique
 from .validation import check_rank, describe_shape
+
+_OBLIQUE = Oblique()
 
 __all__ = [
     "ChordalSimilarity",
@@ -43,12 +46,7 @@ __all__ = [
     "get_similarity",
     "list_similarities",
     "register_similarity",
-    "token_angles",
 ]
-
-# Rows of ``a`` per chunk in the geodesic forward pass: the chunk holds rows * Nb * k * d elements.
-_GEODESIC_CHUNK_ELEMENTS = 1 << 22
-
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -58,70 +56,6 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.float32, torch.float64):
         return x
     return x.float()
-
-
-def token_angles(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Angle between matching vectors, ``2 * atan2(|u - v|, |u + v|)`` on their directions.
-
-    Accurate down to coincident and up to antipodal vectors (no ``arccos`` of a clamped dot product, whose
-    float32 floor is about 1e-2 rad and whose gradient is 0 at the clamp). At coincident vectors the
-    gradient is the subgradient 0.
-
-    Parameters
-    ----------
-    u, v : torch.Tensor, shape (..., d)
-        Broadcastable; need not be unit norm (they are normalized first). Nonzero.
-
-    Returns
-    -------
-    torch.Tensor, shape (...)
-        Angles in radians, in [0, pi].
-    """
-    u = F.normalize(u, dim=-1)
-    v = F.normalize(v, dim=-1)
-    return 2.0 * torch.atan2(torch.linalg.vector_norm(u - v, dim=-1), torch.linalg.vector_norm(u + v, dim=-1))
-
-
-class _PairwiseGeodesic(torch.autograd.Function):
-    """OB geodesic distance ``D_ij = sqrt(sum_b theta_ijb^2)`` for all pairs of rows.
-
-    Forward computes the angles exactly (atan2 formula) in row chunks so that at most
-    ``_GEODESIC_CHUNK_ELEMENTS`` elements of the (Na, Nb, k, d) difference tensor exist at a time; nothing
-    of that size is saved. Backward is two Gram-style contractions per side:
-    ``dD/du_ib = -(1/|u_ib|) sum_j a_ijb (v^_jb - cos(theta_ijb) u^_ib)`` with
-    ``a_ijb = g_ij * theta_ijb / (D_ij * sin(theta_ijb))``.
-    Subgradient 0 at D = 0; antipodal tokens (theta = pi, where the direction is undefined) get gradient 0.
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ua, ub = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-        nb, k, d = ub.shape
-        rows = max(1, _GEODESIC_CHUNK_ELEMENTS // max(1, nb * k * d))
-        thetas = [token_angles(chunk[:, None], ub[None]) for chunk in ua.split(rows)]
-        theta = torch.cat(thetas) if thetas else ua.new_zeros((0, nb, k))
-        dist = torch.linalg.vector_norm(theta, dim=-1)
-        ctx.save_for_backward(a, b, ua, ub, theta, dist)
-        return dist
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        a, b, ua, ub, theta, dist = ctx.saved_tensors
-        # theta / sin(theta) = 1 / sinc(theta / pi); it tends to 1 at theta = 0 and to inf at theta = pi.
-        inv_sinc = torch.sinc(theta / math.pi).reciprocal()
-        inv_sinc = torch.where(torch.isfinite(inv_sinc), inv_sinc, torch.zeros_like(inv_sinc))
-        safe_dist = torch.where(dist > 0, dist, torch.ones_like(dist))
-        weight = torch.where(dist > 0, grad / safe_dist, torch.zeros_like(dist))[..., None] * inv_sinc
-        wcos = weight * torch.cos(theta)
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            tangent = torch.einsum("ijb,jbd->ibd", weight, ub) - ua * wcos.sum(1)[..., None]
-            grad_a = -tangent / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
-        if ctx.needs_input_grad[1]:
-            tangent = torch.einsum("ijb,ibd->jbd", weight, ua) - ub * wcos.sum(0)[..., None]
-            grad_b = -tangent / torch.linalg.vector_norm(b, dim=-1, keepdim=True)
-        return grad_a, grad_b
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,9 +253,9 @@ class ObliqueSimilarity(Similarity):
 class GeodesicSimilarity(ObliqueSimilarity):
     """Minus the geodesic distance on OB(d, k): ``-sqrt(sum_b theta_b^2)``. Range [-pi * sqrt(k), 0].
 
-    Angles come from ``2 * atan2(|u - v|, |u + v|)`` (see :func:`token_angles`). ``pairwise`` works in row
-    chunks and never holds the whole (Na, Nb, k, d) tensor; its backward pass is analytic (not twice
-    differentiable).
+    ``pairwise`` is :meth:`manifold_align.Oblique.cdist` (one batched matmul, near pairs recomputed
+    exactly; never an (Na, Nb, k, d) tensor) and ``paired`` is :meth:`manifold_align.Oblique.dist`; see
+    ``docs/geometry.md`` for their accuracy.
     """
 
     name = "geodesic"
@@ -330,10 +264,10 @@ class GeodesicSimilarity(ObliqueSimilarity):
         return (-math.pi * math.sqrt(k), 0.0)
 
     def _pairwise(self, a, b):
-        return -_PairwiseGeodesic.apply(a, b)
+        return -_OBLIQUE.cdist(a, b)
 
     def _paired(self, a, b):
-        return -torch.linalg.vector_norm(token_angles(a, b), dim=-1)
+        return -_OBLIQUE.dist(a, b)
 
 
 class ChordalSimilarity(ObliqueSimilarity):
