@@ -15,6 +15,7 @@ import os
 from typing import Any, Mapping, Optional, Union
 
 import torch
+from open_clip.factory import load_state_dict
 from open_clip.transformer import CustomResidualAttentionBlock, LayerScale, QuickGELU
 from torch import nn
 
@@ -30,22 +31,22 @@ _DROPPED_KEYS = ("logit_scale", "logit_bias")
 
 
 def _read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
-    """Load a local ``torch.save`` state dict, or an open_clip checkpoint dict with ``"state_dict"``."""
+    """A local state dict (``torch.save`` or safetensors, optionally under ``"state_dict"``, DDP ``module.``
+    prefixes removed), read by open_clip's own :func:`open_clip.factory.load_state_dict`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`model_or_checkpoint_path`: no checkpoint file at {str(path)!r}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{str(path)!r} holds a {type(checkpoint).__name__}, expected a state dict")
-    # DistributedDataParallel checkpoints prefix every key with "module."
-    if checkpoint and all(key.startswith("module.") for key in checkpoint):
-        checkpoint = {key[len("module."):]: value for key, value in checkpoint.items()}
-    return dict(checkpoint)
+    state_dict = load_state_dict(str(path))
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{str(path)!r} holds a {type(state_dict).__name__}, expected a state dict")
+    return dict(state_dict)
 
 
 def _nested_text_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stock CLIP layout (text tower at top level) -> ``text.``-prefixed layout; others unchanged."""
+    """Stock CLIP layout (text tower at top level) -> ``text.``-prefixed layout; others unchanged.
+
+    Not open_clip's ``convert_to_custom_text_state_dict``: that one only converts when a plain
+    ``text_projection`` key exists, so it misses towers with a biased (``nn.Linear``) projection.
+    """
     return {
         (f"text.{key}" if key.startswith(_TEXT_PREFIXES) else key): value for key, value in state_dict.items()
     }
@@ -236,6 +237,6 @@ def load_pretrained(path: Union[str, os.PathLike], cfg: Mapping[str, Any], embed
     """
     state_dict = _read_checkpoint(path)
     cls = state_dict.get("visual.class_embedding")
-    if cls is not None and cls.ndim == 2:
-        return _build_and_load(cfg, embed, state_dict)
-    return from_open_clip(path, embed, model_name=dict(cfg))
+    if cls is None or cls.ndim != 2:  # stock: convert the weights already read
+        state_dict = convert_stock_state_dict(state_dict, embed.tower_tokens, embed.tower_token_dim)
+    return _build_and_load(dict(cfg), embed, state_dict)
