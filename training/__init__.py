@@ -1,7 +1,7 @@
 # --- model dev: the multi-token model's names, imported lazily (importing open_clip takes seconds and
 # `training.config` / the CLI's argument parsing should not pay for it)
 _MODEL_EXPORTS = {
-    "EmbedConfig": "model",
+    "EmbedConfig": "embed_config",  # cheap: no open_clip import
     "MultiTokenCLIP": "model",
     "create_model": "model",
     "create_stock_model": "model",

@@ -200,16 +200,8 @@ class MultiTokenCLIP(nn.Module):
         """
         names = {f"visual.{n}" for n in self.visual.no_weight_decay()}
         names |= {f"text.{n}" for n in self.text.no_weight_decay()}
-        norm_params = {
-            f"{module_name}.{param_name}" if module_name else param_name
-            for module_name, module in self.named_modules()
-            if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d))
-            for param_name, _ in module.named_parameters(recurse=False)
-        }
-        for name, param in self.named_parameters():
-            if param.ndim < 2 or name in norm_params or name.startswith("temperature.") or name == "logit_bias":
-                names.add(name)
-        return names & {name for name, _ in self.named_parameters()}
+        # norms, biases, the temperature's log-scale and logit_bias are all the 1-d (or 0-d) parameters
+        return names | {name for name, param in self.named_parameters() if param.ndim < 2}
 
 
 def _split_config(model_name_or_cfg: ModelSpec, embed_cfg) -> tuple[dict, EmbedConfig]:

@@ -209,7 +209,7 @@ class MultiTokenVisionTransformer(VisionTransformer):
         extra = pos.data[:1].expand(n_tokens - 1, -1)
         self.positional_embedding = nn.Parameter(torch.cat([pos.data[:1], extra, pos.data[1:]]),
                                                  requires_grad=pos.requires_grad)
-        if isinstance(self.patch_dropout, PatchDropout):
+        if n_tokens > 1 and isinstance(self.patch_dropout, PatchDropout):  # k = 1: stock's own keeps the token
             self.patch_dropout = PrefixPatchDropout(self.patch_dropout.prob, n_tokens)
 
     def _embeds(self, x: torch.Tensor) -> torch.Tensor:
