@@ -152,3 +152,16 @@ def test_batch_of_one_has_no_negatives():
     img, txt = _pair(n=1)
     out = ContrastiveLoss("oblique")(img, txt)
     assert float(out.loss) == 0.0 and math.isnan(out.negative_similarity)
+
+
+@pytest.mark.parametrize("offset", [0, 4, 8])
+def test_diagnostics_with_rank_offset(offset):
+    """Positives at (i, offset + i), as on a rank other than 0 with local_loss."""
+    from manifold_align.losses import _diagnostics
+
+    s = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(offset))
+    positive = torch.zeros(4, 12, dtype=torch.bool)
+    positive[torch.arange(4), torch.arange(4) + offset] = True
+    pos, neg = _diagnostics(s, offset)
+    assert pos == pytest.approx(float(s[positive].mean()), abs=1e-12)
+    assert neg == pytest.approx(float(s[~positive].mean()), abs=1e-12)
