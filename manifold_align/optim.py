@@ -342,13 +342,15 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
             # fused kernels read float32 steps on the device; foreach reads them on the host
             steps_on = dict(dtype=torch.float32, device=device) if fused else dict(dtype=torch.float64)
             chosen = [states[i] for i in members]
+            counts = [previous[i] for i in members]
+            counters = self._step_counters((id(group), device), counts, steps_on)
             _torch_adamw(
                 [params[i] for i in members],
                 [_read_grad(params[i], params[i].dtype, private=False) for i in members],
                 [state["exp_avg"] for state in chosen],
                 [state["exp_avg_sq"] for state in chosen],
                 [state["max_exp_avg_sq"] for state in chosen] if amsgrad else [],
-                list(torch.tensor([previous[i] for i in members], **steps_on).unbind()),
+                counters,
                 foreach=not fused,
                 fused=fused,
                 amsgrad=amsgrad,
@@ -359,7 +361,25 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
                 eps=_as_float(group["eps"]),
                 maximize=False,
             )
+            # the kernel has added 1 to the counters: they hold the counts of the next step
+            self._step_counter_cache[(id(group), device)] = (counters, [count + 1 for count in counts])
         return [state["step"] for state in states]
+
+    def _step_counters(self, key: tuple, counts: list[int], steps_on: dict) -> list[torch.Tensor]:
+        """Step counters holding ``counts`` for torch's kernel: views of one tensor.
+
+        torch's kernel adds 1 to them in place, so after a step they hold the next step's counts. The
+        views are kept per (group, device) once the kernel has run and handed out again when they hold
+        exactly the counts asked for, as at every ordinary step: no host-to-device copy, hence no GPU
+        sync, per step. Other ``counts`` (first step, a loaded state dict, a changed parameter list)
+        get fresh counters. The entry is taken out while the kernel runs, so a step that raises leaves
+        none behind.
+        """
+        cache = self.__dict__.setdefault("_step_counter_cache", {})
+        cached = cache.pop(key, None)
+        if cached is not None and cached[1] == counts:
+            return cached[0]
+        return list(torch.tensor(counts, **steps_on).unbind())
 
     def _update(self, param: torch.Tensor, group: dict) -> int:
         """One AdamW step for ``param``; returns its step count."""

@@ -6,6 +6,7 @@ optima for the manifold convergence tests, bit patterns and version counters for
 
 from __future__ import annotations
 
+import copy
 import math
 
 import geoopt
@@ -186,6 +187,39 @@ def test_adamw_parity_survives_state_dict_round_trip():
     _run(torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, amsgrad=True, foreach=False), ref, 20)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_adamw_parity_after_rewinding_the_same_optimizer():
+    # loading an older state into the optimizer that ran on must reset its step counters
+    ours, ref = _euclidean_params("parameter"), _euclidean_params("parameter")
+    opt = RiemannianAdamW(ours, lr=1e-2, weight_decay=0.1)
+    _run(opt, ours, 10)
+    saved_state = copy.deepcopy(opt.state_dict())  # state_dict() holds references to live tensors
+    saved_params = [p.detach().clone() for p in ours]
+    _run(opt, ours, 5)
+    opt.load_state_dict(saved_state)
+    with torch.no_grad():
+        for p, saved in zip(ours, saved_params):
+            p.copy_(saved)
+    _run(opt, ours, 10)
+    _run(torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, foreach=False), ref, 20)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_adamw_reuses_its_step_counters_between_steps(monkeypatch):
+    # a fresh counter tensor per step would be a host-to-device copy (a GPU sync) per step
+    seen = []
+    kernel = optim_module._torch_adamw
+
+    def recording(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **kwargs):
+        seen.append([id(t) for t in state_steps])
+        return kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **kwargs)
+
+    monkeypatch.setattr(optim_module, "_torch_adamw", recording)
+    params = _euclidean_params("parameter")
+    _run(RiemannianAdamW(params, lr=1e-2), params, 3)
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]
 
 
 def test_adamw_works_with_lr_scheduler():
