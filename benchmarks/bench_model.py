@@ -11,7 +11,8 @@ warm-up. Memory: each (setting, model) pair in its own subprocess so that its pe
 - GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights included), bf16 autocast.
 
 Captions: the multi-token text tower runs only up to the batch's last end-of-text token (exact, see
-``docs/model.md``), stock open_clip always runs the full context. So the multi-token model is measured
+``docs/model.md``; the batch is cut on the CPU with ``trim_text`` before it moves, as the trainer does),
+stock open_clip always runs the full context. So the multi-token model is measured
 twice: on *realistic* captions (seeded web-like sentences of 10-25 words, tokenized with the model's
 tokenizer, padded to the context) and on *full-length* captions (every caption fills the context, the
 worst case for trimming). The stock model's cost does not depend on the captions (realistic ones here).
@@ -142,7 +143,10 @@ def _build(setting: Setting, kind: str):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = cfg["vision_cfg"]["image_size"]
     images = torch.randn(setting.batch, 3, size, size, device=device)
-    texts = get_tokenizer(cfg)(make_captions(setting.batch, captions)).to(device)
+    texts = get_tokenizer(cfg)(make_captions(setting.batch, captions))
+    if kind != "stock":  # cut on the CPU as the trainer does: the tower then needs no host-device sync
+        texts = model.trim_text(texts)
+    texts = texts.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
 
     def step():

@@ -170,12 +170,43 @@ def test_trimmed_k1_reproduces_stock_open_clip_on_short_captions(images):
     stock = create_stock_model(tiny_cfg(context_length=24)).eval()
     model = create_model(tiny_cfg(context_length=24), embed(1, 128, "cosine")).eval()
     model.load_state_dict(convert_stock_state_dict(stock.state_dict(), 1, 128, noise_std=0.0), strict=False)
-    assert model.text.trim_padding
+    assert model.text.trim_padding is None  # the default: trims CPU batches
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
     assert int(text.argmax(dim=1).max()) + 1 < 24  # trimming is active
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(text)[:, 0], stock.encode_text(text, normalize=True),
                                    atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_trim_tokens_on_the_cpu_then_an_untrimming_tower_gives_the_untrimmed_features(k):
+    """The GPU path: the batch is cut on the CPU (trim_tokens), the tower then keeps its length."""
+    torch.manual_seed(7)
+    model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).eval()
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    cut = model.trim_text(text)
+    # independent of the code under test: the columns up to the last end-of-text (the largest id)
+    last_eot = max(row.tolist().index(max(row.tolist())) for row in text)
+    assert torch.equal(cut, text[:, : last_eot + 1])
+    model.text.trim_padding = False
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(cut), model.encode_text(text), atol=1e-6, rtol=0)
+
+
+def test_default_trimming_never_reads_a_length_off_a_non_cpu_tensor():
+    # ``int(eot.max())`` on a GPU tensor is a host-device sync; a meta tensor raises where a GPU one syncs
+    model = create_model(tiny_cfg(context_length=24), embed(4, 32))
+    eot = torch.empty(3, dtype=torch.long, device="meta")
+    assert model.text._trimmed_length(eot, 24) == 24
+    model.text.trim_padding = True
+    with pytest.raises(Exception):
+        model.text._trimmed_length(eot, 24)
+
+
+def test_trim_tokens_rejects_a_batch_that_is_not_token_ids():
+    model = create_model(tiny_cfg(context_length=24), embed(4, 32))
+    with pytest.raises(ValueError, match=r"`text`.*\(B, L\)"):
+        model.trim_text(torch.zeros(24, dtype=torch.long))
 
 
 def test_trimming_keeps_eos_pooling_exact():

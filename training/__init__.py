@@ -28,3 +28,5 @@ from .config import ConfigError, RunConfig, load_config  # noqa: E402
 
 _MODEL_EXPORTS.update({"train": "trainer", "Trainer": "trainer", "NonFiniteLossError": "trainer",
                        "evaluate_checkpoint": "trainer"})
+
+__all__ = ["ConfigError", "RunConfig", "load_config", *_MODEL_EXPORTS]

@@ -159,6 +159,14 @@ class MultiTokenCLIP(nn.Module):
         """Token ids (B, L), L <= context_length -> features (B, k, d), projected if ``normalize``."""
         return self._as_points(self.text(text), normalize)
 
+    def trim_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> (B, L') without the padding columns after the last end-of-text token.
+
+        Exact; call it on the CPU batch before moving it to a GPU (see
+        :meth:`training.towers.MultiTokenTextTransformer.trim_tokens`).
+        """
+        return self.text.trim_tokens(text)
+
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> dict:
         """Encode both modalities, open_clip ``output_dict`` style.
 

@@ -22,7 +22,9 @@ Design (see ``docs/model.md``):
   features unchanged. With ``k = 1`` the stock end-of-text pooling is used.
 - Text, any ``k``: the transformer runs only up to the batch's last end-of-text token (the positions after
   it are pads that nothing read out attends to), so short captions cost less than the full context.
-  Exact; one host-device sync per forward on GPU; ``trim_padding=False`` turns it off.
+  Exact. Finding that length on a GPU tensor would be a host-device sync, so the tower does it itself
+  only for CPU tensors; for GPU training, :meth:`MultiTokenTextTransformer.trim_tokens` cuts the batch on
+  the CPU before it moves (the trainer does this).
 - Projection: a ``(width, k * d)`` matrix whose column block ``b`` maps pooled token ``b`` to its ``d``
   output dims: ``out[:, b] = pooled[:, b] @ proj[:, b * d:(b + 1) * d]``.
 """
@@ -336,16 +338,18 @@ class MultiTokenTextTransformer(TextTransformer):
         ``k >= 1``.
     token_dim : int
         ``d >= 2``.
-    trim_padding : bool
+    trim_padding : bool or None, default None
         Run the transformer only on the caption positions the read-out depends on: up to the batch's
         last end-of-text token (see :meth:`_trimmed_length`). Exact (the features equal the untrimmed
-        ones up to float summation order); costs one host-device sync per forward on GPU. False runs the
-        full ``L`` positions as stock open_clip does.
+        ones up to float summation order). None: only when the ids are on the CPU, where finding the
+        length is free; on a GPU it would be a host-device sync per forward, so GPU batches should be cut
+        with :meth:`trim_tokens` before they move. True: always (one sync per forward on a GPU). False:
+        never; the full ``L`` positions run as in stock open_clip.
     **text_kwargs
         :class:`~open_clip.transformer.TextTransformer` arguments except ``output_dim``.
     """
 
-    def __init__(self, n_tokens: int, token_dim: int, *, trim_padding: bool = True, **text_kwargs):
+    def __init__(self, n_tokens: int, token_dim: int, *, trim_padding: bool | None = None, **text_kwargs):
         super().__init__(output_dim=n_tokens * token_dim, **text_kwargs)
         self.n_tokens, self.token_dim = n_tokens, token_dim
         self.trim_padding = trim_padding
@@ -391,11 +395,32 @@ class MultiTokenTextTransformer(TextTransformer):
         For ``k = 1`` the end-of-text output sees (causally) positions ``<= eot``; for ``k > 1`` the
         queries see caption positions ``< eot`` only (their end-of-text input comes from the embeddings).
         Later positions are pads that nothing read out attends to, so dropping them is exact. The
-        ``int(...)`` is one host-device sync per call on GPU.
+        ``int(...)`` is one host-device sync per call on a GPU, so with ``trim_padding=None`` GPU
+        tensors keep their length (see :meth:`trim_tokens`).
         """
-        if not self.trim_padding:
+        if self.trim_padding is False or (self.trim_padding is None and eot.device.type != "cpu"):
             return length
         return max(1, min(length, int(eot.max()) + (1 if self.n_tokens == 1 else 0)))
+
+    def trim_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """Drop the columns after the batch's last end-of-text token; the features do not change.
+
+        Call it on the CPU batch before moving it to a GPU: the length is then found without a
+        host-device sync, and the tower runs only the positions it needs.
+
+        Parameters
+        ----------
+        text : torch.Tensor, shape (B, L), int
+            Token ids.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, L')
+            ``text[:, :L']`` with ``L' = max(end-of-text position) + 1`` (a view).
+        """
+        if text.dim() != 2 or text.shape[0] == 0:
+            raise ValueError(f"`text` must be token ids of shape (B, L) with B >= 1, got shape {tuple(text.shape)}")
+        return text[:, : int(self._eot_index(text).max()) + 1]
 
     def _pool_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, k, width) pooled tokens after ln_final."""
@@ -435,11 +460,12 @@ def build_text_tower(
     *,
     quick_gelu: bool = False,
     cast_dtype: Optional[torch.dtype] = None,
-    trim_padding: bool = True,
+    trim_padding: bool | None = None,
 ) -> MultiTokenTextTransformer:
     """Build the text tower from an open_clip ``text_cfg`` the way open_clip builds its TextTransformer.
 
-    ``trim_padding``: see :class:`MultiTokenTextTransformer` (exact; False runs the full context).
+    ``trim_padding``: see :class:`MultiTokenTextTransformer` (exact; None trims CPU batches only, False runs
+    the full context).
     """
     cfg = parse_text_cfg(text_cfg)
     norm_layer, act_layer = _layers(cfg.norm_kwargs, cfg.act_kwargs, quick_gelu, cast_dtype)
