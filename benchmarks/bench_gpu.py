@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_gpu: no CUDA device (torch.cuda.is_available() is False); use --device cpu to smoke-test",
               file=sys.stderr)
         return 2
-    min_run_time = 0.05 if args.quick else 0.5
-    peak_n = 1024 if args.quick else 8192
-    batches = (256, 1024) if args.quick else (4096, 16384, 32768)
+    min_run_time = 0.02 if args.quick else 0.5
+    peak_n = 512 if args.quick else 8192
+    batches = (128, 256) if args.quick else (4096, 16384, 32768)
     peaks = {"bf16": matrix_peak_tflops(device, torch.bfloat16, peak_n, min_run_time),
              "float32": matrix_peak_tflops(device, torch.float32, peak_n, min_run_time)}
     print(f"[bench_gpu] peak bf16 {peaks['bf16']:.1f}, float32 {peaks['float32']:.1f} TFLOP/s", file=sys.stderr)

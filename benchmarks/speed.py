@@ -16,6 +16,8 @@ changes torch's default dtype, which must not leak into the other timings):
   setting when CUDA is available).
 - ``bench_optim.py``: RiemannianAdamW against torch AdamW and geoopt RiemannianAdam (adds CUDA rows
   when CUDA is available).
+- ``bench_gpu.py`` (only where CUDA is available): the logits' share of the GPU's matrix peak, the loss
+  against open_clip's ClipLoss and the manifold ops against geoopt on the GPU.
 
 ``--quick`` is passed through (``bench_model.py`` without a ``--quick`` flag of its own runs only its
 small settings). The tables are concatenated into ``benchmarks/results/speed.md`` with the machine line
@@ -42,7 +44,9 @@ from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run fr
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "speed.md"
-BENCHMARKS = ("manifold", "model", "optim")
+BENCHMARKS = ("manifold", "model", "optim", "gpu")
+#: benchmarks that need CUDA; left out of the default selection without it
+GPU_ONLY = ("gpu",)
 
 
 @dataclass
@@ -133,6 +137,7 @@ _TITLES = {
     "manifold": "Manifold ops against geoopt, geomstats, pymanopt; logits against einsum and plain matmul",
     "model": "One training step: multi-token model against stock open_clip",
     "optim": "One optimizer step: RiemannianAdamW against torch AdamW and geoopt RiemannianAdam",
+    "gpu": "GPU: logits against the matrix peak, loss against open_clip, manifold ops against geoopt",
 }
 
 _MODEL_NOTE = ("Step: forward of both towers, symmetric cross-entropy, backward, AdamW step; best (minimum) of "
@@ -146,9 +151,9 @@ def render(sections: Sequence[Section], *, quick: bool, argv: Sequence[str], gpu
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/speed.py', *argv])}`  ",
         f"Machine: {machine()}  ",
-        ("GPU: " + gpu + ": GPU rows included where a script has them (bench_model, bench_optim; bench_manifold "
-         "is CPU only)." if gpu else
-         "GPU: none (torch.cuda.is_available() is False): CPU rows only."),
+        ("GPU: " + gpu + ": GPU rows included where a script has them (bench_model, bench_optim, bench_gpu; "
+         "bench_manifold is CPU only)." if gpu else
+         "GPU: none (torch.cuda.is_available() is False): CPU rows only, bench_gpu left out."),
         "",
         "Each script ran in its own process, one after the other, with its own threads and timing method "
         "(see each section). Ratios are measured within one script run, so they survive the machine's load "
@@ -180,8 +185,9 @@ def build_parser(prog: str = "benchmarks/speed.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true",
                         help="passed to each script: shorter timing windows, small settings (a few minutes)")
-    parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=list(BENCHMARKS),
-                        metavar="NAMES", help=f"comma list of benchmarks to run (default all: {','.join(BENCHMARKS)})")
+    parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="NAMES",
+                        help=f"comma list of benchmarks to run (default all: {','.join(BENCHMARKS)}; "
+                             f"{','.join(GPU_ONLY)} only where CUDA is available)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help=f"markdown file to write (default {RESULTS.relative_to(REPO)})")
     parser.add_argument("--update-results", action="store_true",
@@ -194,10 +200,15 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str = "benchmarks/speed.
     """Entry point (``manifold-align bench speed`` delegates here); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
+    gpu = gpu_name()
+    if args.only is None:
+        args.only = [n for n in BENCHMARKS if gpu or n not in GPU_ONLY]
     unknown = [n for n in args.only if n not in BENCHMARKS]
     if unknown or not args.only:
         raise SystemExit(f"--only: unknown benchmark(s) {unknown}; accepted: {', '.join(BENCHMARKS)}")
-    gpu = gpu_name()
+    if not gpu and any(n in GPU_ONLY for n in args.only):
+        raise SystemExit(f"--only: {', '.join(n for n in args.only if n in GPU_ONLY)} needs a CUDA device "
+                         "(torch.cuda.is_available() is False)")
     print(f"[speed] {machine()}", file=sys.stderr)
     print(f"[speed] GPU: {gpu}" if gpu else "[speed] no GPU (torch.cuda.is_available() is False): CPU rows only",
           file=sys.stderr)

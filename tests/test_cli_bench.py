@@ -1,6 +1,7 @@
 """Tests of ``manifold-align bench``: help, delegation to benchmarks/*.py, the missing-checkout error.
 
-No benchmark runs here: only help, dry runs and command construction.
+Only help, dry runs and command construction, plus one smoke run of ``bench_gpu.py`` on the CPU (its
+small ``--quick`` sizes), so that the GPU script is exercised where CI runs.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import importlib
+
 import pytest
+import torch
 
 from training import cli
 
@@ -79,6 +83,24 @@ def test_bench_speed_dry_run_quick_prints_the_commands(capsys):
     assert "benchmarks/bench_model.py" in out
     assert "--out" not in out and "--no-write" not in out  # scratch output flags are not shown
     assert "GPU" in err  # says whether there is a GPU
+    assert ("benchmarks/bench_gpu.py --quick" in out) == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_speed_refuses_the_gpu_benchmark_without_cuda(capsys):
+    with pytest.raises(SystemExit, match="gpu needs a CUDA device"):
+        cli.main(["bench", "speed", "--only", "gpu", "--dry-run"])
+
+
+def test_bench_gpu_script_runs_on_cpu_and_prints_every_table(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
+    bench_gpu = importlib.import_module("bench_gpu")
+    assert bench_gpu.main(["--device", "cpu", "--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| B |")
+            and not line.startswith("| op |")]
+    assert len(rows) == 2 * 3 + 2 + 3  # logits: 2 batches x 3 cases; loss: 2 batches; manifold: 3 ops
+    assert "nan" not in out.lower()
 
 
 def test_bench_speed_rejects_unknown_benchmark(capsys):
