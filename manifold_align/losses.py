@@ -18,7 +18,7 @@ from torch import nn
 from .distributed import all_gather_with_grad, gather_features, is_distributed
 from .similarity import Similarity, get_similarity
 from .temperature import Temperature, get_temperature
-from .validation import check_finite, check_rank, describe_shape
+from .validation import check_rank, describe_shape
 
 __all__ = ["ContrastiveLoss", "ContrastiveLossOutput"]
 
@@ -59,17 +59,30 @@ def _positive_mask(n_rows: int, n_cols: int, offset: int, device) -> torch.Tenso
 
 
 @torch.no_grad()
-def _diagnostics(similarity: torch.Tensor, offset: int) -> tuple[float, float]:
-    """Mean positive and mean negative similarity of an (n, m) block whose positives sit at (i, offset + i).
+def _diagnostics(similarity: torch.Tensor, offset: int,
+                 features: Mapping[str, torch.Tensor]) -> tuple[float, float, dict[str, tuple[int, int]]]:
+    """Mean positive and negative similarity, and the NaN and Inf counts of ``features``.
 
-    Read off the diagonal, with one transfer to the host; the negative mean is NaN when there are none.
+    The similarity is an (n, m) block whose positives sit at (i, offset + i), read off the diagonal; the
+    negative mean is NaN when there are none. ``features`` maps argument names to tensors. Everything
+    comes to the host in one transfer (one device sync on a GPU).
+
+    Returns
+    -------
+    positive, negative : float
+    bad : dict of str to (int, int)
+        ``(n_nan, n_inf)`` per name.
     """
     n, m = similarity.shape
     positive_sum = similarity.diagonal(offset).sum()
     n_negative = n * m - n
     negative_sum = similarity.sum() - positive_sum
-    pos, neg = torch.stack([positive_sum / n, negative_sum / max(n_negative, 1)]).tolist()
-    return pos, (neg if n_negative else math.nan)
+    stats = [positive_sum / n, negative_sum / max(n_negative, 1)]
+    for tensor in features.values():
+        stats += [torch.isnan(tensor).sum().to(stats[0].dtype), torch.isinf(tensor).sum().to(stats[0].dtype)]
+    pos, neg, *counts = torch.stack(stats).tolist()
+    bad = {name: (int(counts[2 * i]), int(counts[2 * i + 1])) for i, name in enumerate(features)}
+    return pos, (neg if n_negative else math.nan), bad
 
 
 class ContrastiveLoss(nn.Module):
@@ -97,6 +110,10 @@ class ContrastiveLoss(nn.Module):
         gradient too; we all_gather instead of its neighbour exchange -- same sum, same gradients).
     cache_labels : bool, default False, keyword-only
         Cache the softmax label vector per device.
+    check_finite : bool, default True, keyword-only
+        Raise ``ValueError`` naming the argument when the features hold NaN or Inf. Checked together with
+        the diagnostics, in the one host transfer of a forward. False lets them through (the loss is then
+        non-finite), for a caller that handles that, such as the trainer with ``train.skip_nonfinite``.
     rank, world_size : int, keyword-only
         Features are gathered only when ``world_size > 1`` (a process group must then be initialized).
 
@@ -118,6 +135,7 @@ class ContrastiveLoss(nn.Module):
         local_loss: bool = False,
         gather_with_grad: bool = False,
         cache_labels: bool = False,
+        check_finite: bool = True,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -133,6 +151,7 @@ class ContrastiveLoss(nn.Module):
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.cache_labels = cache_labels
+        self.check_finite = check_finite
         self.rank, self.world_size = rank, world_size
         self._labels: dict = {}
         self.logit_bias = self._make_bias(logit_bias, bias_init)
@@ -158,8 +177,6 @@ class ContrastiveLoss(nn.Module):
                 f"`image_features` and `text_features` must have the same shape, got "
                 f"{describe_shape(image_features)} and {describe_shape(text_features)}"
             )
-        check_finite(image_features, "image_features")
-        check_finite(text_features, "text_features")
 
     # ---- softmax --------------------------------------------------------------------------------
     def _labels_for(self, n: int, device) -> torch.Tensor:
@@ -216,7 +233,8 @@ class ContrastiveLoss(nn.Module):
         Parameters
         ----------
         image_features, text_features : torch.Tensor, shape (N, k, d) (or (N, D) for ``cosine``)
-            Projected features (``similarity.project``); row i of each is a matched pair. Finite.
+            Projected features (``similarity.project``); row i of each is a matched pair. Finite (see
+            ``check_finite``).
 
         Returns
         -------
@@ -229,7 +247,12 @@ class ContrastiveLoss(nn.Module):
             loss, sim, offset = self._softmax_loss(image_features, text_features, distributed)
         else:
             loss, sim, offset = self._sigmoid_loss(image_features, text_features, distributed)
-        pos, neg = _diagnostics(sim.detach(), offset)
+        checked = {"image_features": image_features, "text_features": text_features} if self.check_finite else {}
+        pos, neg, bad = _diagnostics(sim.detach(), offset, checked)
+        for name, (n_nan, n_inf) in bad.items():
+            if n_nan or n_inf:
+                raise ValueError(f"`{name}` must be finite, got {n_nan} NaN and {n_inf} Inf values in a tensor of "
+                                 f"shape {describe_shape(checked[name])}")
         return ContrastiveLossOutput(
             loss=loss, scale=self.temperature.value(), positive_similarity=pos,
             negative_similarity=neg, gap=pos - neg,

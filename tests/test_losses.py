@@ -131,6 +131,23 @@ def test_autocast_bf16_loss_is_float32(objective):
     assert math.isfinite(float(out.loss))
 
 
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+def test_non_finite_features_are_named_and_counted(objective):
+    img, txt = _pair()
+    bad = txt.clone()
+    bad[0, 0, 0], bad[1, 2, 3], bad[2, 0, 1] = float("nan"), float("inf"), float("-inf")
+    with pytest.raises(ValueError, match=r"`text_features` must be finite, got 1 NaN and 2 Inf values"):
+        ContrastiveLoss("oblique", objective=objective)(img, bad)
+
+
+def test_check_finite_false_lets_non_finite_features_through_as_a_non_finite_loss():
+    img, txt = _pair()
+    bad = img.clone()
+    bad[0, 0, 0] = float("nan")
+    out = ContrastiveLoss("oblique", check_finite=False)(bad, txt)
+    assert not math.isfinite(float(out.loss))
+
+
 def test_errors():
     img, txt = _pair()
     loss = ContrastiveLoss("oblique")
@@ -162,6 +179,7 @@ def test_diagnostics_with_rank_offset(offset):
     s = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(offset))
     positive = torch.zeros(4, 12, dtype=torch.bool)
     positive[torch.arange(4), torch.arange(4) + offset] = True
-    pos, neg = _diagnostics(s, offset)
+    pos, neg, bad = _diagnostics(s, offset, {})
+    assert bad == {}
     assert pos == pytest.approx(float(s[positive].mean()), abs=1e-12)
     assert neg == pytest.approx(float(s[~positive].mean()), abs=1e-12)

@@ -177,6 +177,31 @@ def test_skip_nonfinite_counts_and_bad_samples_are_summed(tmp_path, monkeypatch)
     assert math.isfinite(summary["final_loss"])
 
 
+class _NaNFeaturesAtCall(trainer_module.ContrastiveLoss):
+    """The real loss, fed NaN image features on the 3rd call."""
+
+    def forward(self, image_features, text_features):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            image_features = image_features * float("nan")
+        return super().forward(image_features, text_features)
+
+
+def test_skip_nonfinite_skips_a_step_with_non_finite_features(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNFeaturesAtCall)
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1",
+                                    "train.skip_nonfinite=true"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["final_step"] == 4 and summary["nonfinite_steps_skipped"] == 1
+
+
+def test_non_finite_features_without_skipping_stop_with_the_argument_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNFeaturesAtCall)
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1"])
+    with pytest.raises(ValueError, match="`image_features` must be finite"):
+        train(cfg, tmp_path / "run")
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_precision_accumulation_and_checkpointing_options_run(tmp_path, precision):
     cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=2", "train.warmup=1",

@@ -121,6 +121,7 @@ class Trainer:
             logit_bias=self.model.logit_bias,
             local_loss=loss_cfg.local_loss,
             gather_with_grad=loss_cfg.gather_with_grad,
+            check_finite=not self.cfg.train.skip_nonfinite,  # skipping: non-finite features make a skipped step
             rank=self.env.rank,
             world_size=self.env.world_size,
         )
