@@ -227,13 +227,22 @@ class ScheduledTemperature(Temperature):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= warmup:
             raise ValueError(f"`steps` must be an integer > warmup={warmup}, got {steps!r}")
         self.steps, self.warmup = steps, warmup
+        # the buffer travels in state dicts; the host copy is what scale() reads, so that a GPU module
+        # never reads device memory (a host-device sync) per call
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._host_step = 0
 
     def set_step(self, step: int) -> None:
         """Set the current step (>= 0)."""
         if int(step) < 0:
             raise ValueError(f"`step` must be >= 0, got {step!r}")
-        self.step.fill_(int(step))
+        self._host_step = int(step)
+        self.step.fill_(self._host_step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D102
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "step" in state_dict:
+            self._host_step = int(state_dict[prefix + "step"])
 
     def scale_at(self, step: int) -> float:
         """The scale at ``step`` as a float."""
@@ -245,13 +254,13 @@ class ScheduledTemperature(Temperature):
         return self.start * (self.end / self.start) ** t
 
     def scale(self) -> torch.Tensor:  # noqa: D102
-        value = self.scale_at(int(self.step))
-        return torch.tensor(value, dtype=self._anchor.dtype, device=self._anchor.device)
+        # a fill on the module's device: no host-to-device copy, no sync
+        return self._anchor.new_full((), self.scale_at(self._host_step))
 
     def extra_repr(self) -> str:  # noqa: D102
         return (
             f"kind={self.kind}, start={self.start:g}, end={self.end:g}, steps={self.steps}, "
-            f"warmup={self.warmup}, step={int(self.step)}, scale={self.value():.6g}"
+            f"warmup={self.warmup}, step={self._host_step}, scale={self.value():.6g}"
         )
 
 

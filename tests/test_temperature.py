@@ -80,6 +80,16 @@ def test_schedule_without_warmup_starts_at_start(kind):
     assert math.isclose(t.value(), 3.0, rel_tol=1e-6)
 
 
+def test_schedule_scale_reads_no_device_memory():
+    # int() of a GPU buffer is a host-device sync per call; a meta tensor raises where a GPU one syncs
+    t = get_temperature("cosine", start=1.0, end=5.0, steps=100, warmup=5)
+    t.set_step(40)
+    expected = t.value()
+    t.to("meta")
+    scale = t.scale()
+    assert scale.device.type == "meta" and t.scale_at(40) == pytest.approx(expected)
+
+
 def test_state_dict_round_trip():
     t = get_temperature("cosine", start=1.0, end=5.0, steps=100, warmup=5)
     t.set_step(40)
