@@ -83,10 +83,14 @@ def encode_texts(model, tokens: torch.Tensor, *, batch_size: int = 256,
                  autocast: Autocast = nullcontext) -> torch.Tensor:
     """Projected text features of token ids (N, L), in eval mode: float32, shape (N, k, d).
 
-    Each batch runs inside ``autocast()``.
+    Each batch runs inside ``autocast()``. A multi-token model's batches are trimmed on the CPU first
+    (``model.trim_text``, exact), so that a GPU tower runs only the positions it needs without a sync.
     """
+    batches = tokens.split(batch_size)
+    if hasattr(model, "trim_text") and tokens.device.type == "cpu":
+        batches = [model.trim_text(batch) for batch in batches]
     with _EvalMode(model):
-        return _encode(model.encode_text, tokens.split(batch_size), _device(model), autocast)
+        return _encode(model.encode_text, batches, _device(model), autocast)
 
 
 def _fill(template: Template, classname: str) -> str:
