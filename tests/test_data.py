@@ -165,6 +165,10 @@ def test_build_data_embedded(transforms, name):
     assert zs.images.shape[0] == zs.labels.shape[0] and int(zs.labels.max()) < len(zs.classnames)
     assert bundle.retrieval.images.shape[0] == bundle.retrieval.texts.shape[0]
     assert bundle.steps_per_epoch == len(bundle.train) > 0 and name in bundle.description
+    assert not bundle.train.pin_memory
+    pinned = build_data(data_cfg(dataset=name, num_samples=64), preprocess_train=train, preprocess_val=val,
+                        tokenizer=tok, seed=0, pin_memory=True)
+    assert pinned.train.pin_memory  # reaches the DataLoader (iterating it needs a GPU)
 
 
 def test_unknown_dataset_names_the_field_and_choices(transforms):
@@ -367,6 +371,10 @@ def test_webdataset_skips_corrupt_images(transforms, tmp_path):
         preprocess_train=train, preprocess_val=val, tokenizer=tok, seed=0,
     )
     assert bundle.steps_per_epoch == 2 and bundle.retrieval.images.shape[0] == 12
+    assert not bundle.train.pin_memory
+    pinned = build_data(data_cfg(dataset="webdataset", train_data=pattern, batch_size=4, num_samples=8),
+                        preprocess_train=train, preprocess_val=val, tokenizer=tok, seed=0, pin_memory=True)
+    assert pinned.train.pin_memory  # reaches the DataLoader (iterating it needs a GPU)
 
 
 # ---------------------------------------------------------------- resumable loader

@@ -79,7 +79,8 @@ def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
     from .data import build_data
 
     return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
-                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                      pin_memory=env.device.type == "cuda")
 
 
 def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:

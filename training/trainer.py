@@ -139,7 +139,9 @@ class Trainer:
 
     def _micro_step(self, batch, n_micro: int, sync: bool):
         images = batch.images.to(self.device, non_blocking=True)
-        texts = self.model.trim_text(batch.texts).to(self.device, non_blocking=True)  # trimmed on the CPU: no sync
+        # the trimmed length is found on the CPU (no sync); the whole (pinned) tensor moves asynchronously
+        length = self.model.trim_text(batch.texts).shape[1]
+        texts = batch.texts.to(self.device, non_blocking=True)[:, :length]
         no_sync = getattr(self.forward_model, "no_sync", None)
         context = no_sync() if (not sync and no_sync is not None) else nullcontext()
         with context:

@@ -127,7 +127,7 @@ class ResumableLoader:
     workers : int
         ``num_workers`` of the underlying ``torch.utils.data.DataLoader``.
     pin_memory : bool
-        Passed to the ``DataLoader``.
+        Passed to the ``DataLoader`` (page-locked batches copy to a GPU faster and asynchronously).
 
     Notes
     -----

@@ -150,6 +150,8 @@ class WebDatasetLoader:
     seed, rank, world_size, workers : int
     shuffle_buffer : int
         Sample shuffle buffer per worker (0 disables).
+    pin_memory : bool
+        Passed to the ``DataLoader`` (page-locked batches copy to a GPU faster and asynchronously).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class WebDatasetLoader:
         world_size: int = 1,
         workers: int = 0,
         shuffle_buffer: int = 1000,
+        pin_memory: bool = False,
     ):
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(
@@ -182,6 +185,7 @@ class WebDatasetLoader:
         self.batch_size, self.local_batch_size = batch_size, batch_size // world_size
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.workers, self.shuffle_buffer = int(workers), int(shuffle_buffer)
+        self.pin_memory = bool(pin_memory)
         self.n_skipped_total = 0
         self._epoch, self._batch_index = 0, 0
 
@@ -235,7 +239,8 @@ class WebDatasetLoader:
         produced = 0
         for pass_index in range(1 << 30):
             before = produced
-            loader = DataLoader(self.pipeline(epoch, pass_index), batch_size=None, num_workers=self.workers)
+            loader = DataLoader(self.pipeline(epoch, pass_index), batch_size=None, num_workers=self.workers,
+                                pin_memory=self.pin_memory)
             for batch in loader:
                 produced += 1
                 if produced > start:
