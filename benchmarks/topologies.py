@@ -436,6 +436,43 @@ def grid_tables(rows: list[dict[str, Any]], topologies: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+#: the topology the paired table compares every other one with: the CLIP sphere
+PAIRED_BASELINE = "sphere-learnable"
+
+
+def paired_differences(rows: list[dict[str, Any]], topology: str, baseline: str,
+                       noise: Optional[float] = None, metric: str = "zero_shot_top1") -> list[float]:
+    """``metric`` of ``topology`` minus that of ``baseline``, one value per seed run by both (same data
+    order and caption-noise draw); at one ``noise`` level, or at every level when ``noise`` is None."""
+    def by_key(name):
+        return {(r["noise"], r["seed"]): r[metric] for r in rows
+                if r["topology"] == name and (noise is None or r["noise"] == noise)}
+
+    mine, base = by_key(topology), by_key(baseline)
+    return [mine[key] - base[key] for key in sorted(mine) if key in base]
+
+
+def paired_table(rows: list[dict[str, Any]], topologies: Sequence[str], baseline: str = PAIRED_BASELINE) -> str:
+    """Markdown: zero-shot top-1 of each topology minus the baseline's, paired by seed, per noise and pooled."""
+    rows = [r for r in rows if r["topology"] in topologies]
+    if baseline not in {r["topology"] for r in rows}:
+        return ""
+    noises = sorted({r["noise"] for r in rows})
+    present = [t for t in topologies if t != baseline and any(r["topology"] == t for r in rows)]
+    out = [f"## Paired by seed: zero-shot top-1 minus {baseline}'s (points)", "",
+           "Each run is compared with the baseline run of the same seed and noise (same data order and "
+           "caption-noise draw); cells: mean ± 95% t-interval of those differences. *all*: every noise "
+           "level's pairs pooled.", "",
+           "| topology | " + " | ".join(f"noise {n:g}" for n in noises) + " | all |",
+           "|---|" + "---|" * (len(noises) + 1)]
+    for topo in present:
+        cells = [_cell(paired_differences(rows, topo, baseline, n), 100.0) for n in noises]
+        cells.append(_cell(paired_differences(rows, topo, baseline), 100.0))
+        out.append(f"| {topo} | " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
 def k_rows(rows: list[dict[str, Any]], k_base: str = K_SWEEP_BASE) -> list[dict[str, Any]]:
     """Rows of the k sweep: the base topology and its ``-k<k>`` variants."""
     return [r for r in rows if r["topology"] == k_base or r["topology"].startswith(f"{k_base}-k")]
@@ -480,7 +517,7 @@ def write_markdown(rows: list[dict[str, Any]], output: Path, *, topologies: Sequ
              "topologies differ only in the overrides listed in docs/benchmarks-topologies.md.", ""]
     if failed:
         lines += [f"Runs that failed and are missing from the tables: {', '.join(failed)}.", ""]
-    lines += [grid_tables(rows, topologies), k_table(rows, k_noise)]
+    lines += [grid_tables(rows, topologies), paired_table(rows, topologies), k_table(rows, k_noise)]
     path = output / "results.md"
     path.write_text("\n".join(line for line in lines if line is not None).rstrip() + "\n")
     return path

@@ -156,6 +156,20 @@ def test_tables_and_plots_from_rows(bench, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def test_paired_table_differences_by_seed(bench):
+    rows = [_fake_row(bench, t, n, s) for t in ("sphere-learnable", "oblique-none") for n in (0.0, 0.4)
+            for s in range(3)]
+    for r in rows:
+        if r["topology"] == "oblique-none":
+            r["zero_shot_top1"] += 0.02 * (r["seed"] + 1)  # +2, +4, +6 points over the paired sphere run
+    rows.append(_fake_row(bench, "oblique-none", 0.0, 7))  # no sphere run with seed 7: not paired
+    assert bench.paired_differences(rows, "oblique-none", "sphere-learnable", 0.0) == pytest.approx([0.02, 0.04, 0.06])
+    table = bench.paired_table(rows, ["sphere-learnable", "oblique-none"])
+    # per noise: mean 4, sd 2, n 3 -> 4.303 * 2 / sqrt(3) = 5.0; pooled: n 6, sd sqrt(3.2) -> 2.571 * 1.789 / sqrt(6)
+    assert "| oblique-none | 4.0 ± 5.0 | 4.0 ± 5.0 | 4.0 ± 1.9 |" in table
+    assert bench.paired_table(rows, ["oblique-none"]) == ""  # no baseline among the topologies
+
+
 # --------------------------------------------------------------------------------------------------
 # end to end: --quick on a tiny budget, then a second call that resumes (skips everything)
 # --------------------------------------------------------------------------------------------------
