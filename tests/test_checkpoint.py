@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from training import atomic_write as atomic_write_module
 from training import checkpoint as ckpt
 
 
@@ -55,7 +56,7 @@ def test_overwrite_is_atomic_replace(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("killed before rename (simulated)")
 
-    monkeypatch.setattr(ckpt.os, "replace", crash)
+    monkeypatch.setattr(atomic_write_module.os, "replace", crash)
     with pytest.raises(OSError, match="killed before rename"):
         ckpt.save_checkpoint(_state(6), tmp_path, 5, keep=3)
     monkeypatch.undo()

@@ -1,20 +1,20 @@
 """Checkpoint files: atomic writes, the latest N kept, ``latest`` resolution.
 
 A checkpoint is one ``torch.save`` file ``checkpoints/step_00000100.pt`` holding plain state dicts.
-It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the final
-name with ``os.replace`` -- a crash at any moment leaves either the previous set of checkpoints or the
-new complete file, never a partial one under a checkpoint name.
+It is written by :func:`training.atomic_write.atomic_write`: a temporary file in the same folder, flushed
+and fsynced, then renamed over the final name with ``os.replace`` -- a crash at any moment leaves either the
+previous set of checkpoints or the new complete file, never a partial one under a checkpoint name.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic_write import atomic_write
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -30,22 +30,8 @@ CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is only durable once the directory entry is flushed.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`training.atomic_write.atomic_write`).
 
     Parameters
     ----------
@@ -59,23 +45,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     Path
         ``path``. On any error the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:

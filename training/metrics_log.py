@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic_write import atomic_write_text
 
 __all__ = ["MetricsLog", "Progress", "peak_memory_mb"]
 
@@ -65,9 +66,7 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
         """Append one row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from .atomic_write import atomic_write_text
 from .config import config_to_dict
 from .evaluation import format_metrics
 from .metrics_log import json_value
@@ -79,6 +79,4 @@ def _valid_json(obj: Any) -> Any:
 
 def write_json(obj: Any, path: Path) -> None:
     """Write ``obj`` as indented, valid JSON, atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_valid_json(obj), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_valid_json(obj), indent=2, default=str, allow_nan=False) + "\n")
