@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw as _torch_adamw
 
+from .dtypes import compute_dtype as _compute_dtype
+
 __all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
 
 NO_DECAY_KEYWORDS: tuple[str, ...] = (
@@ -46,7 +48,6 @@ NO_DECAY_KEYWORDS: tuple[str, ...] = (
 
 # Keys torch itself may put into a param group dict passed to ``add_param_group``.
 _EXTRA_GROUP_KEYS = frozenset({"params", "name", "stabilize", "initial_lr", "param_names"})
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Euclidean parameters of these dtypes take RiemannianAdamW's batched path (state in the
 # parameter's dtype, as in torch); float16/bfloat16 keep float32 state, so they take the
 # per-parameter path.
@@ -144,11 +145,6 @@ def _is_euclidean(manifold: geoopt.Manifold) -> bool:
 def _is_manifold_constrained(param: torch.Tensor) -> bool:
     """Whether ``param`` is a geoopt tensor on a non-Euclidean manifold (no weight decay there)."""
     return not _is_euclidean(_manifold_of(param))
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16/bfloat16 are updated in float32; other dtypes in themselves."""
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _read_grad(param: torch.Tensor, dtype: torch.dtype, *, private: bool) -> torch.Tensor:

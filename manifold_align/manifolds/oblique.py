@@ -17,21 +17,15 @@ from geoopt.manifolds.base import Manifold, ScalingInfo
 from geoopt.utils import broadcast_shapes, size2shape
 from torch.utils.checkpoint import checkpoint
 
+from ..dtypes import compute_dtype as _compute_dtype
 from ..validation import check_finite
 
 __all__ = ["Oblique", "ObliqueExact"]
-
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers (one formula each)
 # ----------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """16-bit floats are computed in float32: their 8- or 11-bit mantissas cannot resolve angles."""
-    return torch.float32 if dtype in _HALF_DTYPES else dtype
-
-
 def _up(t: torch.Tensor) -> torch.Tensor:
     return t.to(_compute_dtype(t.dtype))
 
