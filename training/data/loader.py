@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .batch import Batch, all_bad_error, collate_skip_bad
 
-__all__ = ["ResumableLoader"]
+__all__ = ["PositionedLoader", "ResumableLoader"]
 
 _SEED_HIGH = 2**62
 
@@ -91,25 +91,60 @@ def _collate_replaced(pairs: Sequence) -> Batch:
     return batch._replace(n_skipped=sum(n_bad for _, n_bad in pairs))
 
 
-def normalize_position(epoch: int, batch_index: int, steps_per_epoch: int) -> tuple[int, int]:
-    """Check a data position and roll ``batch_index == steps_per_epoch`` over to ``(epoch + 1, 0)``.
+class PositionedLoader:
+    """The data position and the endless iteration shared by the training loaders.
 
-    Raises
-    ------
-    ValueError
-        Unless ``epoch >= 0`` and ``0 <= batch_index <= steps_per_epoch``.
+    A subclass sets ``steps_per_epoch`` (batches per epoch and rank) and implements
+    ``epoch_batches(epoch, start)``, which yields batches ``start, ..., steps_per_epoch - 1`` of ``epoch``.
+    ``iter(loader)`` is then infinite: it yields from :meth:`position` on, across epochs, and advances the
+    position after each batch, so saving it after a step and calling :meth:`set_position` on resume
+    continues with the next batch.
     """
-    if epoch < 0 or not 0 <= batch_index <= steps_per_epoch:
-        raise ValueError(
-            f"position must satisfy epoch >= 0 and 0 <= batch_index <= steps_per_epoch="
-            f"{steps_per_epoch}, got ({epoch}, {batch_index})"
-        )
-    if batch_index == steps_per_epoch:
-        epoch, batch_index = epoch + 1, 0
-    return int(epoch), int(batch_index)
+
+    steps_per_epoch: int
+    _epoch: int = 0
+    _batch_index: int = 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:  # noqa: D102
+        raise NotImplementedError
+
+    def position(self) -> Tuple[int, int]:
+        """Return ``(epoch, batch_index)`` of the next batch :meth:`__iter__` will yield."""
+        return self._epoch, self._batch_index
+
+    def set_position(self, epoch: int, batch_index: int) -> None:
+        """Make the next batch yielded by :meth:`__iter__` be ``batch_index`` of ``epoch``.
+
+        ``batch_index == steps_per_epoch`` is accepted and means ``(epoch + 1, 0)``.
+
+        Raises
+        ------
+        ValueError
+            Unless ``epoch >= 0`` and ``0 <= batch_index <= steps_per_epoch``.
+        """
+        if epoch < 0 or not 0 <= batch_index <= self.steps_per_epoch:
+            raise ValueError(
+                f"position must satisfy epoch >= 0 and 0 <= batch_index <= steps_per_epoch="
+                f"{self.steps_per_epoch}, got ({epoch}, {batch_index})"
+            )
+        if batch_index == self.steps_per_epoch:
+            epoch, batch_index = epoch + 1, 0
+        self._epoch, self._batch_index = int(epoch), int(batch_index)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            epoch, start = self.position()
+            for offset, batch in enumerate(self.epoch_batches(epoch, start)):
+                self.set_position(epoch, start + offset + 1)
+                yield batch
+            if self.position() == (epoch, start):  # empty remainder of an epoch
+                self.set_position(epoch + 1, 0)
 
 
-class ResumableLoader:
+class ResumableLoader(PositionedLoader):
     """Seeded, resumable, rank-sliced batches of a map-style dataset.
 
     Parameters
@@ -172,23 +207,6 @@ class ResumableLoader:
         self.pin_memory = bool(pin_memory)
         self.steps_per_epoch = len(dataset) // self.batch_size
         self.n_skipped_total = 0
-        self._epoch = 0
-        self._batch_index = 0
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    # -- position --------------------------------------------------------------------------
-    def position(self) -> Tuple[int, int]:
-        """Return ``(epoch, batch_index)`` of the next batch :meth:`__iter__` will yield."""
-        return self._epoch, self._batch_index
-
-    def set_position(self, epoch: int, batch_index: int) -> None:
-        """Make the next batch yielded by :meth:`__iter__` be ``batch_index`` of ``epoch``.
-
-        ``batch_index == steps_per_epoch`` is accepted and means ``(epoch + 1, 0)``.
-        """
-        self._epoch, self._batch_index = normalize_position(epoch, batch_index, self.steps_per_epoch)
 
     # -- order -----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -247,12 +265,3 @@ class ResumableLoader:
         for batch in loader:
             self.n_skipped_total += batch.n_skipped
             yield batch
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            epoch, start = self.position()
-            for offset, batch in enumerate(self.epoch_batches(epoch, start)):
-                self.set_position(epoch, start + offset + 1)
-                yield batch
-            if self.position() == (epoch, start):  # empty remainder of an epoch
-                self.set_position(epoch + 1, 0)

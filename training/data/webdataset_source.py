@@ -34,7 +34,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from .batch import BadDataError, Batch, collate_skip_bad
-from .loader import normalize_position
+from .loader import PositionedLoader
 
 __all__ = ["WebDatasetLoader", "expand_shards", "count_samples", "read_samples"]
 
@@ -132,7 +132,7 @@ class _Batcher:
             yield batch._replace(n_skipped=batch.n_skipped + self.counter.take())
 
 
-class WebDatasetLoader:
+class WebDatasetLoader(PositionedLoader):
     """Seeded, rank-split batches streamed from webdataset shards; same interface as ResumableLoader.
 
     Parameters
@@ -187,18 +187,6 @@ class WebDatasetLoader:
         self.workers, self.shuffle_buffer = int(workers), int(shuffle_buffer)
         self.pin_memory = bool(pin_memory)
         self.n_skipped_total = 0
-        self._epoch, self._batch_index = 0, 0
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    def position(self):
-        """``(epoch, batch_index)`` of the next batch :meth:`__iter__` yields."""
-        return self._epoch, self._batch_index
-
-    def set_position(self, epoch: int, batch_index: int) -> None:
-        """Resume at ``batch_index`` of ``epoch`` (best effort, see the module notes)."""
-        self._epoch, self._batch_index = normalize_position(epoch, batch_index, self.steps_per_epoch)
 
     def _pass_urls(self, epoch: int, pass_index: int) -> List[str]:
         rng = np.random.default_rng([self.seed, epoch, pass_index])
@@ -254,12 +242,6 @@ class WebDatasetLoader:
                     f"{self.local_batch_size} good samples: {self.urls[:5]}"
                 )
 
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            epoch, start = self.position()
-            for offset, batch in enumerate(self.epoch_batches(epoch, start)):
-                self.set_position(epoch, start + offset + 1)
-                yield batch
 
 
 def read_samples(pattern: str, transform: Callable, tokenizer: Callable):
