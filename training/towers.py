@@ -111,15 +111,29 @@ def _dataclass_from_dict(cls, cfg: Mapping[str, Any] | Any, prefix: str):
     return cls(**cfg)
 
 
-def _layers(norm_kwargs, act_kwargs, quick_gelu: bool, cast_dtype: Optional[torch.dtype]):
-    """Norm and activation classes chosen exactly as open_clip's tower builders choose them."""
+def _block_kwargs(cfg: CLIPVisionCfg | CLIPTextCfg, quick_gelu: bool, cast_dtype: Optional[torch.dtype]) -> dict:
+    """The transformer-block arguments both towers take, chosen exactly as open_clip's builders do.
+
+    Norm and activation classes (``LayerNormFp32`` for half-precision weights, ``QuickGELU`` on request,
+    with the config's keyword arguments) and the block options that the vision and text configs share.
+    """
     act_layer = QuickGELU if quick_gelu else nn.GELU
     norm_layer = LayerNormFp32 if cast_dtype in (torch.float16, torch.bfloat16) else LayerNorm
-    if norm_kwargs:
-        norm_layer = partial(norm_layer, **norm_kwargs)
-    if act_kwargs is not None:
-        act_layer = partial(act_layer, **act_kwargs)
-    return norm_layer, act_layer
+    if cfg.norm_kwargs:
+        norm_layer = partial(norm_layer, **cfg.norm_kwargs)
+    if cfg.act_kwargs is not None:
+        act_layer = partial(act_layer, **cfg.act_kwargs)
+    return dict(
+        act_layer=act_layer,
+        norm_layer=norm_layer,
+        block_type=cfg.block_type,
+        qk_norm=cfg.qk_norm,
+        scaled_cosine_attn=cfg.scaled_cosine_attn,
+        scale_heads=cfg.scale_heads,
+        scale_attn_inner=cfg.scale_attn_inner,
+        scale_attn=cfg.scale_attn,
+        scale_fc=cfg.scale_fc,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -265,7 +279,6 @@ def build_vision_tower(
 ) -> MultiTokenVisionTransformer:
     """Build the image tower from an open_clip ``vision_cfg`` the way open_clip builds its ViT."""
     cfg = parse_vision_cfg(vision_cfg)
-    norm_layer, act_layer = _layers(cfg.norm_kwargs, cfg.act_kwargs, quick_gelu, cast_dtype)
     return MultiTokenVisionTransformer(
         n_tokens,
         token_dim,
@@ -281,15 +294,7 @@ def build_vision_tower(
         no_ln_pre=cfg.no_ln_pre,
         final_ln_after_pool=cfg.final_ln_after_pool,
         pool_type=cfg.pool_type,
-        act_layer=act_layer,
-        norm_layer=norm_layer,
-        block_type=cfg.block_type,
-        qk_norm=cfg.qk_norm,
-        scaled_cosine_attn=cfg.scaled_cosine_attn,
-        scale_heads=cfg.scale_heads,
-        scale_attn_inner=cfg.scale_attn_inner,
-        scale_attn=cfg.scale_attn,
-        scale_fc=cfg.scale_fc,
+        **_block_kwargs(cfg, quick_gelu, cast_dtype),
     )
 
 
@@ -468,7 +473,6 @@ def build_text_tower(
     the full context).
     """
     cfg = parse_text_cfg(text_cfg)
-    norm_layer, act_layer = _layers(cfg.norm_kwargs, cfg.act_kwargs, quick_gelu, cast_dtype)
     return MultiTokenTextTransformer(
         n_tokens,
         token_dim,
@@ -487,13 +491,5 @@ def build_text_tower(
         pool_type=cfg.pool_type,
         proj_type=cfg.proj_type,
         proj_bias=cfg.proj_bias,
-        act_layer=act_layer,
-        norm_layer=norm_layer,
-        block_type=cfg.block_type,
-        qk_norm=cfg.qk_norm,
-        scaled_cosine_attn=cfg.scaled_cosine_attn,
-        scale_heads=cfg.scale_heads,
-        scale_attn_inner=cfg.scale_attn_inner,
-        scale_attn=cfg.scale_attn,
-        scale_fc=cfg.scale_fc,
+        **_block_kwargs(cfg, quick_gelu, cast_dtype),
     )
