@@ -263,6 +263,7 @@ def execute(specs: Sequence[RunSpec], args: argparse.Namespace, runs_dir: Path) 
     print(f"{len(specs)} runs planned, {len(specs) - len(todo)} already done, {len(todo)} to run "
           f"({args.jobs} at a time)", flush=True)
     failed = []
+    start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=args.jobs)
     try:
         futures = [pool.submit(_run_one, s, args, runs_dir) for s in todo]
@@ -275,6 +276,7 @@ def execute(specs: Sequence[RunSpec], args: argparse.Namespace, runs_dir: Path) 
     finally:
         # on Ctrl-C the running children get the signal too; queued runs must not start
         pool.shutdown(wait=True, cancel_futures=True)
+    print(f"{len(todo)} runs in {(time.perf_counter() - start) / 60:.1f} min of wall time", flush=True)
     return failed
 
 
