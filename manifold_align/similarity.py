@@ -32,6 +32,7 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
+from .dtypes import autocast_disabled
 from .manifolds.oblique import Oblique
 from .validation import check_rank, describe_shape
 
@@ -139,7 +140,7 @@ class Similarity(abc.ABC):
             float32 (float64 if an input is float64), also under autocast; values in :meth:`value_range`.
         """
         a, b = self._check(a, b)
-        with torch.autocast(device_type=a.device.type, enabled=False):
+        with autocast_disabled(a.device):
             return self._pairwise(_upcast(a), _upcast(b))
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ class Similarity(abc.ABC):
                 f"`a` and `b` must have the same number of rows for paired similarity, "
                 f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)}"
             )
-        with torch.autocast(device_type=a.device.type, enabled=False):
+        with autocast_disabled(a.device):
             return self._paired(_upcast(a), _upcast(b))
 
     def __repr__(self) -> str:

@@ -148,6 +148,16 @@ def test_autocast_bf16_gives_float32(name):
         assert sim.paired(a, a).dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", ["cosine", "oblique", "chordal"])
+def test_pairwise_traces_on_the_meta_device(name):
+    """No autocast exists on ``meta``; shape and FLOP tracing (benchmarks/bench_model.py) still works.
+    ``geodesic`` is left out: its precise pass looks at the cosines' values to find near pairs."""
+    sim = get_similarity(name)
+    a, b = torch.empty(4, 2, 8, device="meta"), torch.empty(3, 2, 8, device="meta")
+    assert sim.pairwise(a, b).shape == (4, 3) and sim.pairwise(a, b).device.type == "meta"
+    assert sim.paired(a, a).shape == (4,)
+
+
 @pytest.mark.parametrize("name", ["oblique", "geodesic", "chordal"])
 def test_shape_errors_name_the_argument(name):
     sim = get_similarity(name)

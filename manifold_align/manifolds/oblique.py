@@ -17,6 +17,7 @@ from geoopt.manifolds.base import Manifold, ScalingInfo
 from geoopt.utils import broadcast_shapes, size2shape
 from torch.utils.checkpoint import checkpoint
 
+from ..dtypes import autocast_disabled
 from ..dtypes import compute_dtype as _compute_dtype
 from ..validation import check_finite
 
@@ -541,7 +542,7 @@ class Oblique(Manifold):
         out_dtype = _result_dtype(x, y)
         dtype = _compute_dtype(out_dtype)
         # autocast would run the matmul in 16 bits: cosines with ~3 significant digits
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device):
             # renormalized rows: |x|^2 = 1 +- 1e-7 alone would put a ~4e-4 rad floor under acos
             xu, yu = _unit_rows(x.to(dtype)), _unit_rows(y.to(dtype))
             cos = torch.bmm(xu.transpose(0, 1), yu.permute(1, 2, 0))  # (k, n, m)
