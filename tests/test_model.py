@@ -161,7 +161,22 @@ def test_trimming_runs_only_up_to_the_last_end_of_text(k):
             model.encode_text(text)
     # k = 1 reads the end-of-text output (positions <= eot); k > 1 queries read positions < eot
     expected_trimmed = last_eot + 1 if k == 1 else last_eot + k
-    assert seen == [expected_trimmed, 24 + (k if k > 1 else 0)]
+    # untrimmed: the whole context for k = 1; k > 1 drops the last column, which no query reads
+    assert seen == [expected_trimmed, 24 if k == 1 else 23 + k]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_an_untrimming_tower_on_a_caption_that_fills_its_columns_matches_wider_padding(k):
+    """Dropping the last column without looking at the data is exact even when it holds an end-of-text."""
+    torch.manual_seed(8)
+    model = create_model(tiny_cfg(context_length=32), embed(k, 128 // k)).eval()
+    model.text.trim_padding = False
+    full = open_clip.tokenizer.SimpleTokenizer(context_length=24)([" ".join(CAPTIONS)] + CAPTIONS[:2])
+    eot = int(full[0].max())
+    full[0, full[0].argmax()], full[0, 23] = 320, eot  # one more word, then end-of-text in the last column
+    wider = torch.cat([full, torch.zeros(full.shape[0], 8, dtype=full.dtype)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(full), model.encode_text(wider), atol=1e-6, rtol=0)
 
 
 def test_trimmed_k1_reproduces_stock_open_clip_on_short_captions(images):
@@ -197,7 +212,7 @@ def test_default_trimming_never_reads_a_length_off_a_non_cpu_tensor():
     # ``int(eot.max())`` on a GPU tensor is a host-device sync; a meta tensor raises where a GPU one syncs
     model = create_model(tiny_cfg(context_length=24), embed(4, 32))
     eot = torch.empty(3, dtype=torch.long, device="meta")
-    assert model.text._trimmed_length(eot, 24) == 24
+    assert model.text._trimmed_length(eot, 24) == 23  # k > 1: all but the last column, never read
     model.text.trim_padding = True
     with pytest.raises(RuntimeError, match="meta"):  # the forced path does read it
         model.text._trimmed_length(eot, 24)

@@ -349,7 +349,8 @@ class MultiTokenTextTransformer(TextTransformer):
         ones up to float summation order). None: only when the ids are on the CPU, where finding the
         length is free; on a GPU it would be a host-device sync per forward, so GPU batches should be cut
         with :meth:`trim_tokens` before they move. True: always (one sync per forward on a GPU). False:
-        never; the full ``L`` positions run as in stock open_clip.
+        never; the full ``L`` positions run as in stock open_clip (``L - 1`` for ``k > 1``, whose queries
+        never read the last column).
     **text_kwargs
         :class:`~open_clip.transformer.TextTransformer` arguments except ``output_dim``.
     """
@@ -401,11 +402,14 @@ class MultiTokenTextTransformer(TextTransformer):
         queries see caption positions ``< eot`` only (their end-of-text input comes from the embeddings).
         Later positions are pads that nothing read out attends to, so dropping them is exact. The
         ``int(...)`` is one host-device sync per call on a GPU, so with ``trim_padding=None`` GPU
-        tensors keep their length (see :meth:`trim_tokens`).
+        tensors keep their length (see :meth:`trim_tokens`), less the last column for ``k > 1``: since
+        ``eot <= L - 1`` the queries never read it, whatever the data.
         """
+        # k > 1: positions < eot <= length - 1 are read, so the last column is never needed (no sync)
+        needed = length if self.n_tokens == 1 else max(1, length - 1)
         if self.trim_padding is False or (self.trim_padding is None and eot.device.type != "cpu"):
-            return length
-        return max(1, min(length, int(eot.max()) + (1 if self.n_tokens == 1 else 0)))
+            return needed
+        return max(1, min(needed, int(eot.max()) + (1 if self.n_tokens == 1 else 0)))
 
     def trim_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """Drop the columns after the batch's last end-of-text token; the features do not change.
