@@ -7,6 +7,14 @@ import types
 
 import pytest
 import torch
+from hypothesis import settings
+
+# The suite is a gate: the same hypothesis examples on every run (derandomized, seeded from each test),
+# so a red run can be reproduced and a green one is not luck. `HYPOTHESIS_PROFILE=explore` draws fresh
+# random examples on each run, to hunt for new failures (pin what it finds with @example).
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture
