@@ -28,13 +28,17 @@ Usage::
     python benchmarks/bench_model.py --settings tiny-cpu   # one setting
     python benchmarks/bench_model.py --no-write            # print only
     python benchmarks/bench_model.py --threads 1           # the recorded run
+    python benchmarks/bench_model.py --flops               # FLOPs only, k = 1 ... 32, every setting
 
-Writes ``benchmarks/results/model.md`` (table, command, machine) unless ``--no-write``.
+Writes ``benchmarks/results/model.md`` (table, command, machine), or ``model_flops.md`` with ``--flops``,
+unless ``--no-write``. The timed table has a FLOP ratio column too (counted as ``--flops`` counts): a step
+ratio close to the FLOP ratio means the multi-token towers cost what their extra positions compute, no more.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -48,6 +52,9 @@ from pathlib import Path
 from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
 
 RESULTS = Path(__file__).parent / "results" / "model.md"
+FLOPS_RESULTS = RESULTS.with_name("model_flops.md")
+#: token counts of the ``--flops`` table
+FLOP_KS = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,13 @@ def _symmetric_ce(logits):
 
 
 def _build(setting: Setting, kind: str):
-    """Model, loss closure and batch for one setting, on its device, in training mode."""
+    """Model, loss closure and batch for one setting, on its device, in training mode.
+
+    On the ``meta`` device (FLOP counting) nothing is computed and autocast is off: a step's FLOPs do not
+    depend on the precision.
+    """
+    from contextlib import nullcontext
+
     import torch
     import torch.nn.functional as F
 
@@ -146,8 +159,12 @@ def _build(setting: Setting, kind: str):
     texts = get_tokenizer(cfg)(make_captions(setting.batch, captions))
     if kind != "stock":  # cut on the CPU as the trainer does: the tower then needs no host-device sync
         texts = model.trim_text(texts)
+    text_positions = _text_positions(model, texts)
     texts = texts.to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
+    if device.type == "meta":
+        autocast = nullcontext()
+    else:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -158,7 +175,9 @@ def _build(setting: Setting, kind: str):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step.text_positions = _text_positions(model, texts)
+    step.text_positions = text_positions
+    grid = cfg["vision_cfg"]["image_size"] // cfg["vision_cfg"]["patch_size"]
+    step.image_positions = grid * grid + (1 if kind == "stock" else setting.n_tokens)
     return model, step
 
 
@@ -186,8 +205,7 @@ def time_worker(setting: Setting, threads: int | None) -> dict:
             start = time.perf_counter()
             steps[kind]()
             times[kind].append(time.perf_counter() - start)
-    return {kind: {"step_s": min(t), "step_median_s": statistics.median(t), "text_positions": steps[kind].text_positions}
-            for kind, t in times.items()}
+    return {kind: {"step_s": min(t), "step_median_s": statistics.median(t)} for kind, t in times.items()}
 
 
 def memory_worker(setting: Setting, kind: str, threads: int | None) -> dict:
@@ -212,6 +230,24 @@ def memory_worker(setting: Setting, kind: str, threads: int | None) -> dict:
     return result
 
 
+def count_step(setting: Setting, kind: str) -> dict:
+    """Floating-point operations of one step's forward and backward, and the positions each tower runs.
+
+    Traced on the ``meta`` device (shapes only, nothing computed, so any setting counts on any machine)
+    by torch's ``FlopCounterMode``. Attention runs on the math backend while counting (its batched matmuls
+    are counted; the fused kernels are not), so masked and unmasked attention count alike, as the fused
+    kernels with a float mask compute them. The optimizer's elementwise update is not counted.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, step = _build(dataclasses.replace(setting, device="meta"), kind)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        step()
+    return {"gflop": counter.get_total_flops() / 1e9, "image_positions": step.image_positions,
+            "text_positions": step.text_positions}
+
+
 # ----------------------------------------------------------------------------------------------------
 # driver
 
@@ -232,10 +268,10 @@ def _memory(result: dict, setting: Setting) -> tuple[float, str]:
 
 def _table(rows: list[tuple[Setting, dict]]) -> str:
     lines = [
-        "| setting | model | captions | text positions | batch | precision | params (M) | "
-        "step (s), best (median) | memory (MiB) | memory measure | step ratio, best (median) | memory ratio | "
-        "peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | model | captions | image positions | text positions | batch | precision | params (M) | "
+        "GFLOP / step | step (s), best (median) | memory (MiB) | memory measure | FLOP ratio | "
+        "step ratio, best (median) | step ratio / FLOP ratio | memory ratio | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = {"stock": "stock open_clip {model}", "multi-realistic": "multi-token k={k}, d={d}",
              "multi-full": "multi-token k={k}, d={d}"}
@@ -247,14 +283,55 @@ def _table(rows: list[tuple[Setting, dict]]) -> str:
             result = results[kind]
             memory, measure = _memory(result, setting)
             name = names[kind].format(model=setting.model, k=setting.n_tokens, d=setting.token_dim)
+            flop_ratio = result["gflop"] / stock["gflop"]
+            step_ratio = result["step_s"] / stock["step_s"]
             lines.append(
-                f"| {setting.name} | {name} | {captions[kind]} | {result['text_positions']} | {setting.batch} | "
-                f"{setting.precision} | {result['params_m']:.1f} | "
-                f"{result['step_s']:.3f} ({result['step_median_s']:.3f}) | {memory:.0f} | {measure} | "
-                f"{result['step_s'] / stock['step_s']:.3f}x ({result['step_median_s'] / stock['step_median_s']:.3f}x) | "
-                f"{memory / _memory(stock, setting)[0]:.3f}x | {result['rss_peak_mib']:.0f} |"
+                f"| {setting.name} | {name} | {captions[kind]} | {result['image_positions']} | "
+                f"{result['text_positions']} | {setting.batch} | {setting.precision} | {result['params_m']:.1f} | "
+                f"{result['gflop']:.1f} | {result['step_s']:.3f} ({result['step_median_s']:.3f}) | {memory:.0f} | "
+                f"{measure} | {flop_ratio:.3f}x | "
+                f"{step_ratio:.3f}x ({result['step_median_s'] / stock['step_median_s']:.3f}x) | "
+                f"{step_ratio / flop_ratio:.3f}x | {memory / _memory(stock, setting)[0]:.3f}x | "
+                f"{result['rss_peak_mib']:.0f} |"
             )
     return "\n".join(lines)
+
+
+def flops_table(names: list[str], ks: tuple[int, ...]) -> str:
+    """FLOP ratio of one training step, multi-token / stock, against the number of tokens ``k``."""
+    lines = [
+        "| setting | batch | k | image positions (stock) | text positions, realistic / full (stock) | "
+        "stock GFLOP / step | FLOP ratio, realistic captions | FLOP ratio, full-length captions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        stock = count_step(SETTINGS[name], "stock")
+        for k in ks:
+            setting = dataclasses.replace(SETTINGS[name], n_tokens=k)
+            realistic, full = count_step(setting, "multi-realistic"), count_step(setting, "multi-full")
+            lines.append(
+                f"| {name} | {setting.batch} | {k} | {realistic['image_positions']} ({stock['image_positions']}) | "
+                f"{realistic['text_positions']} / {full['text_positions']} ({stock['text_positions']}) | "
+                f"{stock['gflop']:.1f} | {realistic['gflop'] / stock['gflop']:.3f}x | "
+                f"{full['gflop'] / stock['gflop']:.3f}x |"
+            )
+        print(f"counted {name}", file=sys.stderr)
+    return "\n".join(lines)
+
+
+def _write_flops(table: str, args) -> None:
+    command = "python benchmarks/bench_model.py --flops" + (f" --settings {' '.join(args.settings)}" if args.settings else "")
+    FLOPS_RESULTS.write_text(
+        "# Multi-token model vs stock open_clip: FLOPs of one training step\n\n"
+        f"Command: `{command}` (any machine: traced on the `meta` device, nothing is computed)\n\n"
+        "Forward and backward of both towers and the loss, counted by `torch.utils.flop_counter.FlopCounterMode` "
+        "(attention on the math backend, so that it is counted; the optimizer's elementwise update is not). "
+        "Same models, batches and captions as the timed table in `model.md`; the token dimension d stays 32. "
+        "The ratio is the least step-time ratio that any implementation of the architecture running at "
+        "stock's FLOP rate could reach: the k class tokens run through every layer of both towers.\n\n"
+        f"{table}\n"
+    )
+    print(f"wrote {FLOPS_RESULTS}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,12 +339,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", nargs="*", default=None, choices=sorted(SETTINGS))
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
+    parser.add_argument("--flops", action="store_true",
+                        help=f"count FLOPs only, for k in {FLOP_KS} (any setting, on any machine)")
     parser.add_argument("--worker", nargs=2, metavar=("SETTING", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         setting, kind = SETTINGS[args.worker[0]], args.worker[1]
         result = time_worker(setting, args.threads) if kind == "time" else memory_worker(setting, kind, args.threads)
         print(json.dumps(result))
+        return
+    if args.flops:
+        table = flops_table(args.settings or list(SETTINGS), FLOP_KS)
+        print(table)
+        if not args.no_write:
+            _write_flops(table, args)
         return
 
     import torch
@@ -277,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         setting = SETTINGS[name]
         timing = _run_in_subprocess(setting, "time", args.threads)
-        results = {kind: {**_run_in_subprocess(setting, kind, args.threads), **timing[kind]} for kind in KINDS}
+        results = {kind: {**_run_in_subprocess(setting, kind, args.threads), **timing[kind],
+                          **count_step(setting, kind)} for kind in KINDS}
         rows.append((setting, results))
         print(f"done {name}: " + ", ".join(f"{kind} {r['step_s']:.3f}s" for kind, r in results.items()), file=sys.stderr)
     table = _table(rows)
@@ -300,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         "*full-length* = every caption fills the context (the worst case). The multi-token text tower runs only up "
         "to the batch's last end-of-text token plus its k queries (*text positions*); stock open_clip always runs "
         "the full context.\n"
+        "*FLOP ratio*: FLOPs of one step's forward and backward, multi-token / stock, traced on the meta device "
+        "(see `model_flops.md`); it is the step ratio to expect at stock's FLOPs per second. *Step ratio / FLOP "
+        "ratio* below 1 means the multi-token step computes more FLOPs per second than stock's.\n"
         "CPU memory is the increase of the process's peak RSS during the steps over its peak after building "
         "model, optimizer and batch (gradients, AdamW state, activations, allocator caching); GPU memory is "
         "`torch.cuda.max_memory_allocated` during the steps; for memory each model runs alone in its own process.\n\n"

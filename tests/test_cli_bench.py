@@ -134,3 +134,20 @@ def test_console_entry_bench_help():
                           cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "speed" in done.stdout and "topologies" in done.stdout
+
+
+def test_bench_model_flop_table_on_the_tiny_config(monkeypatch):
+    """FLOPs traced on the meta device: k = 1 is stock's architecture (ratio 1 up to the smaller
+    projection); every k adds k - 1 image and k - 1 text positions and costs more."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench_model = importlib.import_module("bench_model")
+    table = bench_model.flops_table(["tiny-cpu"], (1, 4, 16))
+    rows = [line.strip("| ").split(" | ") for line in table.splitlines()[2:]]
+    assert [int(row[2]) for row in rows] == [1, 4, 16]
+    patches, caption = (32 // 4) ** 2, 19  # 32-pixel images in 4-pixel patches; context 20, less end-of-text
+    for row, k in zip(rows, (1, 4, 16)):
+        assert row[3] == f"{patches + k} ({patches + 1})"
+        text = caption + k if k > 1 else 20  # k = 1 reads the end-of-text output itself
+        assert row[4] == f"{text} / {text} (20)"
+    ratios = [float(row[6].rstrip("x")) for row in rows]
+    assert abs(ratios[0] - 1) < 0.01 and ratios[0] < ratios[1] < ratios[2]
