@@ -401,13 +401,15 @@ class MultiTokenTextTransformer(TextTransformer):
         For ``k = 1`` the end-of-text output sees (causally) positions ``<= eot``; for ``k > 1`` the
         queries see caption positions ``< eot`` only (their end-of-text input comes from the embeddings).
         Later positions are pads that nothing read out attends to, so dropping them is exact. The
-        ``int(...)`` is one host-device sync per call on a GPU, so with ``trim_padding=None`` GPU
-        tensors keep their length (see :meth:`trim_tokens`), less the last column for ``k > 1``: since
+        ``int(...)`` is one host-device sync per call on a GPU (and a graph break under
+        ``torch.compile``), so with ``trim_padding=None`` GPU tensors and compiled towers keep their
+        length (see :meth:`trim_tokens`; the trainer cuts every batch on the CPU), less the last column for ``k > 1``: since
         ``eot <= L - 1`` the queries never read it, whatever the data.
         """
         # k > 1: positions < eot <= length - 1 are read, so the last column is never needed (no sync)
         needed = length if self.n_tokens == 1 else max(1, length - 1)
-        if self.trim_padding is False or (self.trim_padding is None and eot.device.type != "cpu"):
+        reading_is_free = eot.device.type == "cpu" and not torch.compiler.is_compiling()  # else a sync, a graph break
+        if self.trim_padding is False or (self.trim_padding is None and not reading_is_free):
             return needed
         return max(1, min(needed, int(eot.max()) + (1 if self.n_tokens == 1 else 0)))
 
