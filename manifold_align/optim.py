@@ -16,7 +16,10 @@ theirs. What this module changes is where geoopt departs from ``torch.optim``:
   and float64 keys), with the optimizer state kept in float32;
 - ``RiemannianAdamW`` steps its Euclidean float32/float64 parameters together with torch's own
   AdamW kernel (fused on CPU and CUDA, multi-tensor elsewhere) instead of geoopt's per-tensor
-  Python update with its full-size temporaries.
+  Python update with its full-size temporaries;
+- on an :class:`~manifold_align.manifolds.Oblique` parameter (float32/float64) ``RiemannianAdamW``
+  takes the same step in place (:mod:`manifold_align.oblique_adam`), with the manifold's operations
+  written out instead of geoopt's calls, each of which returns a new parameter-sized tensor.
 
 ``parameter_groups`` splits a model's parameters into "manifold", "decay" and "no_decay" groups.
 """
@@ -33,6 +36,8 @@ from torch import nn
 from torch.optim.adamw import adamw as _torch_adamw
 
 from .dtypes import compute_dtype as _compute_dtype
+from .manifolds.oblique import Oblique
+from .oblique_adam import oblique_adam_step_
 
 __all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
 
@@ -145,6 +150,15 @@ def _is_euclidean(manifold: geoopt.Manifold) -> bool:
 def _is_manifold_constrained(param: torch.Tensor) -> bool:
     """Whether ``param`` is a geoopt tensor on a non-Euclidean manifold (no weight decay there)."""
     return not _is_euclidean(_manifold_of(param))
+
+
+def _takes_oblique_path(param: torch.Tensor, manifold: geoopt.Manifold) -> bool:
+    """Whether RiemannianAdamW can step ``param`` in place (:mod:`manifold_align.oblique_adam`): an
+    :class:`Oblique` exactly (subclasses may change the retraction, as ObliqueExact does), float32 or
+    float64, contiguous, with a gradient of the same dtype and shape."""
+    grad = param.grad
+    return (type(manifold) is Oblique and param.dtype in _BATCHED_DTYPES and param.is_contiguous()
+            and grad.dtype == param.dtype and grad.shape == param.shape)
 
 
 def _read_grad(param: torch.Tensor, dtype: torch.dtype, *, private: bool) -> torch.Tensor:
@@ -380,6 +394,8 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
     def _update(self, param: torch.Tensor, group: dict) -> int:
         """One AdamW step for ``param``; returns its step count."""
         manifold = _manifold_of(param)
+        if _takes_oblique_path(param, manifold):
+            return self._update_oblique(param, group)
         euclidean = _is_euclidean(manifold)
         dtype = _compute_dtype(param.dtype)
         grad = _read_grad(param, dtype, private=not euclidean)
@@ -402,6 +418,29 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
         param.copy_(new_point)
         exp_avg.copy_(new_exp_avg)
         return state["step"]
+
+    def _update_oblique(self, param: torch.Tensor, group: dict) -> int:
+        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_adam`)."""
+        if param.grad.is_sparse:
+            raise RuntimeError("manifold_align.optim does not support sparse gradients")
+        state = self._init_state(param, param.dtype, amsgrad=group["amsgrad"])
+        state["step"] += 1
+        beta1, beta2 = (_as_float(beta) for beta in group["betas"])
+        oblique_adam_step_(
+            param, param.grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
+            self._scratch_like(param), lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2,
+            eps=group["eps"], step=state["step"],
+        )
+        return state["step"]
+
+    def _scratch_like(self, param: torch.Tensor) -> torch.Tensor:
+        """Work space shaped like ``param``: one buffer per device and dtype, as large as the largest
+        parameter that needed one (not optimizer state: never saved)."""
+        key = (param.device, param.dtype)
+        buffers = self.__dict__.setdefault("_scratch", {})
+        if key not in buffers or buffers[key].numel() < param.numel():
+            buffers[key] = torch.empty(param.numel(), dtype=param.dtype, device=param.device)
+        return buffers[key][: param.numel()].view_as(param)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -328,6 +328,44 @@ def test_weight_decay_has_no_effect_on_manifold_trajectory(manifold, optimizer_c
     assert torch.equal(finals[0], finals[1])
 
 
+@pytest.mark.parametrize("config", [dict(lr=0.05), dict(lr=0.02, amsgrad=True, betas=(0.8, 0.95), eps=1e-6)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_adamw_on_oblique_follows_geoopt_adam_on_its_spheres(config, dtype, atol):
+    """The in-place Oblique step (manifold_align.oblique_adam) against geoopt's RiemannianAdam on
+    geoopt.Sphere, whose rows are the same spheres (projection retraction and transport)."""
+    start = torch.stack([_random_point(4, 6, seed=seed, dtype=dtype) for seed in range(5)])  # (5, 4, 6)
+    target = torch.randn(5, 4, 6, dtype=dtype, generator=torch.Generator().manual_seed(9))
+    finals = []
+    for manifold, make in ((Oblique(), RiemannianAdamW), (geoopt.Sphere(), geoopt.optim.RiemannianAdam)):
+        x = geoopt.ManifoldParameter(start.clone(), manifold=manifold)
+        opt = make([x], **config)
+        for _ in range(40):
+            x.grad = None
+            ((x - target).pow(2) * (1 + x.sin().pow(2))).sum().backward()
+            opt.step()
+        finals.append((x.detach(), opt.state[x]["exp_avg"]))
+    (ours, ours_m), (reference, reference_m) = finals
+    torch.testing.assert_close(ours, reference, atol=atol, rtol=0)
+    torch.testing.assert_close(ours_m, reference_m, atol=atol, rtol=0)
+    assert ours.dtype == dtype and _on_rows_of_unit_norm(ours, atol=10 * atol)
+
+
+def test_adamw_on_a_non_contiguous_oblique_parameter_takes_the_general_path():
+    start = torch.stack([_random_point(4, 6, seed=seed) for seed in range(5)])
+    finals = []
+    for layout in ("contiguous", "transposed"):
+        data = start.clone() if layout == "contiguous" else start.transpose(0, 1).contiguous().transpose(0, 1)
+        x = geoopt.ManifoldParameter(data, manifold=Oblique())
+        assert x.is_contiguous() == (layout == "contiguous")
+        opt = RiemannianAdamW([x], lr=0.05)
+        for _ in range(10):
+            x.grad = None
+            (x.sin() * torch.arange(6, dtype=DTYPE)).sum().backward()
+            opt.step()
+        finals.append(x.detach().clone())
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-12, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # arguments
 # ----------------------------------------------------------------------------------------------
