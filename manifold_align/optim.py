@@ -18,8 +18,9 @@ theirs. What this module changes is where geoopt departs from ``torch.optim``:
   AdamW kernel (fused on CPU and CUDA, multi-tensor elsewhere) instead of geoopt's per-tensor
   Python update with its full-size temporaries;
 - on an :class:`~manifold_align.manifolds.Oblique` parameter (float32/float64) ``RiemannianAdamW``
-  takes the same step in place (:mod:`manifold_align.oblique_adam`), with the manifold's operations
-  written out instead of geoopt's calls, each of which returns a new parameter-sized tensor.
+  and ``RiemannianSGD`` take the same step in place (:mod:`manifold_align.oblique_steps`), with the
+  manifold's operations written out instead of geoopt's calls, each of which returns a new
+  parameter-sized tensor.
 
 ``parameter_groups`` splits a model's parameters into "manifold", "decay" and "no_decay" groups.
 """
@@ -37,7 +38,7 @@ from torch.optim.adamw import adamw as _torch_adamw
 
 from .dtypes import compute_dtype as _compute_dtype
 from .manifolds.oblique import Oblique
-from .oblique_adam import oblique_adam_step_
+from . import oblique_steps
 
 __all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
 
@@ -153,12 +154,22 @@ def _is_manifold_constrained(param: torch.Tensor) -> bool:
 
 
 def _takes_oblique_path(param: torch.Tensor, manifold: geoopt.Manifold) -> bool:
-    """Whether RiemannianAdamW can step ``param`` in place (:mod:`manifold_align.oblique_adam`): an
+    """Whether the optimizers can step ``param`` in place (:mod:`manifold_align.oblique_steps`): an
     :class:`Oblique` exactly (subclasses may change the retraction, as ObliqueExact does), float32 or
     float64, contiguous, with a gradient of the same dtype and shape."""
     grad = param.grad
     return (type(manifold) is Oblique and param.dtype in _BATCHED_DTYPES and param.is_contiguous()
-            and grad.dtype == param.dtype and grad.shape == param.shape)
+            and not grad.is_sparse and grad.dtype == param.dtype and grad.shape == param.shape)
+
+
+def _scratch_like(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
+    """Work space shaped like ``param`` for the in-place Oblique steps: one buffer per optimizer, device
+    and dtype, as large as the largest parameter that needed one (not optimizer state: never saved)."""
+    key = (param.device, param.dtype)
+    buffers = optimizer.__dict__.setdefault("_scratch", {})
+    if key not in buffers or buffers[key].numel() < param.numel():
+        buffers[key] = torch.empty(param.numel(), dtype=param.dtype, device=param.device)
+    return buffers[key][: param.numel()].view_as(param)
 
 
 def _read_grad(param: torch.Tensor, dtype: torch.dtype, *, private: bool) -> torch.Tensor:
@@ -420,27 +431,16 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
         return state["step"]
 
     def _update_oblique(self, param: torch.Tensor, group: dict) -> int:
-        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_adam`)."""
-        if param.grad.is_sparse:
-            raise RuntimeError("manifold_align.optim does not support sparse gradients")
+        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_steps`)."""
         state = self._init_state(param, param.dtype, amsgrad=group["amsgrad"])
         state["step"] += 1
         beta1, beta2 = (_as_float(beta) for beta in group["betas"])
-        oblique_adam_step_(
+        oblique_steps.adam_step_(
             param, param.grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
-            self._scratch_like(param), lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2,
+            _scratch_like(self, param), lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2,
             eps=group["eps"], step=state["step"],
         )
         return state["step"]
-
-    def _scratch_like(self, param: torch.Tensor) -> torch.Tensor:
-        """Work space shaped like ``param``: one buffer per device and dtype, as large as the largest
-        parameter that needed one (not optimizer state: never saved)."""
-        key = (param.device, param.dtype)
-        buffers = self.__dict__.setdefault("_scratch", {})
-        if key not in buffers or buffers[key].numel() < param.numel():
-            buffers[key] = torch.empty(param.numel(), dtype=param.dtype, device=param.device)
-        return buffers[key][: param.numel()].view_as(param)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,6 +529,9 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
     def _update(self, param: torch.Tensor, group: dict) -> None:
         """One SGD step for ``param``."""
         manifold = _manifold_of(param)
+        if _takes_oblique_path(param, manifold):
+            self._update_oblique(param, group)
+            return
         euclidean = _is_euclidean(manifold)
         dtype = _compute_dtype(param.dtype)
         grad = _read_grad(param, dtype, private=not euclidean)
@@ -545,6 +548,18 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
         new_point, new_buffer = manifold.retr_transp(point, -group["lr"] * direction, buffer)
         param.copy_(new_point)
         buffer.copy_(new_buffer)
+
+    def _update_oblique(self, param: torch.Tensor, group: dict) -> None:
+        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_steps`)."""
+        rgrad = oblique_steps.riemannian_grad(param, param.grad, out=_scratch_like(self, param))
+        momentum, buffer = group["momentum"], None
+        direction = rgrad
+        if momentum != 0:
+            buffer = self._momentum(param, rgrad, param.dtype, momentum=momentum, dampening=group["dampening"])
+            direction = rgrad.add_(buffer, alpha=momentum) if group["nesterov"] else buffer
+        oblique_steps.retract_(param.add_(direction, alpha=-_as_float(group["lr"])))
+        if buffer is not None:
+            oblique_steps.transport_(param, buffer)
 
     def _momentum(self, param, rgrad, dtype, *, momentum: float, dampening: float) -> torch.Tensor:
         """Update and return the momentum buffer; the first buffer is the gradient (torch rule)."""

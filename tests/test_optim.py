@@ -331,7 +331,7 @@ def test_weight_decay_has_no_effect_on_manifold_trajectory(manifold, optimizer_c
 @pytest.mark.parametrize("config", [dict(lr=0.05), dict(lr=0.02, amsgrad=True, betas=(0.8, 0.95), eps=1e-6)])
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_adamw_on_oblique_follows_geoopt_adam_on_its_spheres(config, dtype, atol):
-    """The in-place Oblique step (manifold_align.oblique_adam) against geoopt's RiemannianAdam on
+    """The in-place Oblique step (manifold_align.oblique_steps) against geoopt's RiemannianAdam on
     geoopt.Sphere, whose rows are the same spheres (projection retraction and transport)."""
     start = torch.stack([_random_point(4, 6, seed=seed, dtype=dtype) for seed in range(5)])  # (5, 4, 6)
     target = torch.randn(5, 4, 6, dtype=dtype, generator=torch.Generator().manual_seed(9))
@@ -348,6 +348,48 @@ def test_adamw_on_oblique_follows_geoopt_adam_on_its_spheres(config, dtype, atol
     torch.testing.assert_close(ours, reference, atol=atol, rtol=0)
     torch.testing.assert_close(ours_m, reference_m, atol=atol, rtol=0)
     assert ours.dtype == dtype and _on_rows_of_unit_norm(ours, atol=10 * atol)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_sgd_on_oblique_follows_geoopt_sgd_on_its_spheres(dtype, atol):
+    """Without momentum (geoopt's momentum differs on purpose, see docs/optimization.md)."""
+    start = torch.stack([_random_point(4, 6, seed=seed, dtype=dtype) for seed in range(5)])
+    target = torch.randn(5, 4, 6, dtype=dtype, generator=torch.Generator().manual_seed(9))
+    finals = []
+    for manifold, make in ((Oblique(), RiemannianSGD), (geoopt.Sphere(), geoopt.optim.RiemannianSGD)):
+        x = geoopt.ManifoldParameter(start.clone(), manifold=manifold)
+        opt = make([x], lr=0.05)
+        for _ in range(40):
+            x.grad = None
+            ((x - target).pow(2) * (1 + x.sin().pow(2))).sum().backward()
+            opt.step()
+        finals.append(x.detach())
+    torch.testing.assert_close(finals[0], finals[1], atol=atol, rtol=0)
+
+
+class _ObliqueByGeooptCalls(Oblique):
+    """Oblique, but not exactly: the optimizers take their generic path (geoopt's manifold calls)."""
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda p: RiemannianAdamW(p, lr=0.05, amsgrad=True), id="adamw_amsgrad"),
+    pytest.param(lambda p: RiemannianSGD(p, lr=0.05, momentum=0.9, dampening=0.1), id="sgd_momentum"),
+    pytest.param(lambda p: RiemannianSGD(p, lr=0.05, momentum=0.9, nesterov=True), id="sgd_nesterov"),
+])
+def test_in_place_oblique_steps_equal_the_generic_path(make):
+    start = torch.stack([_random_point(4, 6, seed=seed) for seed in range(5)])
+    target = torch.randn(5, 4, 6, dtype=DTYPE, generator=torch.Generator().manual_seed(9))
+    finals = []
+    for manifold in (Oblique(), _ObliqueByGeooptCalls()):
+        x = geoopt.ManifoldParameter(start.clone(), manifold=manifold)
+        opt = make([x])
+        for _ in range(30):
+            x.grad = None
+            ((x - target).pow(2) * (1 + x.sin().pow(2))).sum().backward()
+            opt.step()
+        buffer = opt.state[x].get("exp_avg", opt.state[x].get("momentum_buffer"))
+        finals.append((x.detach(), buffer))
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-12, rtol=0)
 
 
 def test_adamw_on_a_non_contiguous_oblique_parameter_takes_the_general_path():

@@ -1,18 +1,19 @@
-"""RiemannianAdamW's step on an Oblique parameter, in place.
+"""The optimizers' steps on an Oblique parameter, in place.
 
-The optimizer's generic manifold path calls geoopt's API (``egrad2rgrad``, ``component_inner``,
+The optimizers' generic manifold path calls geoopt's API (``egrad2rgrad``, ``component_inner``,
 ``retr_transp``), and each call returns new tensors of the parameter's size. On a CPU every such
 temporary of a few MB is fresh memory from the operating system (page faults cost more than the
 arithmetic); on a GPU each is one more kernel launch. On :class:`~manifold_align.manifolds.Oblique`
-(projection retraction, transport by projection) the same step is ten passes over the parameter, its
-two moments and one scratch buffer, with no full-size temporaries.
+(projection retraction, transport by projection) the operations are short enough to write out in
+place: a step is a few passes over the parameter, its state and one scratch buffer, with no
+parameter-sized temporaries. Row ``b`` of a tensor of shape ``(..., k, d)`` is one sphere.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["oblique_adam_step_"]
+__all__ = ["adam_step_", "riemannian_grad", "retract_", "transport_"]
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -20,7 +21,25 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...d,...d->...", a, b).unsqueeze_(-1)
 
 
-def oblique_adam_step_(
+def riemannian_grad(point: torch.Tensor, grad: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    """``out = g - <x_b, g_b> x_b`` (egrad2rgrad); ``grad`` is only read. Returns ``out``."""
+    return torch.addcmul(grad, point, _row_dot(point, grad), value=-1, out=out)
+
+
+def retract_(moved: torch.Tensor) -> torch.Tensor:
+    """The projection retraction's last half: ``x + u``, already in ``moved``, divided by its row norms.
+
+    For a tangent ``u`` at a unit-row ``x``, ``|x_b + u_b|^2 = 1 + |u_b|^2 >= 1``: no zero rows.
+    """
+    return moved.div_(torch.linalg.vector_norm(moved, dim=-1, keepdim=True))
+
+
+def transport_(point: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """Transport by projection onto the tangent space at ``point``: ``v -= <x_b, v_b> x_b``."""
+    return vector.addcmul_(point, _row_dot(point, vector), value=-1)
+
+
+def adam_step_(
     point: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -36,8 +55,7 @@ def oblique_adam_step_(
 ) -> None:
     """One Riemannian Adam step on OB(d, k), updating ``point`` and the moments in place.
 
-    The arithmetic of the generic path, with the Oblique operations written out (row ``b`` of each
-    tensor is one sphere)::
+    The arithmetic of the generic path, with the Oblique operations written out::
 
         r   = g - <x_b, g_b> x_b                          egrad2rgrad
         m   = beta1 m + (1 - beta1) r
@@ -64,14 +82,13 @@ def oblique_adam_step_(
     step : int
         This step's count, starting at 1 (bias corrections).
     """
-    torch.addcmul(grad, point, _row_dot(point, grad), value=-1, out=scratch)  # r
-    exp_avg.lerp_(scratch, 1 - beta1)
-    r_squared = torch.linalg.vector_norm(scratch, dim=-1, keepdim=True).square_()
-    exp_avg_sq.lerp_(r_squared.expand_as(exp_avg_sq), 1 - beta2)
+    rgrad = riemannian_grad(point, grad, out=scratch)
+    exp_avg.lerp_(rgrad, 1 - beta1)
+    rgrad_squared = torch.linalg.vector_norm(rgrad, dim=-1, keepdim=True).square_()
+    exp_avg_sq.lerp_(rgrad_squared.expand_as(exp_avg_sq), 1 - beta2)
     second = exp_avg_sq
     if max_exp_avg_sq is not None:
         second = torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
     denom = (second[..., :1] / (1 - beta2**step)).sqrt_().add_(eps)  # (..., k, 1)
     point.addcmul_(exp_avg, denom.reciprocal_().mul_(-lr / (1 - beta1**step)))
-    point.div_(torch.linalg.vector_norm(point, dim=-1, keepdim=True))
-    exp_avg.addcmul_(point, _row_dot(point, exp_avg), value=-1)
+    transport_(retract_(point), exp_avg)
