@@ -95,5 +95,29 @@ def test_train_command_under_torchrun(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_00000003.pt").is_file()
 
 
+@pytest.mark.slow
+def test_a_two_process_run_resumed_in_one_process_continues_like_a_one_process_run(tmp_path, capsys):
+    """The data stream does not depend on the number of processes, so resuming with another world size
+    lands where resuming a one-process run does (up to DDP's summation order)."""
+    from training import cli
+
+    def sets(items):
+        return [arg for item in items for arg in ("--set", item)]
+
+    _torchrun("-m", "training", "train", "--output", str(tmp_path / "two"), *sets(SETTINGS), cwd=tmp_path)
+    assert cli.main(["train", "--output", str(tmp_path / "one"), *sets(SETTINGS)]) == 0
+    finals = []
+    for run in ("two", "one"):
+        capsys.readouterr()
+        assert cli.main(["train", "--output", str(tmp_path / run), "--resume", "latest",
+                         *sets(SETTINGS + ["train.steps=5"])]) == 0
+        notice = "resuming a checkpoint written by 2 process(es) with 1"
+        assert (notice in capsys.readouterr().err) == (run == "two")
+        finals.append(torch.load(tmp_path / run / "checkpoints" / "step_00000005.pt", weights_only=False)["model"])
+    assert finals[0].keys() == finals[1].keys()
+    for name, value in finals[1].items():
+        torch.testing.assert_close(finals[0][name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
 if __name__ == "__main__":  # a torchrun worker: python tests/test_train_distributed.py --worker OUT
     one_step(Path(sys.argv[sys.argv.index("--worker") + 1]))

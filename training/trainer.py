@@ -9,6 +9,7 @@ batches; the learning rate, the temperature schedule, checkpoints and logs all c
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -241,6 +242,11 @@ class Trainer:
         rng = state["rng"]
         set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
         self.data.train.set_position(*state["data_position"])
+        saved_world_size = state.get("world_size", len(rng))
+        if saved_world_size != self.env.world_size and self.env.is_main:
+            print(f"resuming a checkpoint written by {saved_world_size} process(es) with {self.env.world_size}: "
+                  "the data continue exactly (batches are global, each process takes its slice); every "
+                  "process restarts from process 0's saved random state", file=sys.stderr, flush=True)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0) unless the parameters are non-finite."""
