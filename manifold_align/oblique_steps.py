@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from .manifolds.oblique import _row_dot
+
 __all__ = ["adam_step_", "riemannian_grad", "retract_", "transport_"]
-
-
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(..., k, d), (..., k, d) -> (..., k, 1) row inner products, without an (..., k, d) temporary."""
-    return torch.einsum("...d,...d->...", a, b).unsqueeze_(-1)
 
 
 def riemannian_grad(point: torch.Tensor, grad: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:

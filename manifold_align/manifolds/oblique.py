@@ -42,7 +42,12 @@ def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).sum(dim=-1, keepdim=True)
+    """(..., k, d), (..., k, d) -> (..., k, 1) row inner products, without an (..., k, d) temporary.
+
+    A batched matmul (einsum), kept out of autocast, which would run it in 16 bits.
+    """
+    with autocast_disabled(a.device):
+        return torch.einsum("...d,...d->...", a, b).unsqueeze(-1)
 
 
 def _row_norm(a: torch.Tensor) -> torch.Tensor:
@@ -315,7 +320,7 @@ class Oblique(Manifold):
         self._assert_shape(x, "x")
         self._assert_shape(u, "u")
         xc, uc = _up(x), _up(u)
-        return (uc - _row_dot(xc, uc) * xc).to(_result_dtype(x, u))
+        return torch.addcmul(uc, xc, _row_dot(xc, uc), value=-1).to(_result_dtype(x, u))
 
     egrad2rgrad = proju
 
@@ -426,7 +431,9 @@ class Oblique(Manifold):
         self._assert_shape(u, "u")
         xc, uc = _up(x), _up(u)
         n = _row_norm(uc)
-        return (xc * torch.cos(n) + uc * torch.sinc(n / math.pi)).to(_result_dtype(x, u))
+        # one parameter-sized result, updated in place (the product's backward does not need it)
+        out = xc * torch.cos(n)
+        return out.addcmul_(uc, torch.sinc(n / math.pi)).to(_result_dtype(x, u))
 
     def logmap(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Logarithmic map: per row, ``theta_b w_b / |w_b|`` with ``w_b`` the tangent part of ``y_b - x_b``.
@@ -449,9 +456,10 @@ class Oblique(Manifold):
         xc, yc = _up(x), _up(y)
         diff = yc - xc
         # (y - x) - <x, y - x> x, not y - <x, y> x: relative accuracy eps even for nearby points
-        w = diff - _row_dot(xc, diff) * xc
+        w = torch.addcmul(diff, xc, _row_dot(xc, diff), value=-1)
         wn = _row_norm(w)
-        theta = _row_angle(xc, yc).unsqueeze(-1)
+        # _row_angle(x, y), reusing y - x for the chord
+        theta = 2 * torch.atan2(_row_norm(diff), _row_norm(xc + yc))
         # |w| = sin(theta) up to round-off; the ratio -> 1 as theta -> 0
         regular = wn > torch.finfo(wn.dtype).eps * theta
         factor = torch.where(regular, theta / torch.where(regular, wn, torch.ones_like(wn)), torch.ones_like(wn))
