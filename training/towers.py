@@ -403,8 +403,8 @@ class MultiTokenTextTransformer(TextTransformer):
         Later positions are pads that nothing read out attends to, so dropping them is exact. The
         ``int(...)`` is one host-device sync per call on a GPU (and a graph break under
         ``torch.compile``), so with ``trim_padding=None`` GPU tensors and compiled towers keep their
-        length (see :meth:`trim_tokens`; the trainer cuts every batch on the CPU), less the last column for ``k > 1``: since
-        ``eot <= L - 1`` the queries never read it, whatever the data.
+        length (see :meth:`trim_tokens`; the trainer cuts every batch on the CPU), less the last
+        column for ``k > 1``: since ``eot <= L - 1`` the queries never read it, whatever the data.
         """
         # k > 1: positions < eot <= length - 1 are read, so the last column is never needed (no sync)
         needed = length if self.n_tokens == 1 else max(1, length - 1)

@@ -69,10 +69,14 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, unit, _first_basis_vector(x))
 
 
-def _row_angle(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Angle between matching rows, 2 atan2(|x - y|, |x + y|): relative accuracy ~eps on all of [0, pi]."""
+def _row_angle(x: torch.Tensor, y: torch.Tensor, y_minus_x: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Angle between matching rows, 2 atan2(|x - y|, |x + y|): relative accuracy ~eps on all of [0, pi].
+
+    ``y_minus_x``, when the caller has it, saves computing the chord again.
+    """
+    chord = y - x if y_minus_x is None else y_minus_x
     return 2 * torch.atan2(
-        torch.linalg.vector_norm(x - y, dim=-1), torch.linalg.vector_norm(x + y, dim=-1)
+        torch.linalg.vector_norm(chord, dim=-1), torch.linalg.vector_norm(x + y, dim=-1)
     )
 
 
@@ -458,8 +462,7 @@ class Oblique(Manifold):
         # (y - x) - <x, y - x> x, not y - <x, y> x: relative accuracy eps even for nearby points
         w = torch.addcmul(diff, xc, _row_dot(xc, diff), value=-1)
         wn = _row_norm(w)
-        # _row_angle(x, y), reusing y - x for the chord
-        theta = 2 * torch.atan2(_row_norm(diff), _row_norm(xc + yc))
+        theta = _row_angle(xc, yc, diff).unsqueeze(-1)
         # |w| = sin(theta) up to round-off; the ratio -> 1 as theta -> 0
         regular = wn > torch.finfo(wn.dtype).eps * theta
         factor = torch.where(regular, theta / torch.where(regular, wn, torch.ones_like(wn)), torch.ones_like(wn))
