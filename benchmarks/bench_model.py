@@ -11,8 +11,8 @@ warm-up. Memory: each (setting, model) pair in its own subprocess so that its pe
 - GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights included), bf16 autocast.
 
 Captions: the multi-token text tower runs only up to the batch's last end-of-text token (exact, see
-``docs/model.md``; the batch is cut on the CPU with ``trim_text`` before it moves, as the trainer does),
-stock open_clip always runs the full context. So the multi-token model is measured
+``docs/model.md``; the batch is cut on the CPU with ``manifold_align.clip.trim_padding`` before it moves, as
+the trainer does), stock open_clip always runs the full context. So the multi-token model is measured
 twice: on *realistic* captions (seeded web-like sentences of 10-25 words, tokenized with the model's
 tokenizer, padded to the context) and on *full-length* captions (every caption fills the context, the
 worst case for trimming). The stock model's cost does not depend on the captions (realistic ones here).
@@ -117,18 +117,19 @@ def _symmetric_ce(logits):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def _build(setting: Setting, kind: str):
+def _build(setting: Setting, kind: str, *, trim: bool = True):
     """Model, loss closure and batch for one setting, on its device, in training mode.
 
-    On the ``meta`` device (FLOP counting) nothing is computed and autocast is off: a step's FLOPs do not
-    depend on the precision.
+    ``trim``: the multi-token model's captions lose their padding on the CPU, as the trainer's do (stock
+    open_clip runs the whole context either way). On the ``meta`` device (FLOP counting) nothing is
+    computed and autocast is off: a step's FLOPs do not depend on the precision.
     """
     from contextlib import nullcontext
 
     import torch
     import torch.nn.functional as F
 
-    from training.model import create_model, create_stock_model, get_tokenizer, load_model_config
+    from manifold_align.clip import create_model, create_stock_model, get_tokenizer, load_model_config, trim_padding
 
     torch.manual_seed(0)
     device = torch.device(setting.device)
@@ -157,8 +158,8 @@ def _build(setting: Setting, kind: str):
     size = cfg["vision_cfg"]["image_size"]
     images = torch.randn(setting.batch, 3, size, size, device=device)
     texts = get_tokenizer(cfg)(make_captions(setting.batch, captions))
-    if kind != "stock":  # cut on the CPU as the trainer does: the tower then needs no host-device sync
-        texts = model.trim_text(texts)
+    if kind != "stock" and trim:  # cut on the CPU as the trainer does: the tower then needs no host-device sync
+        texts = trim_padding(texts)
     text_positions = _text_positions(model, texts)
     texts = texts.to(device)
     if device.type == "meta":
@@ -182,11 +183,10 @@ def _build(setting: Setting, kind: str):
 
 
 def _text_positions(model, texts) -> int:
-    """Positions the text transformer runs: the full context for stock, trimmed caption + k queries."""
-    if not hasattr(getattr(model, "text", None), "trim_padding"):  # stock CLIP keeps its text tower flat
-        return texts.shape[1]
-    eot = model.text._eot_index(texts)
-    return model.text._trimmed_length(eot, texts.shape[1]) + (model.text.n_tokens if model.text.n_tokens > 1 else 0)
+    """Positions the text transformer runs: the captions as given for stock and k = 1; for k > 1 all but
+    their last column (never read) plus the k queries."""
+    k = getattr(getattr(model, "text", None), "n_tokens", 1)  # stock CLIP keeps its text tower flat
+    return texts.shape[1] if k == 1 else max(1, texts.shape[1] - 1) + k
 
 
 def time_worker(setting: Setting, threads: int | None) -> dict:

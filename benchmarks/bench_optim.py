@@ -57,7 +57,7 @@ def vit_b16_shapes(blocks: int) -> list[tuple[int, ...]]:
 def tiny_model_shapes() -> list[tuple[int, ...]]:
     """Parameter shapes of the ``tiny-vit-oblique`` multi-token model (both towers)."""
     sys.path.insert(0, str(REPO))  # training/ from the checkout when not installed
-    from training.model import create_model, load_model_config
+    from manifold_align.clip import create_model, load_model_config
 
     cfg = load_model_config("tiny-vit-oblique")
     embed = cfg.pop("embed_cfg")

@@ -85,7 +85,7 @@ def run_variant(name: str, run_dir: Path, pattern: str, n_samples: int, args) ->
     ] + VARIANTS[name]
     if args.device == "cpu":
         overrides += ["train.precision=fp32"]
-    command = [sys.executable, "-m", "training", "train", "--config", str(CONFIG), "--output", str(run_dir)]
+    command = [sys.executable, "-m", "manifold_align_train", "train", "--config", str(CONFIG), "--output", str(run_dir)]
     for item in overrides:
         command += ["--set", item]
     print(f"[bench_train_gpu] {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)

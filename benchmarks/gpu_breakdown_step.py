@@ -17,11 +17,9 @@ ROUNDS, WARMUP = 15, 3
 
 
 def _variant(no_image_mask: bool, no_text_trim: bool):
-    model, step = bench_model._build(bench_model.SETTINGS["vit-b-16-gpu"], "multi-realistic")
+    model, step = bench_model._build(bench_model.SETTINGS["vit-b-16-gpu"], "multi-realistic", trim=not no_text_trim)
     if no_image_mask:
         model.visual._attn_mask = lambda x: None
-    if no_text_trim:
-        model.text.trim_padding = False
     return step
 
 

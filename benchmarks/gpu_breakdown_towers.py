@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torch.utils.benchmark as tb
 
 from bench_model import make_captions  # benchmarks/ is on sys.path: scripts run from there
-from training.model import create_model, create_stock_model, get_tokenizer, load_model_config
+from manifold_align.clip import create_model, create_stock_model, get_tokenizer, load_model_config
 
 BATCH = 128
 

@@ -213,7 +213,7 @@ def run_overrides(spec: RunSpec, args: argparse.Namespace) -> list[str]:
 
 
 def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    from training.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint
+    from manifold_align_train.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint
 
     return find_latest_checkpoint(run_dir / CHECKPOINT_DIR)
 
@@ -229,7 +229,7 @@ def run_state(run_dir: Path) -> str:
 
 def train_command(spec: RunSpec, args: argparse.Namespace, run_dir: Path, state: str) -> list[str]:
     """The subprocess command line of one run."""
-    cmd = [sys.executable, "-m", "training", "train", "--output", str(run_dir)]
+    cmd = [sys.executable, "-m", "manifold_align_train", "train", "--output", str(run_dir)]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     if state == "resume":

@@ -1,9 +1,11 @@
 """manifold-align: geometry-aware contrastive learning.
 
 The oblique manifold OB(d, k) as a ``geoopt.Manifold``, pluggable similarities, temperatures and
-contrastive losses for CLIP-style image-text training.
+contrastive losses for CLIP-style image-text training. The multi-token CLIP model lives in
+:mod:`manifold_align.clip`, imported on first use (it imports open_clip, which takes seconds).
 """
 
+from . import _geoopt  # noqa: F401  (first: geoopt without its import-time FutureWarning)
 from . import optim
 from .losses import ContrastiveLoss, ContrastiveLossOutput
 from .manifolds import Oblique, ObliqueExact
@@ -19,9 +21,19 @@ __all__ = [
     "ObliqueExact",
     "Similarity",
     "Temperature",
+    "clip",
     "get_similarity",
     "get_temperature",
     "list_similarities",
     "optim",
     "register_similarity",
 ]
+
+
+def __getattr__(name):
+    # `manifold_align.clip` without an explicit import: load the subpackage on first use
+    if name == "clip":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.clip")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

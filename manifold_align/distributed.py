@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
 
 __all__ = ["all_gather_with_grad", "gather_features", "is_distributed"]
 
@@ -42,7 +41,28 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     torch.Tensor, shape (world_size * N, ...)
         Rank r's rows at ``[r * N, (r + 1) * N)``. Backward sums the incoming gradients over ranks.
     """
-    return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
+    return _AllGatherWithGrad.apply(tensor)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward sums the output gradient over ranks and keeps this rank's rows.
+
+    What ``torch.distributed.nn.all_gather`` computes; that function is deprecated (it warns on every call,
+    so once per rank per run) and its suggested replacement is a private module.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):  # noqa: D102
+        ctx.rows = tensor.shape[0]
+        parts = _all_gather_no_grad(tensor, dist.get_world_size())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        grad = grad_output.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
 
 
 def _all_gather_no_grad(tensor: torch.Tensor, world_size: int) -> list[torch.Tensor]:
@@ -71,7 +91,7 @@ def gather_features(
         (grad-carrying) tensor; if True all slots are detached (the caller uses its local tensors for the
         gradient-carrying side).
     gather_with_grad : bool, keyword-only
-        Use ``torch.distributed.nn.all_gather`` so gradients flow to the rank that owns each row.
+        Gather with :func:`all_gather_with_grad` so gradients flow to the rank that owns each row.
     rank, world_size : int, keyword-only
 
     Returns

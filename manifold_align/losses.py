@@ -20,9 +20,10 @@ from .similarity import Similarity, get_similarity
 from .temperature import Temperature, get_temperature
 from .validation import check_rank, describe_shape
 
-__all__ = ["ContrastiveLoss", "ContrastiveLossOutput"]
+__all__ = ["OBJECTIVES", "ContrastiveLoss", "ContrastiveLossOutput"]
 
-_OBJECTIVES = ("softmax", "sigmoid")
+#: the contrastive objectives: InfoNCE (``softmax``) and SigLIP (``sigmoid``)
+OBJECTIVES = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -59,9 +60,9 @@ def _positive_mask(n_rows: int, n_cols: int, offset: int, device) -> torch.Tenso
 
 
 @torch.no_grad()
-def _diagnostics(similarity: torch.Tensor, offset: int,
-                 features: Mapping[str, torch.Tensor]) -> tuple[float, float, dict[str, tuple[int, int]]]:
-    """Mean positive and negative similarity, and the NaN and Inf counts of ``features``.
+def _diagnostics(similarity: torch.Tensor, offset: int, features: Mapping[str, torch.Tensor],
+                 scale: torch.Tensor) -> tuple[float, float, float, dict[str, tuple[int, int]]]:
+    """Mean positive and negative similarity, the scale used, and the NaN and Inf counts of ``features``.
 
     The similarity is an (n, m) block whose positives sit at (i, offset + i), read off the diagonal; the
     negative mean is NaN when there are none. ``features`` maps argument names to tensors. Everything
@@ -69,7 +70,7 @@ def _diagnostics(similarity: torch.Tensor, offset: int,
 
     Returns
     -------
-    positive, negative : float
+    positive, negative, scale : float
     bad : dict of str to (int, int)
         ``(n_nan, n_inf)`` per name.
     """
@@ -77,12 +78,12 @@ def _diagnostics(similarity: torch.Tensor, offset: int,
     positive_sum = similarity.diagonal(offset).sum()
     n_negative = n * m - n
     negative_sum = similarity.sum() - positive_sum
-    stats = [positive_sum / n, negative_sum / max(n_negative, 1)]
+    stats = [positive_sum / n, negative_sum / max(n_negative, 1), scale.detach().to(similarity)]
     for tensor in features.values():
         stats += [torch.isnan(tensor).sum().to(stats[0].dtype), torch.isinf(tensor).sum().to(stats[0].dtype)]
-    pos, neg, *counts = torch.stack(stats).tolist()
+    pos, neg, scale_value, *counts = torch.stack(stats).tolist()
     bad = {name: (int(counts[2 * i]), int(counts[2 * i + 1])) for i, name in enumerate(features)}
-    return pos, (neg if n_negative else math.nan), bad
+    return pos, (neg if n_negative else math.nan), scale_value, bad
 
 
 class ContrastiveLoss(nn.Module):
@@ -105,8 +106,8 @@ class ContrastiveLoss(nn.Module):
         softmax only: score this rank's rows against all gathered columns instead of the full matrix
         (labels offset by ``rank * N``). The sigmoid loss is always local.
     gather_with_grad : bool, default False, keyword-only
-        softmax only: gather with ``torch.distributed.nn.all_gather`` so gradients reach every rank. The
-        sigmoid loss always gathers text features with gradient (open_clip's SigLipLoss exchanges them with
+        softmax only: gather with gradient (:func:`manifold_align.distributed.all_gather_with_grad`) so
+        gradients reach every rank. The sigmoid loss always gathers text features with gradient (open_clip's SigLipLoss exchanges them with
         gradient too; we all_gather instead of its neighbour exchange -- same sum, same gradients).
     cache_labels : bool, default False, keyword-only
         Cache the softmax label vector per device.
@@ -140,8 +141,8 @@ class ContrastiveLoss(nn.Module):
         world_size: int = 1,
     ) -> None:
         super().__init__()
-        if objective not in _OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {', '.join(_OBJECTIVES)}, got {objective!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
             raise ValueError(f"need integers world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, "
                              f"world_size={world_size!r}")
@@ -207,27 +208,32 @@ class ContrastiveLoss(nn.Module):
         sim = self.similarity.pairwise(all_image, all_text)
         return sim, sim.T, 0
 
-    def _softmax_loss(self, image, text, distributed: bool):
+    def _scaled(self, similarity: torch.Tensor, logit_scale: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.temperature(similarity) if logit_scale is None else similarity * logit_scale
+
+    def _softmax_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
         per_image, per_text, offset = self._softmax_similarities(image, text, distributed)
         labels = self._labels_for(per_image.shape[0], per_image.device)
-        loss = (F.cross_entropy(self.temperature(per_image), labels)
-                + F.cross_entropy(self.temperature(per_text), labels)) / 2
+        loss = (F.cross_entropy(self._scaled(per_image, logit_scale), labels)
+                + F.cross_entropy(self._scaled(per_text, logit_scale), labels)) / 2
         return loss, per_image, offset
 
     # ---- sigmoid --------------------------------------------------------------------------------
-    def _sigmoid_loss(self, image, text, distributed: bool):
+    def _sigmoid_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
         offset = 0
         if distributed:
             text = all_gather_with_grad(text)
             offset = image.shape[0] * self.rank
         sim = self.similarity.pairwise(image, text)
-        logits = self.temperature(sim) + self.logit_bias
+        logits = self._scaled(sim, logit_scale) + (self.logit_bias if logit_bias is None else logit_bias)
         labels = 2.0 * _positive_mask(sim.shape[0], sim.shape[1], offset, sim.device).to(logits.dtype) - 1.0
         loss = -F.logsigmoid(labels * logits).sum() / image.shape[0]
         return loss, sim, offset
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> ContrastiveLossOutput:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, *,
+                logit_scale: Optional[torch.Tensor] = None,
+                logit_bias: Optional[torch.Tensor] = None) -> ContrastiveLossOutput:
         """Loss of a batch of matched pairs.
 
         Parameters
@@ -235,6 +241,11 @@ class ContrastiveLoss(nn.Module):
         image_features, text_features : torch.Tensor, shape (N, k, d) (or (N, D) for ``cosine``)
             Projected features (``similarity.project``); row i of each is a matched pair. Finite (see
             ``check_finite``).
+        logit_scale : torch.Tensor, 0-dim, optional, keyword-only
+            The scale to use instead of this loss's own temperature: a model's forward output
+            (``out["logit_scale"]``), as open_clip's losses take it. The model then owns the temperature.
+        logit_bias : torch.Tensor, 0-dim, optional, keyword-only
+            sigmoid only: the bias to use instead of this loss's own (``out["logit_bias"]``).
 
         Returns
         -------
@@ -242,19 +253,20 @@ class ContrastiveLoss(nn.Module):
             ``loss`` in nats (float32 under autocast), and diagnostics computed without gradient.
         """
         self._check_inputs(image_features, text_features)
+        if logit_bias is not None and self.objective != "sigmoid":
+            raise ValueError(f"`logit_bias` is only used with objective='sigmoid', got one with {self.objective!r}")
         distributed = is_distributed(self.world_size)
-        if self.objective == "softmax":
-            loss, sim, offset = self._softmax_loss(image_features, text_features, distributed)
-        else:
-            loss, sim, offset = self._sigmoid_loss(image_features, text_features, distributed)
+        objective_loss = self._softmax_loss if self.objective == "softmax" else self._sigmoid_loss
+        loss, sim, offset = objective_loss(image_features, text_features, distributed, logit_scale, logit_bias)
         checked = {"image_features": image_features, "text_features": text_features} if self.check_finite else {}
-        pos, neg, bad = _diagnostics(sim.detach(), offset, checked)
+        scale = self.temperature.scale() if logit_scale is None else logit_scale
+        pos, neg, scale_value, bad = _diagnostics(sim.detach(), offset, checked, scale)
         for name, (n_nan, n_inf) in bad.items():
             if n_nan or n_inf:
                 raise ValueError(f"`{name}` must be finite, got {n_nan} NaN and {n_inf} Inf values in a tensor of "
                                  f"shape {describe_shape(checked[name])}")
         return ContrastiveLossOutput(
-            loss=loss, scale=self.temperature.value(), positive_similarity=pos,
+            loss=loss, scale=scale_value, positive_similarity=pos,
             negative_similarity=neg, gap=pos - neg,
         )
 

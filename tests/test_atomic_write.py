@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import training.atomic_write as atomic_write_module
-from training.atomic_write import atomic_write, atomic_write_text
-from training.metrics_log import MetricsLog
-from training.run_summary import write_json
+import manifold_align_train.atomic_write as atomic_write_module
+from manifold_align_train.atomic_write import atomic_write, atomic_write_text
+from manifold_align_train.metrics_log import MetricsLog
+from manifold_align_train.run_summary import write_json
 
 
 def test_text_round_trip_and_no_temporary_left(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training import atomic_write as atomic_write_module
-from training import checkpoint as ckpt
+from manifold_align_train import atomic_write as atomic_write_module
+from manifold_align_train import checkpoint as ckpt
 
 
 def _state(value: float) -> dict:

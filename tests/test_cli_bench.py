@@ -15,7 +15,7 @@ import importlib
 import pytest
 import torch
 
-from training import cli
+from manifold_align_train import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,11 +111,19 @@ def test_bench_speed_rejects_unknown_benchmark(capsys):
 @pytest.mark.parametrize("name", ["speed", "topologies"])
 def test_missing_checkout_gives_a_clear_error(monkeypatch, tmp_path, name):
     monkeypatch.setattr(cli, "_BENCHMARKS_DIR", tmp_path / "site-packages" / "benchmarks")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         cli.main(["bench", name, "--help"])
     message = str(info.value.code)
-    assert "benchmarks live in the source checkout: clone the repo and run from it" in message
-    assert f"{name}.py" in message
+    assert "benchmarks live in the source checkout: clone the repo and run" in message
+    assert f"python benchmarks/{name}.py" in message
+
+
+def test_an_installed_package_finds_the_benchmarks_of_the_clone_it_runs_in(monkeypatch, tmp_path):
+    """A non-editable install has no benchmarks/ next to the package: the clone's, from its top folder."""
+    monkeypatch.setattr(cli, "_BENCHMARKS_DIR", tmp_path / "site-packages" / "benchmarks")
+    monkeypatch.chdir(REPO)
+    assert cli.benchmark_script("speed") == REPO / "benchmarks" / "speed.py"
 
 
 def test_benchmarks_dir_is_next_to_training():
@@ -130,8 +138,8 @@ def test_other_commands_still_reject_unknown_arguments(capsys):
 
 
 def test_console_entry_bench_help():
-    done = subprocess.run([sys.executable, "-m", "training", "bench", "--help"], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "manifold_align_train", "bench", "--help"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "speed" in done.stdout and "topologies" in done.stdout
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_parser, main
-from training.config import (
+from manifold_align_train.cli import build_parser, main
+from manifold_align_train.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -114,9 +114,9 @@ def test_bad_range():
 def test_class_tokens_must_divide_n_tokens():
     assert load_config(None, []).model.class_tokens is None
     assert load_config(None, ["model.class_tokens=4"]).model.class_tokens == 4
-    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*divisor of model\.n_tokens \(16\)"):
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*must divide n_tokens = 16"):
         load_config(None, ["model.class_tokens=5"])
-    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*positive"):
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*>= 1, got 0"):
         load_config(None, ["model.class_tokens=0"])
 
 
@@ -157,6 +157,6 @@ def test_cli_config_error_exit_code(capsys):
 
 def test_console_script_help():
     # `python -m training` is what torchrun launches; it must reach the same parser.
-    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "manifold_align_train", "train", "--help"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout
     assert "--resume" in out and "--set" in out

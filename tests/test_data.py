@@ -1,4 +1,4 @@
-"""Tests for training.data: embedded tasks, CSV/webdataset sources, bad samples, resumable loading."""
+"""Tests for manifold_align_train.data (training/data/): embedded tasks, CSV/webdataset sources, bad samples, resumable loading."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import (
+from manifold_align_train.data import (
     BadDataError,
     Batch,
     CsvDataset,
@@ -27,13 +27,13 @@ from training.data import (
     make_synthetic,
     make_transforms,
 )
-from training.data.digit_pairs import (
+from manifold_align_train.data.digit_pairs import (
     PAIR_RETRIEVAL_PHRASING,
     PAIR_TRAIN_PHRASINGS,
     pair_caption,
 )
-from training.data.digit_source import load_digit_split
-from training.data.digits import RETRIEVAL_PHRASING, TRAIN_PHRASINGS, digit_caption
+from manifold_align_train.data.digit_source import load_digit_split
+from manifold_align_train.data.digits import RETRIEVAL_PHRASING, TRAIN_PHRASINGS, digit_caption
 
 IMAGE_SIZE = 32
 

@@ -33,6 +33,28 @@ def test_cosine_softmax_equals_open_clip(scale):
     assert ours.scale == pytest.approx(scale)
 
 
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+def test_model_owned_scale_and_bias_equal_open_clip(objective):
+    """The trainer's call: the loss has no temperature; the model's forward supplies scale and bias."""
+    img, txt = _pair(similarity="cosine")
+    scale, bias = torch.tensor(7.5, dtype=torch.float64), torch.tensor(-4.0, dtype=torch.float64)
+    loss = ContrastiveLoss("cosine", objective=objective)
+    if objective == "softmax":
+        ours = loss(img, txt, logit_scale=scale)
+        ref = ClipLoss()(img, txt, scale)
+    else:
+        ours = loss(img, txt, logit_scale=scale, logit_bias=bias)
+        ref = SigLipLoss()(img, txt, scale, bias)
+    assert abs(float(ours.loss) - float(ref)) < 1e-6
+    assert ours.scale == pytest.approx(7.5)
+
+
+def test_logit_bias_with_softmax_is_refused():
+    img, txt = _pair()
+    with pytest.raises(ValueError, match="`logit_bias` is only used with objective='sigmoid'"):
+        ContrastiveLoss("oblique")(img, txt, logit_bias=torch.tensor(0.0))
+
+
 @pytest.mark.parametrize("scale,bias", [(1.0, -10.0), (10.0, -3.0)])
 def test_cosine_sigmoid_equals_open_clip(scale, bias):
     img, txt = _pair(similarity="cosine")
@@ -179,7 +201,7 @@ def test_diagnostics_with_rank_offset(offset):
     s = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(offset))
     positive = torch.zeros(4, 12, dtype=torch.bool)
     positive[torch.arange(4), torch.arange(4) + offset] = True
-    pos, neg, bad = _diagnostics(s, offset, {})
-    assert bad == {}
+    pos, neg, scale, bad = _diagnostics(s, offset, {}, torch.tensor(2.5))
+    assert bad == {} and scale == 2.5
     assert pos == pytest.approx(float(s[positive].mean()), abs=1e-12)
     assert neg == pytest.approx(float(s[~positive].mean()), abs=1e-12)

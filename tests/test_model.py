@@ -1,4 +1,4 @@
-"""Tests for training/model.py and training/towers.py: the multi-token CLIP on open_clip towers."""
+"""Tests for manifold_align/clip/model.py and towers.py: the multi-token CLIP on open_clip towers."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import open_clip
 import pytest
 import torch
 
-from training.model import (
+from manifold_align.clip import (
     CONFIG_DIR,
     EmbedConfig,
     MultiTokenCLIP,
+    caption_length,
     create_model,
     create_stock_model,
     get_tokenizer,
     load_model_config,
+    trim_padding,
 )
-from training.pretrained import convert_stock_state_dict
-from training.towers import PrefixPatchDropout
+from manifold_align.clip.pretrained import convert_stock_state_dict
+from manifold_align.clip.towers import PrefixPatchDropout
 
 from tiny_config import tiny_cfg
 
@@ -125,8 +127,7 @@ def test_text_features_ignore_padding(k):
         torch.testing.assert_close(model.encode_text(garbage), reference, atol=1e-6, rtol=0)
 
 
-def _text_features_and_grads(model, text, *, trim):
-    model.text.trim_padding = trim
+def _text_features_and_grads(model, text):
     model.zero_grad()
     features = model.encode_text(text)  # on the manifold, unit norm per token
     (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
@@ -140,8 +141,9 @@ def test_trimmed_text_equals_untrimmed_features_and_grads(k):
     torch.manual_seed(4)
     model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k))
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
-    trimmed, trimmed_grads = _text_features_and_grads(model, text, trim=True)
-    full, full_grads = _text_features_and_grads(model, text, trim=False)
+    assert trim_padding(text).shape[1] < 24  # the captions are short: trimming drops columns
+    trimmed, trimmed_grads = _text_features_and_grads(model, trim_padding(text))
+    full, full_grads = _text_features_and_grads(model, text)
     torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
     assert trimmed_grads.keys() == full_grads.keys()
     for name in full_grads:
@@ -149,16 +151,15 @@ def test_trimmed_text_equals_untrimmed_features_and_grads(k):
 
 
 @pytest.mark.parametrize("k", [1, 4])
-def test_trimming_runs_only_up_to_the_last_end_of_text(k):
+def test_the_tower_runs_the_positions_it_is_given(k):
     model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).eval()
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
     last_eot = int(text.argmax(dim=1).max())
     seen = []
     model.text.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
-    for trim in (True, False):
-        model.text.trim_padding = trim
-        with torch.no_grad():
-            model.encode_text(text)
+    with torch.no_grad():
+        model.encode_text(trim_padding(text))
+        model.encode_text(text)
     # k = 1 reads the end-of-text output (positions <= eot); k > 1 queries read positions < eot
     expected_trimmed = last_eot + 1 if k == 1 else last_eot + k
     # untrimmed: the whole context for k = 1; k > 1 drops the last column, which no query reads
@@ -166,11 +167,10 @@ def test_trimming_runs_only_up_to_the_last_end_of_text(k):
 
 
 @pytest.mark.parametrize("k", [1, 4])
-def test_an_untrimming_tower_on_a_caption_that_fills_its_columns_matches_wider_padding(k):
+def test_a_caption_that_fills_its_columns_matches_wider_padding(k):
     """Dropping the last column without looking at the data is exact even when it holds an end-of-text."""
     torch.manual_seed(8)
     model = create_model(tiny_cfg(context_length=32), embed(k, 128 // k)).eval()
-    model.text.trim_padding = False
     full = open_clip.tokenizer.SimpleTokenizer(context_length=24)([" ".join(CAPTIONS)] + CAPTIONS[:2])
     eot = int(full[0].max())
     full[0, full[0].argmax()], full[0, 23] = 320, eot  # one more word, then end-of-text in the last column
@@ -180,59 +180,45 @@ def test_an_untrimming_tower_on_a_caption_that_fills_its_columns_matches_wider_p
 
 
 def test_trimmed_k1_reproduces_stock_open_clip_on_short_captions(images):
-    """k = 1 with trimming (the default) against stock open_clip, which runs the whole context."""
+    """k = 1 on trimmed captions against stock open_clip, which runs the whole context."""
     torch.manual_seed(5)
     stock = create_stock_model(tiny_cfg(context_length=24)).eval()
     model = create_model(tiny_cfg(context_length=24), embed(1, 128, "cosine")).eval()
     model.load_state_dict(convert_stock_state_dict(stock.state_dict(), 1, 128, noise_std=0.0), strict=False)
-    assert model.text.trim_padding is None  # the default: trims CPU batches
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
-    assert int(text.argmax(dim=1).max()) + 1 < 24  # trimming is active
+    assert trim_padding(text).shape[1] < 24  # trimming is active
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(text)[:, 0], stock.encode_text(text, normalize=True),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.encode_text(trim_padding(text))[:, 0],
+                                   stock.encode_text(text, normalize=True), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_trim_tokens_on_the_cpu_then_an_untrimming_tower_gives_the_untrimmed_features(k):
-    """The GPU path: the batch is cut on the CPU (trim_tokens), the tower then keeps its length."""
-    torch.manual_seed(7)
-    model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).eval()
+def test_caption_length_keeps_every_column_up_to_the_last_end_of_text():
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
-    cut = model.trim_text(text)
     # independent of the code under test: the columns up to the last end-of-text (the largest id)
     last_eot = max(row.tolist().index(max(row.tolist())) for row in text)
-    assert torch.equal(cut, text[:, : last_eot + 1])
-    model.text.trim_padding = False
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(cut), model.encode_text(text), atol=1e-6, rtol=0)
+    assert caption_length(text) == last_eot + 1
+    assert torch.equal(trim_padding(text), text[:, : last_eot + 1])
+    # id 0 (the pad id, also a BPE byte token) inside a caption is not padding: it precedes end-of-text
+    assert caption_length(torch.tensor([[49406, 0, 0, 49407, 0, 0], [49406, 49407, 0, 0, 0, 0]])) == 4
 
 
-def test_default_trimming_never_reads_a_length_off_a_non_cpu_tensor():
-    # ``int(eot.max())`` on a GPU tensor is a host-device sync; a meta tensor raises where a GPU one syncs
-    model = create_model(tiny_cfg(context_length=24), embed(4, 32))
-    eot = torch.empty(3, dtype=torch.long, device="meta")
-    assert model.text._trimmed_length(eot, 24) == 23  # k > 1: all but the last column, never read
-    model.text.trim_padding = True
-    with pytest.raises(RuntimeError, match="meta"):  # the forced path does read it
-        model.text._trimmed_length(eot, 24)
-
-
-def test_trim_tokens_rejects_a_batch_that_is_not_token_ids():
-    model = create_model(tiny_cfg(context_length=24), embed(4, 32))
-    with pytest.raises(ValueError, match=r"`text`.*\(B, L\)"):
-        model.trim_text(torch.zeros(24, dtype=torch.long))
+@pytest.mark.parametrize("bad", [torch.zeros(24, dtype=torch.long), torch.zeros(2, 24),
+                                 torch.zeros(0, 24, dtype=torch.long)])
+def test_caption_length_rejects_what_is_not_a_batch_of_token_ids(bad):
+    with pytest.raises(ValueError, match=r"`tokens`.*\(B, L\)"):
+        caption_length(bad)
 
 
 def test_trimming_keeps_eos_pooling_exact():
-    """pool_type='eos' finds the end-of-text by id; trimming follows it."""
+    """pool_type='eos' finds the end-of-text by id; the pad rule keeps it."""
     cfg = tiny_cfg(context_length=12)
     cfg["text_cfg"].update(pool_type="eos", eos_id=7, vocab_size=64)
     torch.manual_seed(6)
     model = create_model(cfg, embed(4, 32))
     text = torch.tensor([[1, 5, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0], [1, 3, 3, 3, 3, 8, 7, 0, 0, 0, 0, 0]])
-    trimmed, _ = _text_features_and_grads(model, text, trim=True)
-    full, _ = _text_features_and_grads(model, text, trim=False)
+    assert trim_padding(text).shape[1] == 7
+    trimmed, _ = _text_features_and_grads(model, trim_padding(text))
+    full, _ = _text_features_and_grads(model, text)
     torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
 
 
@@ -404,9 +390,11 @@ def test_bad_configs_name_the_field_and_accepted_values(cfg_change, match):
         create_model(cfg, {"n_tokens": 4, "token_dim": 32, **cfg_change.get("embed", {})})
 
 
-def test_unknown_model_name_lists_models():
-    with pytest.raises(ValueError, match="unknown model 'ViT-Q-99'.*tiny-vit-oblique"):
-        create_model("ViT-Q-99")
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"unknown model 'ViT-B-61'.*did you mean 'ViT-B-16'.*list_models"):
+        create_model("ViT-B-61")
+    with pytest.raises(ValueError, match=r"unknown model 'zzz' for `model_name_or_cfg` \(accepted"):
+        create_model("zzz")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,9 +442,9 @@ def test_class_tokens_must_divide_n_tokens(class_tokens):
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_compiled_model_reads_no_length_off_the_data(k, images):
-    """Under torch.compile the text tower keeps its length instead of ``int(eot.max())``, a graph break
-    (the trainer cuts every batch on the CPU first, so nothing is lost); the whole training forward
-    compiles as one graph."""
+    """The text tower never reads a length off the data (``int(eot.max())`` would be a graph break and,
+    on a GPU, a sync; the trainer cuts every batch on the CPU first); the whole training forward compiles
+    as one graph."""
     model = create_model(tiny_cfg(context_length=24), embed(k, 128 // k)).train()
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
     explanation = torch._dynamo.explain(model)(images, text)

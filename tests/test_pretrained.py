@@ -1,4 +1,4 @@
-"""Tests for training/pretrained.py: a stock open_clip CLIP (model or local file) -> MultiTokenCLIP."""
+"""Tests for manifold_align/clip/pretrained.py: a stock open_clip CLIP (model or local file) -> MultiTokenCLIP."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.model import create_model, create_stock_model
-from training.pretrained import convert_stock_state_dict, from_open_clip, stock_config_from_model
+from manifold_align.clip import create_model, create_stock_model
+from manifold_align.clip.pretrained import convert_stock_state_dict, from_open_clip, stock_config_from_model
 
 from tiny_config import tiny_cfg
 

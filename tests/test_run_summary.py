@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from training.run_summary import _loss_text, write_json
+from manifold_align_train.run_summary import _loss_text, write_json
 
 
 def test_summary_json_is_valid_with_nan_and_inf(tmp_path):

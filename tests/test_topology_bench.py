@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.cli import _load_script
+from manifold_align_train.cli import _load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "topologies.py"
@@ -35,7 +35,7 @@ def test_every_topology_has_width_512(bench):
 
 
 def test_topology_overrides_build_valid_configs(bench):
-    from training.config import load_config
+    from manifold_align_train.config import load_config
 
     for topo in bench.TOPOLOGIES.values():
         cfg = load_config(None, topo.overrides())
@@ -91,7 +91,7 @@ def test_resume_state_and_command(bench, tmp_path):
     (run / "summary.json").write_text("{}")
     assert bench.run_state(run) == "done"
     block = bench.train_command(bench.RunSpec(bench.TOPOLOGIES["block-control"], 0.0, 0), args, run, "new")
-    assert block[1:4] == ["-m", "training", "train"] and "--resume" not in block
+    assert block[1:4] == ["-m", "manifold_align_train", "train"] and "--resume" not in block
     assert "model.class_tokens=1" in block
 
 
@@ -99,8 +99,8 @@ def test_resume_state_and_command(bench, tmp_path):
 # block control: one class token, 16 normalized blocks, the built-in oblique similarity
 # --------------------------------------------------------------------------------------------------
 def test_block_control_is_oblique_with_one_class_token(bench):
-    from training.builders import build_model
-    from training.config import load_config
+    from manifold_align_train.builders import build_model
+    from manifold_align_train.config import load_config
 
     block, oblique = bench.TOPOLOGIES["block-control"], bench.TOPOLOGIES["oblique-none"]
     assert (block.similarity, block.n_tokens, block.token_dim, block.class_tokens) == ("oblique", 16, 32, 1)

@@ -1,7 +1,7 @@
 """Two gloo processes under torchrun train like one process on the concatenated batch.
 
 The test launches this very file with ``python -m torch.distributed.run --nproc_per_node 2``; each
-worker builds a :class:`training.trainer.Trainer` (DDP-wrapped model, loss gathering features with
+worker builds a :class:`manifold_align_train.trainer.Trainer` (DDP-wrapped model, loss gathering features with
 gradient), runs forward and backward on its half of one fixed batch and rank 0 saves the loss and the
 (DDP-averaged) gradients. A single process does the same on the whole batch; both must agree to 1e-5.
 A second test runs the ``train`` command itself under torchrun for a few steps.
@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 
 def _fixed_batch(tokenizer):
-    from training.data import Batch
+    from manifold_align_train.data import Batch
 
     generator = torch.Generator().manual_seed(123)
     images = torch.randn(BATCH, 3, 32, 32, generator=generator)
@@ -45,10 +45,10 @@ def _fixed_batch(tokenizer):
 def one_step(out_file: Path) -> None:
     """Build a Trainer in this process (single or torchrun worker), run one forward/backward on this
     rank's rows of the fixed batch and save the loss and the gradients (rank 0)."""
-    from training.config import load_config
-    from training.data import Batch
-    from training.distributed_env import cleanup_distributed, init_distributed
-    from training.trainer import Trainer
+    from manifold_align_train.config import load_config
+    from manifold_align_train.data import Batch
+    from manifold_align_train.distributed_env import cleanup_distributed, init_distributed
+    from manifold_align_train.trainer import Trainer
 
     cfg = load_config(None, SETTINGS)
     env = init_distributed("cpu")
@@ -63,10 +63,13 @@ def one_step(out_file: Path) -> None:
     cleanup_distributed()
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, cwd: Path, show_warnings: bool = False) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    if not show_warnings:
+        env["PYTHONWARNINGS"] = "ignore"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -84,11 +87,16 @@ def test_two_processes_match_one_on_the_concatenated_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_command_under_torchrun(tmp_path):
-    args = ["-m", "training", "train", "--output", str(tmp_path / "run")]
+def test_train_command_under_torchrun_beside_a_users_training_package(tmp_path):
+    """Launched from a project that has its own ``training/`` package (most ML repositories do): the
+    trainer's import name cannot collide with it, and no rank prints a warning of ours."""
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "__init__.py").write_text("raise ImportError('the user package was imported')\n")
+    args = ["-m", "manifold_align_train", "train", "--output", str(tmp_path / "run")]
     for item in SETTINGS:
         args += ["--set", item]
-    _torchrun(*args, cwd=tmp_path)
+    proc = _torchrun(*args, cwd=tmp_path, show_warnings=True)
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["final_step"] == 3
     assert summary["samples_seen"] == 3 * BATCH
@@ -99,12 +107,12 @@ def test_train_command_under_torchrun(tmp_path):
 def test_a_two_process_run_resumed_in_one_process_continues_like_a_one_process_run(tmp_path, capsys):
     """The data stream does not depend on the number of processes, so resuming with another world size
     lands where resuming a one-process run does (up to DDP's summation order)."""
-    from training import cli
+    from manifold_align_train import cli
 
     def sets(items):
         return [arg for item in items for arg in ("--set", item)]
 
-    _torchrun("-m", "training", "train", "--output", str(tmp_path / "two"), *sets(SETTINGS), cwd=tmp_path)
+    _torchrun("-m", "manifold_align_train", "train", "--output", str(tmp_path / "two"), *sets(SETTINGS), cwd=tmp_path)
     assert cli.main(["train", "--output", str(tmp_path / "one"), *sets(SETTINGS)]) == 0
     finals = []
     for run in ("two", "one"):

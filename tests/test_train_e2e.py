@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.trainer as trainer_module
-from training import checkpoint as ckpt
-from training.cli import main
-from training.config import load_config
-from training.trainer import NonFiniteLossError, train
+import manifold_align_train.builders as builders_module
+from manifold_align_train import checkpoint as ckpt
+from manifold_align_train.cli import main
+from manifold_align_train.config import load_config
+from manifold_align_train.trainer import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_refuses_to_mix_runs(learned_run):
 def _cli(run: Path, *extra: str) -> list[str]:
     sets = FAST + ["data.batch_size=32", "train.steps=16", "train.warmup=2", "train.checkpoint_every=4",
                    "train.keep_checkpoints=5", "train.deterministic=true", "train.threads=1"]
-    return [sys.executable, "-m", "training", "train", "--output", str(run),
+    return [sys.executable, "-m", "manifold_align_train", "train", "--output", str(run),
             *[arg for item in sets for arg in ("--set", item)], *extra]
 
 
@@ -131,13 +131,13 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
 
 
 # -- non-finite losses and bad samples ---------------------------------------------------------
-class _NaNAtCall(trainer_module.ContrastiveLoss):
+class _NaNAtCall(builders_module.ContrastiveLoss):
     """The real loss, made NaN on the ``nan_call``-th call (1-based)."""
 
     nan_call = 3
 
-    def forward(self, image_features, text_features):
-        out = super().forward(image_features, text_features)
+    def forward(self, image_features, text_features, **model_outputs):
+        out = super().forward(image_features, text_features, **model_outputs)
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == self.nan_call:
             out = dataclasses.replace(out, loss=out.loss * float("nan"))
@@ -145,7 +145,7 @@ class _NaNAtCall(trainer_module.ContrastiveLoss):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNAtCall)
+    monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNAtCall)
     cfg = load_config(None, FAST + ["data.batch_size=32", "train.steps=6", "train.warmup=1",
                                     "train.checkpoint_every=2"])
     with pytest.raises(NonFiniteLossError, match=r"at step 2\b.*step_00000002\.pt"):
@@ -157,8 +157,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
 
 
 def test_skip_nonfinite_counts_and_bad_samples_are_summed(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNAtCall)
-    from training.data import in_memory
+    monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNAtCall)
+    from manifold_align_train.data import in_memory
 
     original = in_memory.InMemoryImageText.__getitem__
 
@@ -177,18 +177,18 @@ def test_skip_nonfinite_counts_and_bad_samples_are_summed(tmp_path, monkeypatch)
     assert math.isfinite(summary["final_loss"])
 
 
-class _NaNFeaturesAtCall(trainer_module.ContrastiveLoss):
+class _NaNFeaturesAtCall(builders_module.ContrastiveLoss):
     """The real loss, fed NaN image features on the 3rd call."""
 
-    def forward(self, image_features, text_features):
+    def forward(self, image_features, text_features, **model_outputs):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 3:
             image_features = image_features * float("nan")
-        return super().forward(image_features, text_features)
+        return super().forward(image_features, text_features, **model_outputs)
 
 
 def test_skip_nonfinite_skips_a_step_with_non_finite_features(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNFeaturesAtCall)
+    monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNFeaturesAtCall)
     cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1",
                                     "train.skip_nonfinite=true"])
     summary = train(cfg, tmp_path / "run")
@@ -196,7 +196,7 @@ def test_skip_nonfinite_skips_a_step_with_non_finite_features(tmp_path, monkeypa
 
 
 def test_non_finite_features_without_skipping_stop_with_the_argument_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNFeaturesAtCall)
+    monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNFeaturesAtCall)
     cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1"])
     with pytest.raises(ValueError, match="`image_features` must be finite"):
         train(cfg, tmp_path / "run")
@@ -214,7 +214,7 @@ def test_precision_accumulation_and_checkpointing_options_run(tmp_path, precisio
 
 def test_skip_nonfinite_under_fp16_keeps_training(tmp_path, monkeypatch):
     """A skipped step after the GradScaler's unscale_ must not break the next step."""
-    monkeypatch.setattr(trainer_module, "ContrastiveLoss", _NaNAtCall)
+    monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNAtCall)
     cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1",
                                     "train.precision=fp16", "train.skip_nonfinite=true"])
     summary = train(cfg, tmp_path / "run")

@@ -1,4 +1,4 @@
-"""Tests for training/zero_shot.py: classifier on OB(d, k), zero-shot accuracy, retrieval recall."""
+"""Tests for manifold_align/clip/zero_shot.py and retrieval.py: classifier on OB(d, k), zero-shot accuracy, retrieval recall."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.model import create_model
-from training.zero_shot import (
+from manifold_align.clip import create_model
+from manifold_align.clip import (
     build_zero_shot_classifier,
     encode_images,
     encode_texts,

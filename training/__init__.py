@@ -1,32 +1,23 @@
-# --- model dev: the multi-token model's names, imported lazily (importing open_clip takes seconds and
-# `training.config` / the CLI's argument parsing should not pay for it)
-_MODEL_EXPORTS = {
-    "EmbedConfig": "embed_config",  # cheap: no open_clip import
-    "MultiTokenCLIP": "model",
-    "create_model": "model",
-    "create_stock_model": "model",
-    "get_tokenizer": "model",
-    "load_model_config": "model",
-    "from_open_clip": "pretrained",
-    "build_zero_shot_classifier": "zero_shot",
-    "zero_shot_accuracy": "zero_shot",
-    "zero_shot_logits": "zero_shot",
-    "retrieval_metrics": "zero_shot",
-}
+"""manifold_align_train: the CLIP trainer of manifold-align (command line ``manifold-align``).
+
+Installed from the repository's ``training/`` folder under the import name ``manifold_align_train``. The
+model it trains is library code, :mod:`manifold_align.clip`; this package holds what runs jobs: the typed
+configuration, the data pipelines, the training loop, checkpoints, logs and the command line.
+``python -m manifold_align_train ...`` is ``manifold-align ...`` (what torchrun launches).
+"""
+
+from .config import ConfigError, RunConfig, load_config
+
+_EXPORTS = {"train": "trainer", "Trainer": "trainer", "NonFiniteLossError": "trainer",
+            "evaluate_checkpoint": "evaluation"}
+
+__all__ = ["ConfigError", "RunConfig", "load_config", *_EXPORTS]
 
 
 def __getattr__(name):
-    if name in _MODEL_EXPORTS:
+    # the training loop imports torch and open_clip: load it on first use, not for reading a config
+    if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_MODEL_EXPORTS[name]}"), name)
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --- trainer dev: the typed configuration (cheap to import) and the training entry points (lazy)
-from .config import ConfigError, RunConfig, load_config  # noqa: E402
-
-_MODEL_EXPORTS.update({"train": "trainer", "Trainer": "trainer", "NonFiniteLossError": "trainer",
-                       "evaluate_checkpoint": "trainer"})
-
-__all__ = ["ConfigError", "RunConfig", "load_config", *_MODEL_EXPORTS]

@@ -1,4 +1,4 @@
-"""``python -m training ...`` is ``manifold-align ...`` (what torchrun launches: ``torchrun -m training train``)."""
+"""``python -m manifold_align_train ...`` is ``manifold-align ...`` (``torchrun -m manifold_align_train train``)."""
 
 import sys
 

@@ -1,7 +1,8 @@
-"""The pieces a run is built from: torch settings, model, data, optimizer, schedule, precision.
+"""The pieces a run is built from: torch settings, model, loss, data, optimizer, schedule, precision.
 
-Shared by the training loop (:mod:`training.trainer`) and checkpoint evaluation
-(:mod:`training.evaluation`), so that both build exactly the same model and held-out data.
+Data flows one way, config -> these builders -> model, loss, trainer. Shared by the training loop
+(:mod:`manifold_align_train.trainer`) and checkpoint evaluation (:mod:`manifold_align_train.evaluation`),
+so that both build exactly the same model and held-out data.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from typing import Callable, ContextManager
 
 import torch
 
+from manifold_align import ContrastiveLoss
 from manifold_align.optim import RiemannianAdamW, parameter_groups
 
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, embed_config
 from .distributed_env import DistEnv
 
 __all__ = [
     "autocast_for",
     "build_data_bundle",
+    "build_loss",
     "build_model",
     "build_optimizer",
     "configure_torch",
@@ -50,9 +53,9 @@ def configure_torch(cfg: RunConfig, env: DistEnv) -> None:
 def build_model(cfg: RunConfig, device: torch.device):
     """Create the model, its tokenizer and its image transforms.
 
-    The ``loss`` section's similarity, temperature and objective go into the model's ``EmbedConfig``
-    (the model owns the temperature and the sigmoid bias, so they are saved with its weights), with
-    ``model.n_tokens``, ``model.token_dim`` and ``model.class_tokens``.
+    The model's geometry is :func:`manifold_align_train.config.embed_config`: the ``model`` section's
+    shape with the ``loss`` section's similarity, temperature and objective (the model owns the
+    temperature and the sigmoid bias, so they are saved with its weights).
 
     Returns
     -------
@@ -60,22 +63,34 @@ def build_model(cfg: RunConfig, device: torch.device):
     """
     import open_clip
 
-    from .model import EmbedConfig, create_model, get_tokenizer, load_model_config
+    from manifold_align.clip import create_model, get_tokenizer, load_model_config
 
-    embed = EmbedConfig(
-        n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, class_tokens=cfg.model.class_tokens,
-        similarity=cfg.loss.similarity, temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
-        objective=cfg.loss.objective, bias_init=cfg.loss.bias_init,
-    )
-    model = create_model(cfg.model.name, embed, pretrained=cfg.model.pretrained).to(device)
+    model = create_model(cfg.model.name, embed_config(cfg), pretrained=cfg.model.pretrained).to(device)
     image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
     transforms = (open_clip.image_transform(image_size, is_train=True),
                   open_clip.image_transform(image_size, is_train=False))
     return model, get_tokenizer(cfg.model.name), transforms
 
 
+def build_loss(cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
+    """The contrastive loss of the ``loss`` section, for this process.
+
+    It is called with the model's ``logit_scale`` (and ``logit_bias``) from the model's forward output,
+    so it has no temperature of its own.
+    """
+    return ContrastiveLoss(
+        similarity=cfg.loss.similarity,
+        objective=cfg.loss.objective,
+        local_loss=cfg.loss.local_loss,
+        gather_with_grad=cfg.loss.gather_with_grad,
+        check_finite=not cfg.train.skip_nonfinite,  # skipping: non-finite features make a skipped step
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+
+
 def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
-    """``training.data.build_data`` for this configuration and process."""
+    """``manifold_align_train.data.build_data`` for this configuration and process."""
     from .data import build_data
 
     return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],

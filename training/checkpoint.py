@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, the latest N kept, ``latest`` resolution.
 
 A checkpoint is one ``torch.save`` file ``checkpoints/step_00000100.pt`` holding plain state dicts.
-It is written by :func:`training.atomic_write.atomic_write`: a temporary file in the same folder, flushed
+It is written by :func:`manifold_align_train.atomic_write.atomic_write`: a temporary file in the same folder, flushed
 and fsynced, then renamed over the final name with ``os.replace`` -- a crash at any moment leaves either the
 previous set of checkpoints or the new complete file, never a partial one under a checkpoint name.
 """
@@ -31,7 +31,7 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (:func:`training.atomic_write.atomic_write`).
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`manifold_align_train.atomic_write.atomic_write`).
 
     Parameters
     ----------

@@ -8,7 +8,8 @@ Examples
 ``manifold-align eval --checkpoint runs/a/checkpoints/step_00000400.pt``
 ``manifold-align bench speed --quick`` times manifold ops, the training step and the optimizer step against
 their peers (``benchmarks/speed.py``); ``manifold-align bench topologies --dry-run --quick`` prints the
-topology comparison's plan (``benchmarks/topologies.py``). Both need the source checkout.
+topology comparison's plan (``benchmarks/topologies.py``). The scripts live in the repository's
+``benchmarks/`` folder, not in the installed package: run ``bench`` from a clone (any install of the package).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .config import ConfigError, RunConfig, load_config
 __all__ = ["build_parser", "main"]
 
 _RUNS_ROOT = Path("runs")
-# benchmarks/ is not part of the installed package: it is found next to training/ in a source checkout
+# benchmarks/ is not part of the installed package: it is found next to training/ in an editable install,
+# else in the current directory (a clone, with the package installed from it or from an index)
 _BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 _BENCHMARK_SCRIPTS = {
     "speed": ("speed.py", "manifold ops, training step and optimizer step against their peers, one report"),
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model (default: oblique OB(32, 16) on the embedded digits, CPU)",
         description="Train a model. Distributed: launch with torchrun, e.g. "
-                    "`torchrun --nproc_per_node 8 -m training train --config ...` (see docs/training.md).",
+                    "`torchrun --nproc_per_node 8 -m manifold_align_train train --config ...` (see docs/training.md).",
     )
     _add_config_args(train)
     train.add_argument("--output", metavar="DIR", help="run folder (default: runs/<run name or timestamp>)")
@@ -143,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .trainer import evaluate_checkpoint, format_metrics
+    from .evaluation import evaluate_checkpoint, format_metrics
 
     checkpoint, _ = resolve_checkpoint(args.checkpoint, None)
     state = load_checkpoint(checkpoint)
@@ -159,16 +161,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def benchmark_script(name: str) -> Path:
     """Path of the benchmark script ``name`` (a key of ``_BENCHMARK_SCRIPTS``) in the source checkout.
 
+    Looked up next to the package's source folder (an editable install), then in ``./benchmarks``.
+
     Raises
     ------
     SystemExit
-        When the script is not there (the package was installed from a wheel, without the repository).
+        When neither holds the script (an installed package, run outside a clone).
     """
-    path = _BENCHMARKS_DIR / _BENCHMARK_SCRIPTS[name][0]
-    if not path.is_file():
-        raise SystemExit(f"manifold-align bench {name}: {path} not found; benchmarks live in the source "
-                         "checkout: clone the repo and run from it")
-    return path
+    script = _BENCHMARK_SCRIPTS[name][0]
+    for folder in (_BENCHMARKS_DIR, Path.cwd() / "benchmarks"):
+        if (folder / script).is_file():
+            return folder / script
+    raise SystemExit(f"manifold-align bench {name}: benchmarks/{script} not found next to the package or in "
+                     f"{Path.cwd()}; benchmarks live in the source checkout: clone the repo and run "
+                     f"`manifold-align bench {name}` (or `python benchmarks/{script}`) from its top folder")
 
 
 def _load_script(path: Path):

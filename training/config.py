@@ -16,11 +16,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 
 __all__ = [
+    "Check",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "embed_config",
     "load_config",
 ]
 
@@ -42,42 +44,112 @@ class ConfigError(ValueError):
     """A configuration key is unknown or its value has the wrong type or range."""
 
 
-@dataclass
-class DataConfig:
-    """Where the image-text pairs come from (read by ``training.data.build_data``).
+@dataclass(frozen=True)
+class Check:
+    """A field's range check: ``accepts(value)`` must hold; ``expected`` says what is accepted, in words.
 
-    ``batch_size`` is the GLOBAL batch (all processes together; each of ``world_size`` processes
-    loads ``batch_size / world_size``), so a run gives the same batches on any number of processes.
-    One optimizer step sees ``batch_size * train.accumulation`` pairs.
+    ``expected`` may be a zero-argument callable, for lists of names read from a registry when the check
+    fails (a similarity registered after import is accepted).
     """
 
-    dataset: Literal["digits", "digit-pairs", "synthetic", "csv", "webdataset"] = "digits"
+    accepts: Callable[[Any], bool]
+    expected: Union[str, Callable[[], str]]
+    #: the accepted names, for "did you mean" hints; None for numeric checks
+    names: Optional[Callable[[], Sequence[str]]] = None
+
+    def describe(self, value: Any) -> str:
+        """What is accepted, in words, with the closest accepted name to ``value`` if there is one."""
+        text = self.expected() if callable(self.expected) else self.expected
+        if self.names is not None and isinstance(value, str):
+            close = difflib.get_close_matches(value, list(self.names()), n=1)
+            if close:
+                text += f"; did you mean {close[0]!r}?"
+        return text
+
+
+def checked(default: Any = dataclasses.MISSING, *, check: Check, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field that carries its range check (run by :func:`config_from_dict`)."""
+    return field(default=default, default_factory=default_factory, metadata={"check": check})
+
+
+def _positive(kind: str) -> Check:
+    return Check(lambda v: v is None or v > 0, f"a positive {kind}")
+
+
+def _non_negative(kind: str, note: str = "") -> Check:
+    return Check(lambda v: v >= 0, f"a non-negative {kind}{note}")
+
+
+_SHARE = Check(lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]")
+
+
+def _one_of(names: Callable[[], Sequence[str]]) -> Check:
+    """Accept the names a registry lists at check time."""
+    return Check(lambda v: v in names(), lambda: "one of " + ", ".join(repr(n) for n in names()), names)
+
+
+def _dataset_names() -> Sequence[str]:
+    from .data.build import DATASETS
+
+    return DATASETS
+
+
+def _similarity_names() -> Sequence[str]:
+    from manifold_align import list_similarities
+
+    return list_similarities()
+
+
+def _temperature_names() -> Sequence[str]:
+    from manifold_align.temperature import list_temperatures
+
+    return list_temperatures()
+
+
+def _objective_names() -> Sequence[str]:
+    from manifold_align.losses import OBJECTIVES
+
+    return OBJECTIVES
+
+
+@dataclass
+class DataConfig:
+    """Where the image-text pairs come from (read by ``manifold_align_train.data.build_data``).
+
+    ``dataset`` is one of ``manifold_align_train.data.DATASETS``. ``batch_size`` is the GLOBAL batch (all
+    processes together; each of ``world_size`` processes loads ``batch_size / world_size``), so a run gives
+    the same batches on any number of processes. One optimizer step sees ``batch_size * train.accumulation``
+    pairs. ``caption_noise`` and ``image_size`` apply to the embedded datasets (digits, digit-pairs,
+    synthetic); ``num_samples`` to synthetic (training pairs) and webdataset (samples per epoch).
+    """
+
+    dataset: str = checked("digits", check=_one_of(_dataset_names))
     train_data: Optional[str] = None
     val_data: Optional[str] = None
     csv_separator: str = "\t"
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
-    caption_noise: float = 0.2
-    image_size: int = 32
-    batch_size: int = 128
-    workers: int = 0
-    num_samples: Optional[int] = None
+    caption_noise: float = checked(0.2, check=_SHARE)
+    image_size: int = checked(32, check=_positive("integer"))
+    batch_size: int = checked(128, check=_positive("integer"))
+    workers: int = checked(0, check=_non_negative("integer"))
+    num_samples: Optional[int] = checked(None, check=_positive("integer or null"))
 
 
 @dataclass
 class ModelConfig:
     """The towers and the embedding geometry.
 
-    ``name`` is a tiny config shipped in ``training/model_configs`` (``"digits-tiny"``), an open_clip
+    ``name`` is a tiny config shipped with :mod:`manifold_align.clip` (``"digits-fast"``), an open_clip
     model name (``"ViT-B-16"``) or a path to a JSON file in open_clip's format. The embedding is
-    ``n_tokens`` (k) vectors of ``token_dim`` (d) dims; the similarity, temperature and objective
-    live in the ``loss`` section and the trainer passes them into the model's ``EmbedConfig``.
+    ``n_tokens`` (k) vectors of ``token_dim`` (d) dims; the similarity, temperature and objective live in
+    the ``loss`` section. Together they make the model's
+    :class:`~manifold_align.clip.EmbedConfig` (:func:`embed_config`), which checks them.
 
     ``class_tokens`` is the number of class tokens each tower carries (``None``: ``n_tokens``, one
-    per sphere); it must divide ``n_tokens``, and each class token is split into
-    ``n_tokens / class_tokens`` blocks of ``token_dim``, each normalized on its own sphere.
-    ``class_tokens=1`` with ``n_tokens=16, token_dim=32`` is the block control: one 512-d token in
-    16 normalized blocks of 32.
+    per factor); it must divide ``n_tokens``, and each class token is split into
+    ``n_tokens / class_tokens`` blocks of ``token_dim``. ``class_tokens=1`` with ``n_tokens=16,
+    token_dim=32`` is the block control: one 512-d token in 16 normalized blocks of 32.
     """
 
     name: str = "digits-fast"
@@ -91,16 +163,17 @@ class ModelConfig:
 class TemperatureConfig:
     """The softmax temperature, as a multiplicative *scale* on the similarity.
 
-    Only the fields that ``name`` uses are passed to ``manifold_align.get_temperature``:
-    ``fixed`` -> ``scale``; ``learnable`` -> ``init`` (a temperature: the scale starts at ``1/init``)
-    and ``max_scale``; ``cosine``/``linear``/``exponential`` -> ``start``, ``end`` (scales),
-    ``steps`` (``None``: ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1).
+    ``name`` is one of ``manifold_align.temperature.list_temperatures()``. Only the fields that ``name``
+    uses are passed to ``manifold_align.get_temperature``: ``fixed`` -> ``scale``; ``learnable`` ->
+    ``init`` (a temperature: the scale starts at ``1/init``) and ``max_scale``;
+    ``cosine``/``linear``/``exponential`` -> ``start``, ``end`` (scales), ``steps`` (``None``:
+    ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1).
     """
 
-    name: Literal["none", "fixed", "learnable", "cosine", "linear", "exponential"] = "none"
-    scale: float = 1.0
-    init: float = 0.07
-    max_scale: float = 100.0
+    name: str = checked("none", check=_one_of(_temperature_names))
+    scale: float = checked(1.0, check=_positive("number"))
+    init: float = checked(0.07, check=_positive("number"))
+    max_scale: float = checked(100.0, check=_positive("number"))
     start: float = 1.0
     end: float = 10.0
     steps: Optional[int] = None
@@ -123,13 +196,14 @@ class TemperatureConfig:
 class LossConfig:
     """Similarity, temperature and objective of the contrastive loss.
 
-    ``gather_with_grad=True`` lets gradients flow through the all-gathered features, which makes a
-    run on N processes match one process on the concatenated batch.
+    ``similarity`` is a registered name (``manifold_align.list_similarities()``); ``objective`` one of
+    ``manifold_align.losses.OBJECTIVES``. ``gather_with_grad=True`` lets gradients flow through the
+    all-gathered features, which makes a run on N processes match one process on the concatenated batch.
     """
 
-    similarity: str = "oblique"
+    similarity: str = checked("oblique", check=_one_of(_similarity_names))
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
-    objective: Literal["softmax", "sigmoid"] = "softmax"
+    objective: str = checked("softmax", check=_one_of(_objective_names))
     bias_init: float = -10.0
     local_loss: bool = False
     gather_with_grad: bool = True
@@ -139,40 +213,40 @@ class LossConfig:
 class TrainConfig:
     """Optimization. ``steps`` counts optimizer steps; ``lr`` is the peak of the cosine schedule."""
 
-    steps: int = 250
-    lr: float = 2e-3
-    weight_decay: float = 0.1
+    steps: int = checked(250, check=_positive("integer"))
+    lr: float = checked(2e-3, check=_positive("number"))
+    weight_decay: float = checked(0.1, check=_non_negative("number"))
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    warmup: int = 25
-    min_lr_ratio: float = 0.0
-    grad_clip: Optional[float] = 1.0
-    accumulation: int = 1
+    warmup: int = checked(25, check=_non_negative("integer"))
+    min_lr_ratio: float = checked(0.0, check=Check(lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"))
+    grad_clip: Optional[float] = checked(1.0, check=_positive("number or null"))
+    accumulation: int = checked(1, check=_positive("integer"))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
+    checkpoint_every: int = checked(50, check=_non_negative("integer", " (0: only at the end)"))
+    keep_checkpoints: int = checked(2, check=_positive("integer"))
     skip_nonfinite: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
-    threads: Optional[int] = None
+    threads: Optional[int] = checked(None, check=_positive("integer or null"))
 
 
 @dataclass
 class EvalConfig:
     """Zero-shot classification and retrieval, every ``every`` steps (0: only at the end)."""
 
-    every: int = 0
-    batch_size: int = 256
+    every: int = checked(0, check=_non_negative("integer", " (0: only at the end)"))
+    batch_size: int = checked(256, check=_positive("integer"))
 
 
 @dataclass
 class LogConfig:
     """Where metrics go: ``metrics.jsonl`` always, TensorBoard and a tqdm bar optionally."""
 
-    every: int = 10
+    every: int = checked(10, check=_positive("integer"))
     tensorboard: bool = True
     progress: bool = True
 
@@ -191,32 +265,19 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-# Range checks run after type checks: dotted key -> (predicate, expectation in words).
-_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "data.caption_noise": (lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]"),
-    "data.image_size": (lambda v: v > 0, "a positive integer"),
-    "data.batch_size": (lambda v: v > 0, "a positive integer"),
-    "data.workers": (lambda v: v >= 0, "a non-negative integer"),
-    "model.n_tokens": (lambda v: v > 0, "a positive integer"),
-    "model.token_dim": (lambda v: v > 0, "a positive integer"),
-    "model.class_tokens": (lambda v: v is None or v > 0, "a positive integer or null"),
-    "loss.temperature.scale": (lambda v: v > 0, "a positive number"),
-    "loss.temperature.init": (lambda v: v > 0, "a positive number"),
-    "loss.temperature.max_scale": (lambda v: v > 0, "a positive number"),
-    "train.steps": (lambda v: v > 0, "a positive integer"),
-    "train.lr": (lambda v: v > 0, "a positive number"),
-    "train.weight_decay": (lambda v: v >= 0, "a non-negative number"),
-    "train.warmup": (lambda v: v >= 0, "a non-negative integer"),
-    "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"),
-    "train.grad_clip": (lambda v: v is None or v > 0, "a positive number or null"),
-    "train.accumulation": (lambda v: v > 0, "a positive integer"),
-    "train.checkpoint_every": (lambda v: v >= 0, "a non-negative integer (0: only at the end)"),
-    "train.keep_checkpoints": (lambda v: v > 0, "a positive integer"),
-    "train.threads": (lambda v: v is None or v > 0, "a positive integer or null"),
-    "eval.every": (lambda v: v >= 0, "a non-negative integer (0: only at the end)"),
-    "eval.batch_size": (lambda v: v > 0, "a positive integer"),
-    "log.every": (lambda v: v > 0, "a positive integer"),
-}
+def embed_config(cfg: RunConfig):
+    """The model's :class:`~manifold_align.clip.EmbedConfig` for this run: the ``model`` section's
+    shape with the ``loss`` section's similarity, temperature and objective.
+
+    The one place the two sections meet; building it checks them together (``ValueError``).
+    """
+    from manifold_align.clip.embed_config import EmbedConfig
+
+    return EmbedConfig(
+        n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, class_tokens=cfg.model.class_tokens,
+        similarity=cfg.loss.similarity, temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
+        objective=cfg.loss.objective, bias_init=cfg.loss.bias_init,
+    )
 
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
@@ -279,44 +340,42 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"'{prefix or 'config'}' must be a mapping of keys to values, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise _unknown_key(dotted, names)
+        if key not in fields:
+            raise _unknown_key(dotted, list(fields))
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, dotted)
-        else:
-            kwargs[key] = _coerce(value, tp, dotted)
-            check = _RANGES.get(dotted)
-            if check is not None and kwargs[key] is not None and not check[0](kwargs[key]):
-                raise ConfigError(f"bad value {value!r} for '{dotted}': expected {check[1]}")
+            continue
+        kwargs[key] = _coerce(value, tp, dotted)
+        check = fields[key].metadata.get("check")
+        if check is not None and kwargs[key] is not None and not check.accepts(kwargs[key]):
+            raise ConfigError(f"bad value {value!r} for '{dotted}': expected {check.describe(value)}")
     return cls(**kwargs)
 
 
+# the configuration key each EmbedConfig field comes from (see embed_config)
+_EMBED_KEYS = {"n_tokens": "model.n_tokens", "token_dim": "model.token_dim", "class_tokens": "model.class_tokens",
+               "similarity": "loss.similarity", "objective": "loss.objective", "temperature": "loss.temperature"}
+
+
 def _check_cross_field(cfg: RunConfig) -> None:
-    """Checks that involve the core's registry or more than one field."""
+    """Checks that involve more than one field, or the model registry; run before anything is built."""
+    from manifold_align.clip.registry import load_model_config
+
     try:
-        from manifold_align import list_similarities
-    except ImportError:  # the core is optional for reading a config
-        list_similarities = None
-    if list_similarities is not None:
-        names = list(list_similarities())
-        if cfg.loss.similarity not in names:
-            close = difflib.get_close_matches(cfg.loss.similarity, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"bad value {cfg.loss.similarity!r} for 'loss.similarity': expected one of "
-                f"{', '.join(repr(n) for n in names)}{hint}"
-            )
-    tokens = cfg.model.class_tokens
-    if tokens is not None and cfg.model.n_tokens % tokens:
-        raise ConfigError(
-            f"bad value {tokens} for 'model.class_tokens': expected a divisor of model.n_tokens "
-            f"({cfg.model.n_tokens}) or null"
-        )
+        load_model_config(cfg.model.name)
+    except ValueError as exc:
+        raise ConfigError(f"bad value {cfg.model.name!r} for 'model.name': {exc}") from None
+    from manifold_align.clip.embed_config import EmbedConfigError
+
+    try:
+        embed_config(cfg)
+    except EmbedConfigError as exc:
+        raise ConfigError(f"bad value for '{_EMBED_KEYS.get(exc.field, exc.field)}': {exc}") from None
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:

@@ -1,7 +1,7 @@
 """Held-out evaluation of a model: zero-shot classification and image-text retrieval.
 
-The scoring itself is :mod:`training.zero_shot`'s; this module feeds it a run's held-out data (a
-``training.data`` bundle), evaluates checkpoints and formats the metrics for people.
+The scoring itself is :mod:`manifold_align.clip`'s; this module feeds it a run's held-out data (a
+``manifold_align_train.data`` bundle), evaluates checkpoints and formats the metrics for people.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from typing import Any
 
 import torch
 
-from .builders import autocast_for, build_data_bundle, build_model, configure_torch
-from .config import RunConfig
-from .distributed_env import init_distributed
-from .zero_shot import (
+from manifold_align.clip import (
     build_zero_shot_classifier,
     encode_images,
     encode_texts,
     retrieval_metrics,
     zero_shot_accuracy,
 )
+
+from .builders import autocast_for, build_data_bundle, build_model, configure_torch
+from .config import RunConfig
+from .distributed_env import init_distributed
 
 __all__ = ["evaluate", "evaluate_checkpoint", "format_metrics"]
 
@@ -35,12 +36,12 @@ def evaluate(model, tokenizer, data, *, batch_size: int, autocast=nullcontext) -
     model : MultiTokenCLIP
         Evaluated in eval mode; its training mode is restored after.
     tokenizer : callable
-    data : training.data.DataBundle
+    data : manifold_align_train.data.DataBundle
         Its ``zero_shot`` (ZeroShotTask or None) and ``retrieval`` (RetrievalTask or None).
     batch_size : int, keyword-only
         Images or captions encoded per forward pass.
     autocast : callable, keyword-only
-        Factory of the context each forward pass runs in (:func:`training.builders.autocast_for`).
+        Factory of the context each forward pass runs in (:func:`manifold_align_train.builders.autocast_for`).
 
     Returns
     -------

@@ -15,7 +15,7 @@ __all__ = ["format_report", "run_summary", "write_json"]
 
 
 def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict[str, Any]:
-    """The ``summary.json`` of a finished :class:`training.trainer.Trainer` (``wall`` in seconds)."""
+    """The ``summary.json`` of a finished :class:`manifold_align_train.trainer.Trainer` (``wall`` in seconds)."""
     out = trainer.output_dir
     return {
         "final_metrics": final,

@@ -1,9 +1,10 @@
 """The training loop: optimizer steps, precision, non-finite losses, checkpoints, the whole job.
 
 :func:`train` is the whole job (what ``manifold-align train`` runs); :class:`Trainer` holds the
-pieces so that tests can drive single steps. The pieces are built in :mod:`training.builders`,
-evaluated in :mod:`training.evaluation` and summed up in :mod:`training.run_summary`. One optimizer step consumes ``train.accumulation``
-batches; the learning rate, the temperature schedule, checkpoints and logs all count optimizer steps.
+pieces so that tests can drive single steps. The pieces are built in :mod:`manifold_align_train.builders`,
+evaluated in :mod:`manifold_align_train.evaluation` and summed up in :mod:`manifold_align_train.run_summary`.
+One optimizer step consumes ``train.accumulation`` batches; the learning rate, the temperature schedule,
+checkpoints and logs all count optimizer steps.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from manifold_align import ContrastiveLoss
+from manifold_align.clip import caption_length
 
 from . import checkpoint as ckpt
 from .builders import (
     autocast_for,
     build_data_bundle,
+    build_loss,
     build_model,
     build_optimizer,
     configure_torch,
@@ -33,24 +35,12 @@ from .builders import (
 )
 from .config import RunConfig, config_to_dict, dump_config
 from .distributed_env import DistEnv, cleanup_distributed, init_distributed
-from .evaluation import evaluate, evaluate_checkpoint, format_metrics
+from .evaluation import evaluate
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_summary import format_report, run_summary, write_json
 
-# build_*, evaluate*, format_metrics and lr_factor live in builders.py / evaluation.py; re-exported
-# here because `training.trainer` was their home and the CLI and scripts import them from it.
-__all__ = [
-    "NonFiniteLossError",
-    "Trainer",
-    "build_data_bundle",
-    "build_model",
-    "evaluate",
-    "evaluate_checkpoint",
-    "format_metrics",
-    "lr_factor",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "Trainer", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,7 +69,7 @@ class Trainer:
         The run folder (``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``,
         ``summary.json``).
     env : DistEnv, optional
-        From :func:`training.distributed_env.init_distributed`; default: one CPU/GPU process.
+        From :func:`manifold_align_train.distributed_env.init_distributed`; default: one CPU/GPU process.
     """
 
     def __init__(self, cfg: RunConfig, output_dir: str | Path, *, env: DistEnv | None = None):
@@ -92,7 +82,7 @@ class Trainer:
         self.model, self.tokenizer, self.transforms = build_model(cfg, self.device)
         self.data = build_data_bundle(cfg, self.env, self.tokenizer, self.transforms)
         self.forward_model = self._wrap_model()
-        self.loss_fn = self._build_loss()
+        self.loss_fn = build_loss(cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
@@ -113,20 +103,6 @@ class Trainer:
             model = torch.compile(model)
         return model
 
-    def _build_loss(self) -> ContrastiveLoss:
-        loss_cfg = self.cfg.loss
-        return ContrastiveLoss(
-            similarity=self.model.similarity,
-            temperature=self.model.temperature,
-            objective=self.model.embed_cfg.objective,
-            logit_bias=self.model.logit_bias,
-            local_loss=loss_cfg.local_loss,
-            gather_with_grad=loss_cfg.gather_with_grad,
-            check_finite=not self.cfg.train.skip_nonfinite,  # skipping: non-finite features make a skipped step
-            rank=self.env.rank,
-            world_size=self.env.world_size,
-        )
-
     # -- one optimizer step --------------------------------------------------------------------
     def _autocast(self):
         return autocast_for(self.cfg.train.precision, self.device)()
@@ -140,15 +116,16 @@ class Trainer:
 
     def _micro_step(self, batch, n_micro: int, sync: bool):
         images = batch.images.to(self.device, non_blocking=True)
-        # the trimmed length is found on the CPU (no sync); the whole (pinned) tensor moves asynchronously
-        length = self.model.trim_text(batch.texts).shape[1]
+        # the caption length is read on the CPU (no sync); the whole (pinned) tensor moves asynchronously
+        length = caption_length(batch.texts)
         texts = batch.texts.to(self.device, non_blocking=True)[:, :length]
         no_sync = getattr(self.forward_model, "no_sync", None)
         context = no_sync() if (not sync and no_sync is not None) else nullcontext()
         with context:
             with self._autocast():
                 out = self.forward_model(image=images, text=texts)
-                result = self.loss_fn(out["image_features"], out["text_features"])
+                result = self.loss_fn(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
+                                      logit_bias=out.get("logit_bias"))
             self.scaler.scale(result.loss / n_micro).backward()
         return result, images.shape[0]
 
@@ -195,7 +172,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {
-            "loss": loss, "lr": lr, "temperature": self.model.temperature.value(),
+            "loss": loss, "lr": lr, "temperature": results[-1].scale,
             "positive_similarity": _mean(r.positive_similarity for r in results),
             "negative_similarity": _mean(r.negative_similarity for r in results),
             "gap": _mean(r.gap for r in results), "grad_norm": grad_norm,

@@ -47,7 +47,7 @@ class Batch(NamedTuple):
     texts : torch.Tensor, shape (B, L), long
         Token ids.
     n_skipped : int
-        Bad samples met while filling this batch. :class:`~training.data.loader.ResumableLoader`
+        Bad samples met while filling this batch. :class:`~manifold_align_train.data.loader.ResumableLoader`
         replaces each one (the batch stays full); :func:`collate_skip_bad` drops them (then
         ``B + n_skipped`` is the nominal batch size).
     """

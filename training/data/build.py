@@ -29,7 +29,7 @@ class DataBundle:
     Attributes
     ----------
     train : ResumableLoader or WebDatasetLoader
-        Iterable of :class:`~training.data.batch.Batch`; ``position()`` / ``set_position()``.
+        Iterable of :class:`~manifold_align_train.data.batch.Batch`; ``position()`` / ``set_position()``.
     zero_shot : ZeroShotTask or None
     retrieval : RetrievalTask or None
     steps_per_epoch : int
@@ -45,20 +45,15 @@ class DataBundle:
     description: str
 
 
-def _get(cfg, name, default=None):
-    value = getattr(cfg, name, default)
-    return default if value is None else value
-
-
 def build_embedded(data_cfg, seed: int) -> EmbeddedTask:
-    """The digits, digit-pairs or synthetic task for ``data_cfg``."""
-    size, noise = int(_get(data_cfg, "image_size", 32)), float(_get(data_cfg, "caption_noise", 0.0))
+    """The digits, digit-pairs or synthetic task for ``data_cfg`` (a ``DataConfig``)."""
+    size, noise = data_cfg.image_size, data_cfg.caption_noise
     if data_cfg.dataset == "digits":
         return make_digits(size, seed=seed, caption_noise=noise)
     if data_cfg.dataset == "digit-pairs":
         return make_digit_pairs(size, seed=seed, caption_noise=noise)
-    n_train = int(_get(data_cfg, "num_samples", 512))
-    return make_synthetic(size, seed=seed, caption_noise=noise, n_train=n_train)
+    sizes = {} if data_cfg.num_samples is None else {"n_train": data_cfg.num_samples}
+    return make_synthetic(size, seed=seed, caption_noise=noise, **sizes)
 
 
 def _csv(path, data_cfg, transform, tokenizer) -> CsvDataset:
@@ -66,9 +61,9 @@ def _csv(path, data_cfg, transform, tokenizer) -> CsvDataset:
         path,
         transform,
         tokenizer,
-        img_key=_get(data_cfg, "csv_img_key", "filepath"),
-        caption_key=_get(data_cfg, "csv_caption_key", "title"),
-        sep=_get(data_cfg, "csv_separator", "\t"),
+        img_key=data_cfg.csv_img_key,
+        caption_key=data_cfg.csv_caption_key,
+        sep=data_cfg.csv_separator,
     )
 
 
@@ -100,8 +95,8 @@ def build_data(
 
     Parameters
     ----------
-    data_cfg : DataConfig-like
-        Read by attribute: ``dataset``, ``train_data``, ``val_data``, ``csv_separator``,
+    data_cfg : DataConfig
+        ``manifold_align_train.config.DataConfig`` (or an object with all its fields): ``dataset``, ``train_data``, ``val_data``, ``csv_separator``,
         ``csv_img_key``, ``csv_caption_key``, ``caption_noise``, ``image_size``, ``batch_size``
         (GLOBAL, all ranks together), ``workers``, ``num_samples``.
     preprocess_train, preprocess_val : callable
@@ -124,19 +119,18 @@ def build_data(
     ValueError
         Unknown ``data.dataset``, or a missing ``data.train_data`` for csv/webdataset.
     """
-    name = getattr(data_cfg, "dataset", None)
+    name = data_cfg.dataset
     if name not in DATASETS:
         raise ValueError(f"`data.dataset` must be one of {list(DATASETS)}, got {name!r}")
-    batch_size, workers = int(data_cfg.batch_size), int(_get(data_cfg, "workers", 0))
+    batch_size, workers = data_cfg.batch_size, data_cfg.workers
     common = dict(seed=seed, rank=rank, world_size=world_size, workers=workers, pin_memory=pin_memory)
     if name in ("digits", "digit-pairs", "synthetic"):
         task = build_embedded(data_cfg, seed)
         train = InMemoryImageText(task.train_images, task.train_captions, preprocess_train, tokenizer, prefix=name)
         loader = ResumableLoader(train, batch_size, **common)
-        noise = float(_get(data_cfg, "caption_noise", 0.0))
         description = (
             f"{name}: {len(train)} train / {len(task.test_labels)} held-out images, "
-            f"{len(task.classnames)} classes, caption_noise={noise:g}, "
+            f"{len(task.classnames)} classes, caption_noise={data_cfg.caption_noise:g}, "
             f"batch {batch_size} (global), {loader.steps_per_epoch} steps/epoch"
         )
         return DataBundle(
@@ -146,7 +140,7 @@ def build_data(
             loader.steps_per_epoch,
             description,
         )
-    train_data, val_data = getattr(data_cfg, "train_data", None), getattr(data_cfg, "val_data", None)
+    train_data, val_data = data_cfg.train_data, data_cfg.val_data
     if not train_data:
         raise ValueError(f"`data.train_data` is required for `data.dataset`={name!r}")
     if name == "csv":
@@ -156,7 +150,7 @@ def build_data(
     else:
         loader = WebDatasetLoader(
             train_data, preprocess_train, tokenizer, batch_size,
-            num_samples=getattr(data_cfg, "num_samples", None), **common,
+            num_samples=data_cfg.num_samples, **common,
         )
         retrieval = None
         if val_data:

@@ -47,7 +47,7 @@ class CsvDataset(Dataset):
     Notes
     -----
     Items are ``(image (3, H, W), tokens (L,))``, or ``None`` for a missing or unreadable image or
-    an empty caption; :class:`training.data.loader.ResumableLoader` replaces and counts them.
+    an empty caption; :class:`manifold_align_train.data.loader.ResumableLoader` replaces and counts them.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ Each image is ``image_size`` x ``image_size``; the left digit fills the left hal
 the right half (each a ``image_size // 2`` square, centred vertically). The class is the ordered
 pair (left, right), named like ``"three seven"``; captions name both digits in order. Training
 pairs are built from the training digits and held-out pairs from the held-out digits of the
-digits split (:func:`training.data.digit_source.load_digit_split`), so no digit scan is shared.
+digits split (:func:`manifold_align_train.data.digit_source.load_digit_split`), so no digit scan is shared.
 The pairs drawn depend on ``split_seed`` only; caption phrasings and noise on ``seed``.
 """
 

@@ -4,14 +4,14 @@ Each tower emits ``k`` vectors of ``d`` dims, shape ``(B, k, d)``, unnormalized;
 onto the similarity's manifold. Both towers are open_clip modules (:class:`open_clip.transformer.
 VisionTransformer` and :class:`open_clip.transformer.TextTransformer`) subclassed to carry ``k`` class
 tokens; their blocks, norms and parameter names are open_clip's, so a stock checkpoint maps onto them
-(:mod:`training.pretrained`).
+(:mod:`manifold_align.clip.pretrained`).
 
 Design (see ``docs/model.md``):
 
 - ``k`` class tokens form one *group*. Every query sees the group's keys with an additive attention bias
   of ``-log k``. When the ``k`` tokens coincide, the group then weighs exactly what the single stock class
   token weighs, so a tower whose ``k`` tokens are copies of the stock one computes the stock features
-  exactly (this is what makes :func:`training.pretrained.from_open_clip` exact at step 0). With ``k = 1``
+  exactly (this is what makes :func:`manifold_align.clip.from_open_clip` exact at step 0). With ``k = 1``
   the bias is 0 and no mask is built: the towers are the stock ones.
 - Image: ``k`` learned class tokens in front of the patches, the positional embedding extended by
   ``k - 1`` rows, patch dropout that keeps the ``k`` leading tokens.
@@ -22,9 +22,10 @@ Design (see ``docs/model.md``):
   features unchanged. With ``k = 1`` the stock end-of-text pooling is used.
 - Text, any ``k``: the transformer runs only up to the batch's last end-of-text token (the positions after
   it are pads that nothing read out attends to), so short captions cost less than the full context.
-  Exact. Finding that length on a GPU tensor would be a host-device sync, so the tower does it itself
-  only for CPU tensors; for GPU training, :meth:`MultiTokenTextTransformer.trim_tokens` cuts the batch on
-  the CPU before it moves (the trainer does this).
+  Exact. The tower runs the positions it is given; the caller cuts the padding on the CPU with
+  :func:`manifold_align.clip.caption_length` (reading it off a GPU tensor would be a host-device sync).
+  With ``k > 1`` the last column is never read (the queries see positions before end-of-text, and
+  end-of-text is at most the last position), so it is dropped whatever the data.
 - Projection: a ``(width, k * d)`` matrix whose column block ``b`` maps pooled token ``b`` to its ``d``
   output dims: ``out[:, b] = pooled[:, b] @ proj[:, b * d:(b + 1) * d]``.
 """
@@ -343,22 +344,13 @@ class MultiTokenTextTransformer(TextTransformer):
         ``k >= 1``.
     token_dim : int
         ``d >= 2``.
-    trim_padding : bool or None, default None
-        Run the transformer only on the caption positions the read-out depends on: up to the batch's
-        last end-of-text token (see :meth:`_trimmed_length`). Exact (the features equal the untrimmed
-        ones up to float summation order). None: only when the ids are on the CPU, where finding the
-        length is free; on a GPU it would be a host-device sync per forward, so GPU batches should be cut
-        with :meth:`trim_tokens` before they move. True: always (one sync per forward on a GPU). False:
-        never; the full ``L`` positions run as in stock open_clip (``L - 1`` for ``k > 1``, whose queries
-        never read the last column).
     **text_kwargs
         :class:`~open_clip.transformer.TextTransformer` arguments except ``output_dim``.
     """
 
-    def __init__(self, n_tokens: int, token_dim: int, *, trim_padding: bool | None = None, **text_kwargs):
+    def __init__(self, n_tokens: int, token_dim: int, **text_kwargs):
         super().__init__(output_dim=n_tokens * token_dim, **text_kwargs)
         self.n_tokens, self.token_dim = n_tokens, token_dim
-        self.trim_padding = trim_padding
         if n_tokens > 1:
             # offsets from the end-of-text input; small, like the stock embeddings' init
             self.class_tokens = nn.Parameter(0.01 * torch.randn(n_tokens, self.width))
@@ -395,49 +387,12 @@ class MultiTokenTextTransformer(TextTransformer):
         mask[:, length:, length:] = group_bias(k)
         return mask.repeat_interleave(self.heads, dim=0)
 
-    def _trimmed_length(self, eot: torch.Tensor, length: int) -> int:
-        """Caption positions the read-out depends on: ``max(eot) + 1`` for k = 1, ``max(eot)`` for k > 1.
-
-        For ``k = 1`` the end-of-text output sees (causally) positions ``<= eot``; for ``k > 1`` the
-        queries see caption positions ``< eot`` only (their end-of-text input comes from the embeddings).
-        Later positions are pads that nothing read out attends to, so dropping them is exact. The
-        ``int(...)`` is one host-device sync per call on a GPU (and a graph break under
-        ``torch.compile``), so with ``trim_padding=None`` GPU tensors and compiled towers keep their
-        length (see :meth:`trim_tokens`; the trainer cuts every batch on the CPU), less the last
-        column for ``k > 1``: since ``eot <= L - 1`` the queries never read it, whatever the data.
-        """
-        # k > 1: positions < eot <= length - 1 are read, so the last column is never needed (no sync)
-        needed = length if self.n_tokens == 1 else max(1, length - 1)
-        reading_is_free = eot.device.type == "cpu" and not torch.compiler.is_compiling()  # else a sync, a graph break
-        if self.trim_padding is False or (self.trim_padding is None and not reading_is_free):
-            return needed
-        return max(1, min(needed, int(eot.max()) + (1 if self.n_tokens == 1 else 0)))
-
-    def trim_tokens(self, text: torch.Tensor) -> torch.Tensor:
-        """Drop the columns after the batch's last end-of-text token; the features do not change.
-
-        Call it on the CPU batch before moving it to a GPU: the length is then found without a
-        host-device sync, and the tower runs only the positions it needs.
-
-        Parameters
-        ----------
-        text : torch.Tensor, shape (B, L), int
-            Token ids.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, L')
-            ``text[:, :L']`` with ``L' = max(end-of-text position) + 1`` (a view).
-        """
-        if text.dim() != 2 or text.shape[0] == 0:
-            raise ValueError(f"`text` must be token ids of shape (B, L) with B >= 1, got shape {tuple(text.shape)}")
-        return text[:, : int(self._eot_index(text).max()) + 1]
-
     def _pool_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, k, width) pooled tokens after ln_final."""
         x = self._caption_embeds(text)
         eot = self._eot_index(text)
-        length = self._trimmed_length(eot, x.shape[1])
+        # k > 1: the queries read positions < eot <= L - 1, never the last column
+        length = x.shape[1] if self.n_tokens == 1 else max(1, x.shape[1] - 1)
         if self.n_tokens == 1:
             mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
             x = self.ln_final(self.transformer(x[:, :length], attn_mask=mask))
@@ -471,18 +426,12 @@ def build_text_tower(
     *,
     quick_gelu: bool = False,
     cast_dtype: Optional[torch.dtype] = None,
-    trim_padding: bool | None = None,
 ) -> MultiTokenTextTransformer:
-    """Build the text tower from an open_clip ``text_cfg`` the way open_clip builds its TextTransformer.
-
-    ``trim_padding``: see :class:`MultiTokenTextTransformer` (exact; None trims CPU batches only, False runs
-    the full context).
-    """
+    """Build the text tower from an open_clip ``text_cfg`` the way open_clip builds its TextTransformer."""
     cfg = parse_text_cfg(text_cfg)
     return MultiTokenTextTransformer(
         n_tokens,
         token_dim,
-        trim_padding=trim_padding,
         context_length=cfg.context_length,
         vocab_size=cfg.vocab_size,
         width=cfg.width,

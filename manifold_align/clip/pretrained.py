@@ -20,7 +20,8 @@ from open_clip.transformer import CustomResidualAttentionBlock, LayerScale, Quic
 from torch import nn
 
 from .embed_config import EmbedConfig
-from .model import MultiTokenCLIP, ModelSpec, load_model_config
+from .model import MultiTokenCLIP
+from .registry import ModelSpec, load_model_config
 
 __all__ = ["convert_stock_state_dict", "from_open_clip", "load_pretrained", "stock_config_from_model"]
 
@@ -231,7 +232,7 @@ def from_open_clip(
 
 
 def load_pretrained(path: Union[str, os.PathLike], cfg: Mapping[str, Any], embed: EmbedConfig) -> MultiTokenCLIP:
-    """Load a local checkpoint for :func:`training.model.create_model`: multi-token as is, stock converted.
+    """Load a local checkpoint for :func:`manifold_align.clip.create_model`: multi-token as is, stock converted.
 
     A multi-token state dict is recognised by its 2-d ``visual.class_embedding`` (stock: 1-d).
     """

@@ -10,12 +10,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from manifold_align.losses import OBJECTIVES
 from manifold_align.similarity import Similarity, get_similarity, list_similarities
+from manifold_align.temperature import get_temperature
 
-__all__ = ["OBJECTIVES", "EmbedConfig"]
+__all__ = ["EmbedConfig", "EmbedConfigError"]
 
-#: accepted values of ``EmbedConfig.objective``
-OBJECTIVES = ("softmax", "sigmoid")
+
+class EmbedConfigError(ValueError):
+    """A field of :class:`EmbedConfig` is out of range; ``field`` names it (``"token_dim"``)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
 
 
 @dataclass
@@ -67,30 +74,36 @@ class EmbedConfig:
         if self.class_tokens is not None:
             self._check_int("class_tokens", self.class_tokens, 1)
             if self.n_tokens % self.class_tokens:
-                raise ValueError(
+                raise EmbedConfigError(
+                    "class_tokens",
                     f"`embed_cfg.class_tokens` = {self.class_tokens} must divide n_tokens = {self.n_tokens}; "
                     f"accepted: None or one of {[c for c in range(1, self.n_tokens + 1) if self.n_tokens % c == 0]}"
                 )
         if self.embed_dim is not None and self.embed_dim != self.n_tokens * self.token_dim:
-            raise ValueError(
-                f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
+            raise EmbedConfigError(
+                "embed_dim", f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
                 f"{self.n_tokens} * {self.token_dim} = {self.n_tokens * self.token_dim}"
             )
         if not isinstance(self.similarity, Similarity):
             try:
                 get_similarity(self.similarity)
             except ValueError:
-                raise ValueError(
-                    f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
+                raise EmbedConfigError(
+                    "similarity", f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
                     f"{', '.join(list_similarities())} or a Similarity instance"
                 ) from None
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+            raise EmbedConfigError("objective",
+                                   f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+        try:
+            get_temperature(self.temperature)
+        except ValueError as exc:
+            raise EmbedConfigError("temperature", f"`embed_cfg.temperature`: {exc}") from None
 
     @staticmethod
     def _check_int(name: str, value: Any, minimum: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"`embed_cfg.{name}` must be an int >= {minimum}, got {value!r}")
+            raise EmbedConfigError(name, f"`embed_cfg.{name}` must be an int >= {minimum}, got {value!r}")
 
     @property
     def width(self) -> int:
