@@ -23,7 +23,7 @@ import manifold_align_train.builders as builders_module
 from manifold_align_train import checkpoint as ckpt
 from manifold_align_train.cli import main
 from manifold_align_train.config import load_config
-from manifold_align_train.trainer import NonFiniteLossError, train
+from manifold_align_train.trainer import NonFiniteLossError, RunFolderError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_eval_command_reproduces_final_metrics(learned_run, capsys, tmp_path):
 
 def test_refuses_to_mix_runs(learned_run):
     run, _ = learned_run
-    with pytest.raises(FileExistsError, match="--resume latest"):
+    with pytest.raises(RunFolderError, match="--resume latest"):
         train(load_config(None, FAST + ["train.steps=2", "train.warmup=0"]), run)
 
 
@@ -226,6 +226,6 @@ def test_resume_from_an_older_checkpoint_next_to_newer_ones_is_refused(tmp_path)
                                     "train.checkpoint_every=1", "train.keep_checkpoints=3"])
     train(cfg, tmp_path / "run")
     (oldest_step, oldest), *_ = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
-    with pytest.raises(FileExistsError, match=f"step {oldest_step}.*later checkpoints"):
+    with pytest.raises(RunFolderError, match=f"step {oldest_step}.*later checkpoints"):
         train(cfg, tmp_path / "run", resume_state=ckpt.load_checkpoint(oldest))
     assert len(ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")) == 3  # nothing deleted

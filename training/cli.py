@@ -222,6 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"manifold-align {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .trainer import RunFolderError  # the trainer imports torch: only once a run failed
+
+        if not isinstance(exc, RunFolderError):
+            raise
+        print(f"manifold-align {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -445,7 +445,9 @@ def _deep_copy(values: Any) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file is an empty mapping)."""
+    """Read a YAML mapping (an empty file is an empty mapping); a missing file is a :class:`ConfigError`."""
+    if not Path(path).is_file():
+        raise ConfigError(f"no configuration file at {str(path)!r}")
     text = Path(path).read_text()
     values = yaml.safe_load(text) or {}
     if not isinstance(values, dict):

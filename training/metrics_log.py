@@ -55,27 +55,40 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tensorboard_dir = Path(output_dir) / "tensorboard" if tensorboard else None
         self._writer = None
+        self._logged: set[tuple[int, str]] = set()  # (step, kind) rows in the file
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
 
+    def _rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows))
+        self._logged = {(row.get("step", 0), row.get("kind", "train")) for row in rows}
+
     def truncate_after(self, step: int) -> None:
         """Drop rows with ``step`` greater than ``step`` (a resumed run repeats those steps)."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        if self.enabled and self.path.exists():
+            self._rewrite([row for row in self._rows() if row.get("step", 0) <= step])
 
     def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
-        """Append one row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard
-        under ``kind/name``."""
+        """Write the row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard under
+        ``kind/name``. A file holds one row per step and kind: a second row for the same pair (the
+        evaluation of a resumed run that had nothing left to train) replaces the first."""
         if not self.enabled:
             return
         row = {"step": step, "kind": kind, **{k: json_value(v) for k, v in metrics.items()}}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if (step, kind) in self._logged:
+            self._rewrite([old if (old.get("step"), old.get("kind")) != (step, kind) else row
+                           for old in self._rows()])
+        else:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            self._logged.add((step, kind))
         if self._writer is not None:
             for name, value in row.items():
                 if name not in ("step", "kind") and isinstance(value, (int, float)):

@@ -40,7 +40,7 @@ from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_summary import format_report, run_summary, write_json
 
-__all__ = ["NonFiniteLossError", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "RunFolderError", "Trainer", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -324,15 +324,29 @@ def default_output_dir(cfg: RunConfig) -> Path:
     return Path("runs") / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
 
 
+class RunFolderError(RuntimeError):
+    """The run folder holds checkpoints that this run would mix with its own; nothing was written."""
+
+
 def _agree_output_dir(output_dir: str | Path | None, cfg: RunConfig, env: DistEnv) -> Path:
     # Rank 0 picks the folder (a timestamp may differ between processes) and tells the others.
     choice = [str(output_dir or default_output_dir(cfg))]
     if env.distributed:
         dist.broadcast_object_list(choice, src=0)
-    path = Path(choice[0])
-    if env.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(choice[0])
+
+
+def _check_run_folder(output: Path, resume_step: int | None) -> None:
+    """Refuse a folder whose checkpoints this run would mix with its own (pruning keeps the highest steps,
+    so it would delete the new ones)."""
+    found = ckpt.list_checkpoints(output / ckpt.CHECKPOINT_DIR)
+    if resume_step is None and found:
+        raise RunFolderError(f"{output} already holds checkpoints ({found[-1][1].name}); continue that run with "
+                             f"--resume latest, or choose another --output")
+    newer = [path.name for step, path in found if resume_step is not None and step > resume_step]
+    if newer:
+        raise RunFolderError(f"resuming at step {resume_step} into {output}, which holds later checkpoints "
+                             f"{newer}; move them away or choose another --output")
 
 
 def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
@@ -360,20 +374,17 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
     try:
         configure_torch(cfg, env)
         output = _agree_output_dir(output_dir, cfg, env)
-        existing = ckpt.find_latest_checkpoint(output / ckpt.CHECKPOINT_DIR)
-        if resume_state is None and existing is not None:
-            # Mixing two runs' checkpoints would make pruning delete the new ones.
-            raise FileExistsError(f"{output} already holds checkpoints ({existing.name}); continue it "
-                                  f"with --resume latest or choose another --output")
+        _check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
         trainer = Trainer(cfg, output, env=env)
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
-            newer = [p.name for step, p in ckpt.list_checkpoints(output / ckpt.CHECKPOINT_DIR) if step > trainer.step]
-            if newer:
-                # pruning keeps the highest steps: it would delete every checkpoint this run writes
-                raise FileExistsError(f"resuming at step {trainer.step} into {output}, which holds later "
-                                      f"checkpoints {newer}; move them away or choose another --output")
+            if trainer.step >= cfg.train.steps and env.is_main:
+                print(f"manifold-align train: the checkpoint is at step {trainer.step} and train.steps is "
+                      f"{cfg.train.steps}: nothing to train, evaluating it (raise train.steps, e.g. --set "
+                      f"train.steps={2 * trainer.step}, to train on)", file=sys.stderr, flush=True)
         if env.is_main:
+            # created only now: a run that fails while being built leaves no folder behind
+            output.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, output / "config.yaml")
         log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
         log.truncate_after(trainer.step)  # a killed run may have logged past its last checkpoint
