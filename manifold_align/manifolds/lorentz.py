@@ -319,7 +319,8 @@ def _scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, cc: torch.Tensor, precise:
     return out.reshape(-1).index_put((flat,), exact).view_as(out)
 
 
-def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise: bool = True) -> torch.Tensor:
+def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise: bool = True,
+                sum_factors: bool = False) -> torch.Tensor:
     r"""Pairwise geodesic distances per factor without an ``n*m*k*d`` intermediate.
 
     ``-c <x_b, y_b>_L`` for all pairs is one batched matmul over the k factors (float32 for float32
@@ -338,12 +339,15 @@ def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise
     precise : bool, keyword-only
         Recompute the near pairs. Costs one (k, n, m) comparison pass and one device sync; the gather
         of ``2 P d`` values for P near pairs (none for points far apart) in chunks of 2^20 values.
+    sum_factors : bool, keyword-only
+        Return ``sum_b d_b``, shape (n, m) (what the ``lorentz`` similarity scores), dividing by
+        ``sqrt(c)`` after the sum: one (k, n, m) pass fewer than summing the result.
 
     Returns
     -------
-    torch.Tensor, shape (k, n, m)
-        Distances in the compute dtype. Sum over axis 0 for the ``lorentz`` similarity, or take the
-        root of the sum of squares for the product-manifold distance (:meth:`Hyperboloid.cdist`).
+    torch.Tensor, shape (k, n, m), or (n, m) with ``sum_factors``
+        Distances in the compute dtype. Take the root of the sum of squares over axis 0 for the
+        product-manifold distance (:meth:`Hyperboloid.cdist`).
     """
     for t, name in ((x, "x"), (y, "y")):
         _check_space(t, name)
@@ -354,7 +358,8 @@ def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise
     dtype = _compute_dtype(torch.result_type(x, y))
     xs, ys = x.to(dtype), y.to(dtype)
     cc = _curv(c, xs)
-    return _scaled_cdist(xs, ys, cc, precise) / torch.sqrt(cc)
+    scaled = _scaled_cdist(xs, ys, cc, precise)
+    return (scaled.sum(0) if sum_factors else scaled) / torch.sqrt(cc)
 
 
 # ----------------------------------------------------------------------------------------------
