@@ -41,7 +41,7 @@ from torch import nn
 
 from .dtypes import autocast_disabled
 from .geometries import LorentzGeometry
-from .manifolds.lorentz import space_cdist, space_dist, space_expmap0
+from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0
 from .manifolds.oblique import Oblique
 from .validation import check_rank, describe_shape
 
@@ -345,10 +345,19 @@ class ChordalSimilarity(ObliqueSimilarity):
         return -((a - b) ** 2).sum((-2, -1))
 
 
-def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """sqrt with gradient 0 (not inf, which times 0 is NaN) where ``t <= 0``."""
-    positive = t > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), torch.zeros_like(t))
+class _Sqrt(torch.autograd.Function):
+    """``sqrt(t)`` of ``t >= 0`` in one pass, gradient 0 (not inf, which times 0 is NaN) where ``t == 0``."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = torch.sqrt(t)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (out,) = ctx.saved_tensors
+        return torch.where(out > 0, grad / (2 * out), 0)
 
 
 # a per-token squared distance below this fraction of |x_b|^2 + |y_b|^2 is recomputed from the rows:
@@ -410,20 +419,25 @@ class EuclideanSimilarity(Similarity):
 
     def _pairwise(self, a, b):
         if self.squared:
+            # 2 <a, b> - |a|^2 - |b|^2 in one addmm onto the norms' (n, m) sum, clipped at 0 in place
             af, bf = a.flatten(1), b.flatten(1)
-            sq = (af * af).sum(-1)[:, None] + (bf * bf).sum(-1)[None, :] - 2.0 * (af @ bf.T)
-            return -sq.clamp(min=0.0)
+            minus_norms = -((af * af).sum(-1)[:, None] + (bf * bf).sum(-1)[None, :])
+            return torch.addmm(minus_norms, af, bf.T, alpha=2.0).clamp_(max=0.0)
         a_sq, b_sq = (a * a).sum(-1).T[:, :, None], (b * b).sum(-1).T[:, None, :]  # (k, n, 1), (k, 1, m)
-        norms = a_sq + b_sq
-        sq = torch.baddbmm(norms, a.transpose(0, 1), b.permute(1, 2, 0), alpha=-2.0).clamp(min=0.0)
-        dist = _safe_sqrt(sq)
+        sq = torch.baddbmm(a_sq + b_sq, a.transpose(0, 1), b.permute(1, 2, 0), alpha=-2.0).clamp_(min=0.0)
+        dist = _Sqrt.apply(sq)
         if self.precise and sq.device.type != "meta":
-            dist = self._recompute_near(dist, sq.detach() < _NEAR_SQUARED * norms.detach(), a, b)
+            dist = self._recompute_near(dist, sq.detach(), a_sq.detach(), b_sq.detach(), a, b)
         return -dist.sum(0)
 
     @staticmethod
-    def _recompute_near(dist, near, a, b):
-        """Replace entries of ``dist`` (k, n, m) flagged in ``near`` by ``|a[i, b] - b[j, b]|`` from the rows."""
+    def _recompute_near(dist, sq, a_sq, b_sq, a, b):
+        """Replace entries of ``dist`` (k, n, m) with ``sq < _NEAR_SQUARED (|a_i|^2 + |b_j|^2)`` by the exact
+        ``|a[i, t] - b[j, t]|`` of the rows. A per-token bound first: one reduction pass, usually enough."""
+        bound = _NEAR_SQUARED * (a_sq.amax(1, keepdim=True) + b_sq.amax(2, keepdim=True))  # (k, 1, 1)
+        if not bool((sq.amin(dim=(1, 2), keepdim=True) < bound).any()):
+            return dist
+        near = sq < _NEAR_SQUARED * (a_sq + b_sq)
         if not bool(near.any()):
             return dist
         n, m = a.shape[0], b.shape[0]
@@ -527,7 +541,11 @@ class LorentzSimilarity(Similarity):
         return (-math.inf, 0.0)
 
     def _pairwise(self, a, b, geometry):
-        return -space_cdist(a, b, geometry.curvature(), precise=self.precise, sum_factors=True)
+        # space_cdist(..., sum_factors=True) with the sign and 1/sqrt(c) folded into one (n, m) pass
+        c = geometry.curvature().to(a.dtype)
+        scaled = _scaled_cdist(a, b, c, self.precise)
+        summed = scaled[0] if scaled.shape[0] == 1 else scaled.sum(0)
+        return summed * (-torch.rsqrt(c))
 
     def _paired(self, a, b, geometry):
         return -space_dist(a, b, geometry.curvature()).sum(-1)
