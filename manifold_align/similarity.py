@@ -371,10 +371,12 @@ class EuclideanSimilarity(Similarity):
     ``squared=True`` (default): ``-sum_b |x_b - y_b|^2 = -|x - y|^2`` (the blocks are one vector).
     ``squared=False``: ``-sum_b |x_b - y_b|``, one distance per token, summed. Range (-inf, 0].
 
-    The default is the squared form because it is the variant EuCLIP (Chou and Alam 2024,
-    arXiv:2409.13079) recommends: negative squared Euclidean distance as the logit, no L2 normalization
-    and no final LayerNorm, with CLIP's learnable temperature (a constant bias would cancel in the
-    softmax). The squared form is smooth everywhere; ``-|x - y|`` has a kink on the diagonal.
+    The default is the squared form because that is the variant Chou and Alam ("Embedding Geometries of
+    Contrastive Language-Image Pre-Training", 2024, arXiv:2409.13079) name EuCLIP: no L2 normalization,
+    minus the squared Euclidean distance as the softmax logit, CLIP's learnable temperature, which they
+    report matches or exceeds CLIP (dropping the towers' final LayerNorm, a model choice, cost little). A
+    constant bias would cancel in the softmax. The squared form is also smooth everywhere; ``-|x - y|`` has
+    a kink on the diagonal.
 
     Parameters
     ----------
