@@ -103,6 +103,7 @@ def main() -> None:
         "# Logits of each similarity against `oblique`",
         "",
         f"Command: `python benchmarks/bench_geometries.py{' --quick' if args.quick else ''}"
+        f"{'' if args.repeat == 5 else f' --repeat {args.repeat}'}"
         f"{'' if args.device == 'cpu' else f' --device {args.device}'}`  ",
         f"Machine: {machine}; torch {torch.__version__}; python {platform.python_version()}  ",
         "`similarity.pairwise(a, b)` on projected float32 features (B, k, d), B x B logits. Times: median over",
