@@ -12,6 +12,8 @@ changes torch's default dtype, which must not leak into the other timings):
 
 - ``bench_manifold.py``: Oblique's dist/expmap/logmap/cdist against geoopt, geomstats and pymanopt, and
   the logits matmul against einsum and a plain cosine matmul (CPU only).
+- ``bench_geometries.py``: every similarity's logits (``pairwise``, forward and backward) against the
+  ``oblique`` logits at the same width and batch (CPU only).
 - ``bench_model.py``: one training step of the multi-token model against stock open_clip (adds its GPU
   setting when CUDA is available).
 - ``bench_optim.py``: RiemannianAdamW against torch AdamW and geoopt RiemannianAdam (adds CUDA rows
@@ -44,7 +46,7 @@ from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run fr
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "speed.md"
-BENCHMARKS = ("manifold", "model", "optim", "gpu")
+BENCHMARKS = ("manifold", "geometries", "model", "optim", "gpu")
 #: benchmarks that need CUDA; left out of the default selection without it
 GPU_ONLY = ("gpu",)
 
@@ -135,6 +137,7 @@ def _demote(markdown: str, levels: int) -> str:
 
 _TITLES = {
     "manifold": "Manifold ops against geoopt, geomstats, pymanopt; logits against einsum and plain matmul",
+    "geometries": "Logits of every similarity (lorentz, euclidean, ...) against oblique at the same width",
     "model": "One training step: multi-token model against stock open_clip",
     "optim": "One optimizer step: RiemannianAdamW against torch AdamW and geoopt RiemannianAdam",
     "gpu": "GPU: logits against the matrix peak, loss against open_clip, manifold ops against geoopt",

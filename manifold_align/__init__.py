@@ -7,8 +7,10 @@ contrastive losses for CLIP-style image-text training. The multi-token CLIP mode
 
 from . import _geoopt  # noqa: F401  (first: geoopt without its import-time FutureWarning)
 from . import optim
+from .entailment import entailment_loss
+from .geometries import LorentzGeometry
 from .losses import ContrastiveLoss, ContrastiveLossOutput
-from .manifolds import Oblique, ObliqueExact
+from .manifolds import Hyperboloid, HyperboloidExact, Oblique, ObliqueExact
 from .similarity import Similarity, get_similarity, list_similarities, register_similarity
 from .temperature import Temperature, get_temperature
 
@@ -17,11 +19,15 @@ __version__ = "0.1.0"
 __all__ = [
     "ContrastiveLoss",
     "ContrastiveLossOutput",
+    "Hyperboloid",
+    "HyperboloidExact",
+    "LorentzGeometry",
     "Oblique",
     "ObliqueExact",
     "Similarity",
     "Temperature",
     "clip",
+    "entailment_loss",
     "get_similarity",
     "get_temperature",
     "list_similarities",

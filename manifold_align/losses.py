@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_gather_with_grad, gather_features, is_distributed
+from .entailment import entailment_loss
 from .similarity import Similarity, get_similarity
 from .temperature import Temperature, get_temperature
 from .validation import check_rank, describe_shape
@@ -35,13 +36,16 @@ class ContrastiveLossOutput:
     loss : torch.Tensor, 0-dim
         The loss to back-propagate (nats).
     scale : float
-        The temperature's scale used for the logits.
+        The scale used for the logits: the ``logit_scale`` passed to ``forward``, else the loss's temperature.
     positive_similarity : float
         Mean similarity of matched pairs (before scaling), over the rows this rank scored.
     negative_similarity : float
         Mean similarity of unmatched pairs (before scaling); NaN when there are none (batch of 1).
     gap : float
         ``positive_similarity - negative_similarity``, the paper's equilibrium gap.
+    entailment : float or None
+        MERU's entailment loss (radians, before its weight; see :mod:`manifold_align.entailment`) when
+        ``entailment_weight > 0``, else None. ``loss`` already includes ``entailment_weight * entailment``.
     """
 
     loss: torch.Tensor
@@ -49,6 +53,7 @@ class ContrastiveLossOutput:
     positive_similarity: float
     negative_similarity: float
     gap: float
+    entailment: Optional[float] = None
 
 
 def _positive_mask(n_rows: int, n_cols: int, offset: int, device) -> torch.Tensor:
@@ -78,7 +83,7 @@ def _diagnostics(similarity: torch.Tensor, offset: int, features: Mapping[str, t
     positive_sum = similarity.diagonal(offset).sum()
     n_negative = n * m - n
     negative_sum = similarity.sum() - positive_sum
-    stats = [positive_sum / n, negative_sum / max(n_negative, 1), scale.detach().to(similarity)]
+    stats = [positive_sum / n, negative_sum / max(n_negative, 1), scale.detach().reshape(()).to(similarity)]
     for tensor in features.values():
         stats += [torch.isnan(tensor).sum().to(stats[0].dtype), torch.isinf(tensor).sum().to(stats[0].dtype)]
     pos, neg, scale_value, *counts = torch.stack(stats).tolist()
@@ -117,6 +122,12 @@ class ContrastiveLoss(nn.Module):
         non-finite), for a caller that handles that, such as the trainer with ``train.skip_nonfinite``.
     rank, world_size : int, keyword-only
         Features are gathered only when ``world_size > 1`` (a process group must then be initialized).
+    entailment_weight : float, default 0.0, keyword-only
+        Weight of MERU's entailment loss (text entails image, :func:`manifold_align.entailment.entailment_loss`,
+        on this rank's pairs), added to the contrastive loss; 0 (default) leaves it out. Only for the
+        ``lorentz`` similarity (MERU's runs use 0.2).
+    entailment_min_radius : float, default 0.1, keyword-only
+        The cone's ``min_radius`` (MERU's).
 
     Notes
     -----
@@ -139,6 +150,8 @@ class ContrastiveLoss(nn.Module):
         check_finite: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        entailment_weight: float = 0.0,
+        entailment_min_radius: float = 0.1,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -156,6 +169,23 @@ class ContrastiveLoss(nn.Module):
         self.rank, self.world_size = rank, world_size
         self._labels: dict = {}
         self.logit_bias = self._make_bias(logit_bias, bias_init)
+        self.entailment_weight, self.entailment_min_radius = self._check_entailment(
+            entailment_weight, entailment_min_radius)
+
+    def _check_entailment(self, weight, min_radius) -> tuple[float, float]:
+        try:
+            weight, min_radius = float(weight), float(min_radius)
+        except (TypeError, ValueError):
+            raise ValueError(f"`entailment_weight` and `entailment_min_radius` must be numbers, got {weight!r} "
+                             f"and {min_radius!r}") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"`entailment_weight` must be a finite number >= 0, got {weight!r}")
+        if not (math.isfinite(min_radius) and min_radius > 0):
+            raise ValueError(f"`entailment_min_radius` must be a positive number, got {min_radius!r}")
+        if weight > 0 and self.similarity.name != "lorentz":
+            raise ValueError(f"`entailment_weight` > 0 needs the hyperboloid (similarity 'lorentz'), got "
+                             f"similarity {self.similarity.name!r}")
+        return weight, min_radius
 
     def _make_bias(self, logit_bias, bias_init: float) -> Optional[torch.Tensor]:
         if self.objective == "softmax":
@@ -191,10 +221,12 @@ class ContrastiveLoss(nn.Module):
             self._labels = {key: labels}
         return labels
 
-    def _softmax_similarities(self, image, text, distributed: bool):
+    def _softmax_similarities(self, image, text, distributed: bool, geometry=None):
         """Return (sim_per_image (n, M), sim_per_text (n, M), positive offset)."""
+        pairwise = self.similarity.pairwise if geometry is None else \
+            (lambda a, b: self.similarity.pairwise(a, b, geometry=geometry))
         if not distributed:
-            sim = self.similarity.pairwise(image, text)
+            sim = pairwise(image, text)
             return sim, sim.T, 0
         all_image, all_text = gather_features(
             image, text, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
@@ -202,38 +234,43 @@ class ContrastiveLoss(nn.Module):
         )
         if self.local_loss:
             # image-text order kept on both sides so asymmetric similarities stay correct
-            per_image = self.similarity.pairwise(image, all_text)
-            per_text = self.similarity.pairwise(all_image, text).T
+            per_image = pairwise(image, all_text)
+            per_text = pairwise(all_image, text).T
             return per_image, per_text, image.shape[0] * self.rank
-        sim = self.similarity.pairwise(all_image, all_text)
+        sim = pairwise(all_image, all_text)
         return sim, sim.T, 0
 
-    def _scaled(self, similarity: torch.Tensor, logit_scale: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.temperature(similarity) if logit_scale is None else similarity * logit_scale
-
-    def _softmax_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
-        per_image, per_text, offset = self._softmax_similarities(image, text, distributed)
+    def _softmax_loss(self, image, text, distributed: bool, scale: Callable, geometry=None):
+        per_image, per_text, offset = self._softmax_similarities(image, text, distributed, geometry)
         labels = self._labels_for(per_image.shape[0], per_image.device)
-        loss = (F.cross_entropy(self._scaled(per_image, logit_scale), labels)
-                + F.cross_entropy(self._scaled(per_text, logit_scale), labels)) / 2
+        loss = (F.cross_entropy(scale(per_image), labels) + F.cross_entropy(scale(per_text), labels)) / 2
         return loss, per_image, offset
 
     # ---- sigmoid --------------------------------------------------------------------------------
-    def _sigmoid_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
+    def _sigmoid_loss(self, image, text, distributed: bool, scale: Callable, bias, geometry=None):
         offset = 0
         if distributed:
             text = all_gather_with_grad(text)
             offset = image.shape[0] * self.rank
-        sim = self.similarity.pairwise(image, text)
-        logits = self._scaled(sim, logit_scale) + (self.logit_bias if logit_bias is None else logit_bias)
+        sim = self.similarity.pairwise(image, text) if geometry is None else \
+            self.similarity.pairwise(image, text, geometry=geometry)
+        logits = scale(sim) + bias
         labels = 2.0 * _positive_mask(sim.shape[0], sim.shape[1], offset, sim.device).to(logits.dtype) - 1.0
         loss = -F.logsigmoid(labels * logits).sum() / image.shape[0]
         return loss, sim, offset
 
     # ---- forward --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_scalar(value, name: str) -> None:
+        if value is not None and not (isinstance(value, torch.Tensor) and value.numel() == 1
+                                      and value.is_floating_point()):
+            shape = describe_shape(value) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"`{name}` must be None or a one-element floating-point tensor (e.g. the model's "
+                             f"output), got {shape}")
+
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, *,
-                logit_scale: Optional[torch.Tensor] = None,
-                logit_bias: Optional[torch.Tensor] = None) -> ContrastiveLossOutput:
+                logit_scale: Optional[torch.Tensor] = None, logit_bias: Optional[torch.Tensor] = None,
+                geometry: Optional[nn.Module] = None) -> ContrastiveLossOutput:
         """Loss of a batch of matched pairs.
 
         Parameters
@@ -242,10 +279,14 @@ class ContrastiveLoss(nn.Module):
             Projected features (``similarity.project``); row i of each is a matched pair. Finite (see
             ``check_finite``).
         logit_scale : torch.Tensor, 0-dim, optional, keyword-only
-            The scale to use instead of this loss's own temperature: a model's forward output
-            (``out["logit_scale"]``), as open_clip's losses take it. The model then owns the temperature.
+            The scale that multiplies similarities into logits (open_clip style: the model owns it and
+            passes its forward output here, clamped by the model's temperature). None: the loss's own
+            ``temperature``.
         logit_bias : torch.Tensor, 0-dim, optional, keyword-only
-            sigmoid only: the bias to use instead of this loss's own (``out["logit_bias"]``).
+            ``sigmoid`` only: overrides the loss's own bias. Not allowed with ``softmax``.
+        geometry : nn.Module, optional, keyword-only
+            The similarity's learnable geometry (``similarity.make_geometry``), passed to
+            ``similarity.pairwise``; required for ``lorentz``, None for the others.
 
         Returns
         -------
@@ -253,22 +294,39 @@ class ContrastiveLoss(nn.Module):
             ``loss`` in nats (float32 under autocast), and diagnostics computed without gradient.
         """
         self._check_inputs(image_features, text_features)
-        if logit_bias is not None and self.objective != "sigmoid":
-            raise ValueError(f"`logit_bias` is only used with objective='sigmoid', got one with {self.objective!r}")
+        self._check_scalar(logit_scale, "logit_scale")
+        self._check_scalar(logit_bias, "logit_bias")
+        if logit_bias is not None and self.objective == "softmax":
+            raise ValueError("`logit_bias` is only used with objective='sigmoid', got one with 'softmax'")
+        scale = self.temperature if logit_scale is None else (lambda s: s * logit_scale.reshape(()))
         distributed = is_distributed(self.world_size)
-        objective_loss = self._softmax_loss if self.objective == "softmax" else self._sigmoid_loss
-        loss, sim, offset = objective_loss(image_features, text_features, distributed, logit_scale, logit_bias)
+        if self.objective == "softmax":
+            loss, sim, offset = self._softmax_loss(image_features, text_features, distributed, scale, geometry)
+        else:
+            bias = self.logit_bias if logit_bias is None else logit_bias.reshape(())
+            loss, sim, offset = self._sigmoid_loss(image_features, text_features, distributed, scale, bias, geometry)
+        entailment = None
+        if self.entailment_weight > 0:
+            value = self._entailment(image_features, text_features, geometry)
+            loss = loss + self.entailment_weight * value
+            entailment = float(value.detach())
         checked = {"image_features": image_features, "text_features": text_features} if self.check_finite else {}
-        scale = self.temperature.scale() if logit_scale is None else logit_scale
-        pos, neg, scale_value, bad = _diagnostics(sim.detach(), offset, checked, scale)
+        used_scale = self.temperature.scale() if logit_scale is None else logit_scale
+        pos, neg, scale_value, bad = _diagnostics(sim.detach(), offset, checked, used_scale)
         for name, (n_nan, n_inf) in bad.items():
             if n_nan or n_inf:
                 raise ValueError(f"`{name}` must be finite, got {n_nan} NaN and {n_inf} Inf values in a tensor of "
                                  f"shape {describe_shape(checked[name])}")
         return ContrastiveLossOutput(
             loss=loss, scale=scale_value, positive_similarity=pos,
-            negative_similarity=neg, gap=pos - neg,
+            negative_similarity=neg, gap=pos - neg, entailment=entailment,
         )
+
+    def _entailment(self, image, text, geometry) -> torch.Tensor:
+        """MERU's entailment loss on this rank's pairs (text entails image), 0-dim."""
+        if geometry is None:
+            raise ValueError("`geometry` is required for the entailment loss (it holds the curvature), got None")
+        return entailment_loss(text, image, geometry.curvature(), min_radius=self.entailment_min_radius)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"similarity={self.similarity.name!r}, objective={self.objective!r}, local_loss={self.local_loss}, "

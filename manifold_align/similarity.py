@@ -18,7 +18,13 @@ cosine        <u, v> of the whole flattened vector             [-1, 1]
 oblique       sum_b <u_b, v_b>                                 [-k, k]
 geodesic      -sqrt(sum_b theta_b^2), theta_b = angle(u_b,v_b) [-pi * sqrt(k), 0]
 chordal       -sum_b |u_b - v_b|^2 = -(2k - 2 * oblique)       [-4k, 0]
+euclidean     -sum_b |x_b - y_b|^2 (raw x, y; EuCLIP)          (-inf, 0]
+lorentz       -sum_b d_H(x_b, y_b) on hyperboloids (MERU)      (-inf, 0]
 ============  ===============================================  =========================
+
+``euclidean`` and ``lorentz`` do not normalize (see their classes). A similarity whose formula has
+learnable parameters builds them with :meth:`Similarity.make_geometry`; the model owns that module and
+passes it back as ``geometry=`` (see :mod:`manifold_align.geometries` and ``docs/geometries.md``).
 
 Register your own with :func:`register_similarity`.
 """
@@ -27,12 +33,15 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .dtypes import autocast_disabled
+from .geometries import LorentzGeometry
+from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0
 from .manifolds.oblique import Oblique
 from .validation import check_rank, describe_shape
 
@@ -41,7 +50,9 @@ _OBLIQUE = Oblique()
 __all__ = [
     "ChordalSimilarity",
     "CosineSimilarity",
+    "EuclideanSimilarity",
     "GeodesicSimilarity",
+    "LorentzSimilarity",
     "ObliqueSimilarity",
     "Similarity",
     "get_similarity",
@@ -81,12 +92,17 @@ class Similarity(abc.ABC):
 
     # ---- to implement ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def project(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
+                modality: str = "image") -> torch.Tensor:
         """Map raw features onto this similarity's manifold.
 
         Parameters
         ----------
         features : torch.Tensor, shape (N, k, d)
+        geometry : nn.Module, optional, keyword-only
+            The module :meth:`make_geometry` built (None when it builds none).
+        modality : {"image", "text"}, keyword-only
+            Which side the features are, for geometries that treat them differently.
 
         Returns
         -------
@@ -106,6 +122,33 @@ class Similarity(abc.ABC):
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Formula for matched rows; inputs validated, float32/float64, autocast off."""
 
+    # ---- learnable geometry, overridable ---------------------------------------------------------
+    def make_geometry(self, *, d: Optional[int] = None) -> Optional[nn.Module]:
+        """Build the module of learnable geometry parameters the model will own, or None (the default).
+
+        Parameters
+        ----------
+        d : int, optional, keyword-only
+            Width of one token (some geometries initialize from it).
+
+        Returns
+        -------
+        nn.Module or None
+            Passed back as ``geometry=`` to :meth:`project`, :meth:`pairwise` and :meth:`paired`.
+        """
+        return None
+
+    def _geometry_args(self, geometry: Optional[nn.Module]) -> tuple:
+        """Check ``geometry`` and return the extra arguments of ``_pairwise`` / ``_paired``: none here.
+
+        A similarity without geometry takes ``geometry=None`` only: a module there means the caller wired
+        a different similarity's parameters, which silently ignoring would hide.
+        """
+        if geometry is not None:
+            raise ValueError(f"similarity '{self.name}' has no geometry parameters; `geometry` must be None, "
+                             f"got {type(geometry).__name__}")
+        return ()
+
     # ---- validation, overridable ----------------------------------------------------------------
     def _check(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Check both inputs are (N, k, d) with the same (k, d); return them unchanged."""
@@ -124,7 +167,7 @@ class Similarity(abc.ABC):
         return a, b
 
     # ---- public ---------------------------------------------------------------------------------
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor, *, geometry: Optional[nn.Module] = None) -> torch.Tensor:
         """Similarity of every row of ``a`` with every row of ``b``.
 
         Parameters
@@ -133,6 +176,8 @@ class Similarity(abc.ABC):
             Projected features (see :meth:`project`).
         b : torch.Tensor, shape (Nb, k, d)
             Projected features with the same (k, d).
+        geometry : nn.Module, optional, keyword-only
+            The module :meth:`make_geometry` built; None for similarities without one.
 
         Returns
         -------
@@ -140,16 +185,19 @@ class Similarity(abc.ABC):
             float32 (float64 if an input is float64), also under autocast; values in :meth:`value_range`.
         """
         a, b = self._check(a, b)
+        extra = self._geometry_args(geometry)
         with autocast_disabled(a.device):
-            return self._pairwise(_upcast(a), _upcast(b))
+            return self._pairwise(_upcast(a), _upcast(b), *extra)
 
-    def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def paired(self, a: torch.Tensor, b: torch.Tensor, *, geometry: Optional[nn.Module] = None) -> torch.Tensor:
         """Similarity of row i of ``a`` with row i of ``b`` (the positives), ``diag(pairwise(a, b))``.
 
         Parameters
         ----------
         a, b : torch.Tensor, shape (N, k, d)
             Projected features.
+        geometry : nn.Module, optional, keyword-only
+            As in :meth:`pairwise`.
 
         Returns
         -------
@@ -161,8 +209,9 @@ class Similarity(abc.ABC):
                 f"`a` and `b` must have the same number of rows for paired similarity, "
                 f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)}"
             )
+        extra = self._geometry_args(geometry)
         with autocast_disabled(a.device):
-            return self._paired(_upcast(a), _upcast(b))
+            return self._paired(_upcast(a), _upcast(b), *extra)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -180,8 +229,9 @@ class CosineSimilarity(Similarity):
     name = "cosine"
     expected_shape = "(N, D) or (N, k, d)"
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """L2-normalize the flattened vector.
+    def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
+                modality: str = "image") -> torch.Tensor:
+        """L2-normalize the flattened vector (``geometry`` must be None; ``modality`` is unused).
 
         Parameters
         ----------
@@ -192,6 +242,7 @@ class CosineSimilarity(Similarity):
         torch.Tensor, shape (N, D) or (N, k * d), unit norm rows.
         """
         check_rank(features, "features", 2, self.expected_shape)
+        self._geometry_args(geometry)
         return F.normalize(features.flatten(1), dim=-1)
 
     def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
@@ -227,8 +278,9 @@ class ObliqueSimilarity(Similarity):
 
     name = "oblique"
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """L2-normalize each token.
+    def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
+                modality: str = "image") -> torch.Tensor:
+        """L2-normalize each token (``geometry`` must be None; ``modality`` is unused).
 
         Parameters
         ----------
@@ -239,6 +291,7 @@ class ObliqueSimilarity(Similarity):
         torch.Tensor, shape (N, k, d), unit norm along the last axis.
         """
         check_rank(features, "features", 3, self.expected_shape)
+        self._geometry_args(geometry)
         return F.normalize(features, dim=-1)
 
     def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
@@ -292,6 +345,214 @@ class ChordalSimilarity(ObliqueSimilarity):
         return -((a - b) ** 2).sum((-2, -1))
 
 
+class _Sqrt(torch.autograd.Function):
+    """``sqrt(t)`` of ``t >= 0`` in one pass, gradient 0 (not inf, which times 0 is NaN) where ``t == 0``."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = torch.sqrt(t)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (out,) = ctx.saved_tensors
+        return torch.where(out > 0, grad / (2 * out), 0)
+
+
+# a per-token squared distance below this fraction of |x_b|^2 + |y_b|^2 is recomputed from the rows:
+# from the Gram matrix its error is ~eps (|x_b|^2 + |y_b|^2), so the root's relative error stays <= eps / 0.02
+_NEAR_SQUARED = 1e-2
+
+
+class EuclideanSimilarity(Similarity):
+    """Minus the Euclidean distance between raw (unnormalized) features, summed over tokens (EuCLIP).
+
+    ``squared=True`` (default): ``-sum_b |x_b - y_b|^2 = -|x - y|^2`` (the blocks are one vector).
+    ``squared=False``: ``-sum_b |x_b - y_b|``, one distance per token, summed. Range (-inf, 0].
+
+    The default is the squared form because that is the variant Chou and Alam ("Embedding Geometries of
+    Contrastive Language-Image Pre-Training", 2024, arXiv:2409.13079) name EuCLIP: no L2 normalization,
+    minus the squared Euclidean distance as the softmax logit, CLIP's learnable temperature, which they
+    report matches or exceeds CLIP (dropping the towers' final LayerNorm, a model choice, cost little). A
+    constant bias would cancel in the softmax. The squared form is also smooth everywhere; ``-|x - y|`` has
+    a kink on the diagonal.
+
+    Parameters
+    ----------
+    squared : bool, default True
+    precise : bool, default True
+        ``squared=False`` only: recompute per-token distances whose Gram-matrix value is within 1% of
+        ``|x_b|^2 + |y_b|^2`` exactly from the rows (exact 0 on the diagonal, float32 relative error
+        <= ~3e-6 elsewhere). The squared form is left as the Gram value clipped at 0 (absolute error
+        ~``eps (|x|^2 + |y|^2)``, like ``chordal``).
+
+    Notes
+    -----
+    There are no learnable geometry parameters: the temperature alone sets the logit scale, and with the
+    squared form the softmax over texts of ``-s |x - y|^2 = -s |x|^2 - s |y|^2 + 2 s <x, y>`` drops the
+    ``|x|^2`` term: the logit is a scaled inner product with a per-text bias ``-s |y|^2``.
+    """
+
+    name = "euclidean"
+
+    def __init__(self, squared: bool = True, precise: bool = True) -> None:
+        self.squared = bool(squared)
+        self.precise = bool(precise)
+
+    def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
+                modality: str = "image") -> torch.Tensor:
+        """Identity (no normalization): the features are points of R^(k x d) as they are.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+
+        Returns
+        -------
+        torch.Tensor, shape (N, k, d), the input itself.
+        """
+        check_rank(features, "features", 3, self.expected_shape)
+        self._geometry_args(geometry)
+        return features
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-math.inf, 0.0)
+
+    def _pairwise(self, a, b):
+        if self.squared:
+            # 2 <a, b> - |a|^2 - |b|^2 in one addmm onto the norms' (n, m) sum, clipped at 0 in place
+            af, bf = a.flatten(1), b.flatten(1)
+            minus_norms = -((af * af).sum(-1)[:, None] + (bf * bf).sum(-1)[None, :])
+            return torch.addmm(minus_norms, af, bf.T, alpha=2.0).clamp_(max=0.0)
+        a_sq, b_sq = (a * a).sum(-1).T[:, :, None], (b * b).sum(-1).T[:, None, :]  # (k, n, 1), (k, 1, m)
+        sq = torch.baddbmm(a_sq + b_sq, a.transpose(0, 1), b.permute(1, 2, 0), alpha=-2.0).clamp_(min=0.0)
+        dist = _Sqrt.apply(sq)
+        if self.precise and sq.device.type != "meta":
+            dist = self._recompute_near(dist, sq.detach(), a_sq.detach(), b_sq.detach(), a, b)
+        return -dist.sum(0)
+
+    @staticmethod
+    def _recompute_near(dist, sq, a_sq, b_sq, a, b):
+        """Replace entries of ``dist`` (k, n, m) with ``sq < _NEAR_SQUARED (|a_i|^2 + |b_j|^2)`` by the exact
+        ``|a[i, t] - b[j, t]|`` of the rows. A per-token bound first: one reduction pass, usually enough."""
+        bound = _NEAR_SQUARED * (a_sq.amax(1, keepdim=True) + b_sq.amax(2, keepdim=True))  # (k, 1, 1)
+        if not bool((sq.amin(dim=(1, 2), keepdim=True) < bound).any()):
+            return dist
+        near = sq < _NEAR_SQUARED * (a_sq + b_sq)
+        if not bool(near.any()):
+            return dist
+        n, m = a.shape[0], b.shape[0]
+        flat = torch.nonzero(near.view(-1)).squeeze(1)
+        tok, i, j = flat // (n * m), flat // m % n, flat % m
+        exact = torch.linalg.vector_norm(a[i, tok] - b[j, tok], dim=-1)
+        return dist.reshape(-1).index_put((flat,), exact).view_as(dist)
+
+    def _paired(self, a, b):
+        if self.squared:
+            return -((a - b) ** 2).sum((-2, -1))
+        return -torch.linalg.vector_norm(a - b, dim=-1).sum(-1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, squared={self.squared})"
+
+
+class LorentzSimilarity(Similarity):
+    """Minus the geodesic distance on k hyperboloids of curvature -c, summed over tokens (MERU for k = 1).
+
+    ``project`` scales each modality's raw features by its learnable factor and lifts every token onto
+    its own hyperboloid with the exponential map at the origin; features stay in space components,
+    shape (N, k, d) (the time ``sqrt(1/c + |x_b|^2)`` is derived). The score is
+    ``-sum_b d_b``, ``d_b = acosh(-c <x_b, y_b>_L) / sqrt(c)``: with k = 1 exactly MERU's logit before
+    the temperature. Range (-inf, 0].
+
+    Parameters
+    ----------
+    curvature_init, learn_curvature, curvature_range
+        Passed to :class:`~manifold_align.geometries.LorentzGeometry` by :meth:`make_geometry`.
+    max_radius : float, default asinh(2**15)
+        Clamp on ``sqrt(c) |u_b|`` in the exponential map, MERU's (direction kept); None for none.
+    precise : bool, default True
+        Recompute near pairs exactly in ``pairwise`` (see
+        :func:`manifold_align.manifolds.lorentz.space_cdist`): ``pairwise(x, x)`` has an exact 0 diagonal
+        with gradient 0, where ``acosh`` of the Lorentz inner product would give ~5e-4 x_0 and an
+        infinite gradient.
+
+    Notes
+    -----
+    ``pairwise``, ``paired`` and ``project`` need ``geometry=`` (the module :meth:`make_geometry`
+    built, owned by the model); without it they raise ``ValueError``. The temperature multiplies
+    distances: with scale s the logit is ``-s sum_b d_b``, so s sets how many nats one unit of distance
+    is worth, while ``c`` sets how fast volume grows with the radius. The entailment loss of MERU is
+    :func:`manifold_align.entailment.entailment_loss`.
+    """
+
+    name = "lorentz"
+
+    def __init__(self, curvature_init: float = 1.0, learn_curvature: bool = True, curvature_range: float = 10.0,
+                 max_radius: Optional[float] = math.asinh(2.0**15), precise: bool = True) -> None:
+        self.curvature_init = curvature_init
+        self.learn_curvature = learn_curvature
+        self.curvature_range = curvature_range
+        self.max_radius = max_radius
+        self.precise = bool(precise)
+
+    def make_geometry(self, *, d: Optional[int] = None) -> nn.Module:
+        """A :class:`~manifold_align.geometries.LorentzGeometry` for tokens of width ``d`` (required)."""
+        if d is None:
+            raise ValueError("similarity 'lorentz' needs the token width: call make_geometry(d=...) "
+                             "(it initializes the modality scales at 1 / sqrt(d))")
+        return LorentzGeometry(d, curvature_init=self.curvature_init, learn_curvature=self.learn_curvature,
+                               curvature_range=self.curvature_range)
+
+    def _geometry_args(self, geometry):
+        if geometry is None or not (callable(getattr(geometry, "curvature", None))
+                                    and callable(getattr(geometry, "scale", None))):
+            raise ValueError(
+                "similarity 'lorentz' needs `geometry`: the module from make_geometry(d=...) (a LorentzGeometry, "
+                f"with curvature() and scale(modality)), got {type(geometry).__name__}"
+            )
+        return (geometry,)
+
+    def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
+                modality: str = "image") -> torch.Tensor:
+        """Scale by ``geometry.scale(modality)`` and lift each token with the exponential map at the origin.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+            Raw features: tangent vectors at the origin (space part).
+        geometry : LorentzGeometry, keyword-only
+        modality : {"image", "text"}, keyword-only
+
+        Returns
+        -------
+        torch.Tensor, shape (N, k, d)
+            Space components of points on the hyperboloids, float32 (float64 for float64 input), also
+            under autocast (MERU forces float32 here too).
+        """
+        check_rank(features, "features", 3, self.expected_shape)
+        if features.dim() != 3:
+            raise ValueError(f"`features` must have shape {self.expected_shape}, got shape {describe_shape(features)}")
+        (geometry,) = self._geometry_args(geometry)
+        with autocast_disabled(features.device):
+            scaled = _upcast(features) * geometry.scale(modality)
+            return space_expmap0(scaled, geometry.curvature(), max_radius=self.max_radius)
+
+    def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
+        return (-math.inf, 0.0)
+
+    def _pairwise(self, a, b, geometry):
+        # space_cdist(..., sum_factors=True) with the sign and 1/sqrt(c) folded into one (n, m) pass
+        c = geometry.curvature().to(a.dtype)
+        scaled = _scaled_cdist(a, b, c, self.precise)
+        summed = scaled[0] if scaled.shape[0] == 1 else scaled.sum(0)
+        return summed * (-torch.rsqrt(c))
+
+    def _paired(self, a, b, geometry):
+        return -space_dist(a, b, geometry.curvature()).sum(-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------------
@@ -302,6 +563,8 @@ _REGISTRY: dict[str, SimilarityFactory] = {
     "oblique": ObliqueSimilarity,
     "geodesic": GeodesicSimilarity,
     "chordal": ChordalSimilarity,
+    "euclidean": EuclideanSimilarity,
+    "lorentz": LorentzSimilarity,
 }
 
 

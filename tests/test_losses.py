@@ -49,12 +49,6 @@ def test_model_owned_scale_and_bias_equal_open_clip(objective):
     assert ours.scale == pytest.approx(7.5)
 
 
-def test_logit_bias_with_softmax_is_refused():
-    img, txt = _pair()
-    with pytest.raises(ValueError, match="`logit_bias` is only used with objective='sigmoid'"):
-        ContrastiveLoss("oblique")(img, txt, logit_bias=torch.tensor(0.0))
-
-
 @pytest.mark.parametrize("scale,bias", [(1.0, -10.0), (10.0, -3.0)])
 def test_cosine_sigmoid_equals_open_clip(scale, bias):
     img, txt = _pair(similarity="cosine")

@@ -1,5 +1,6 @@
 """Manifolds: one per module, re-exported here."""
 
+from .lorentz import Hyperboloid, HyperboloidExact
 from .oblique import Oblique, ObliqueExact
 
-__all__ = ["Oblique", "ObliqueExact"]
+__all__ = ["Hyperboloid", "HyperboloidExact", "Oblique", "ObliqueExact"]

@@ -1,0 +1,128 @@
+"""Time the logits of every similarity against the ``oblique`` logits at the same width and batch.
+
+Run: python benchmarks/bench_geometries.py [--quick] [--repeat R] [--device cpu|cuda] [--no-write]
+Prints a markdown table and writes it to --out (default benchmarks/results/geometries.md; the file name
+gets a ``_gpu`` suffix on CUDA). For each setting (k tokens of d dims, batch B, features already projected)
+it times ``similarity.pairwise(a, b)`` -- forward, and forward + backward -- for oblique and the others,
+alternating R times (torch.utils.benchmark medians), and reports the median of the per-repeat ratios
+``other / oblique``. The issue's target for ``lorentz`` and ``euclidean`` is within 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+import torch
+import torch.utils.benchmark as tb
+
+from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+
+NAMES = ("oblique", "geodesic", "chordal", "euclidean", "euclidean (unsquared)", "lorentz")
+
+
+def _similarity(name: str, k: int, d: int, device):
+    from manifold_align import get_similarity
+
+    if name == "euclidean (unsquared)":
+        sim = get_similarity("euclidean")
+        sim.squared = False
+        return sim, None
+    sim = get_similarity(name)
+    geometry = sim.make_geometry(d=d)
+    return sim, (geometry.to(device) if geometry is not None else None)
+
+
+def _inputs(name, sim, geometry, b, k, d, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    raw = [torch.randn(b, k, d, generator=g).to(device) for _ in range(2)]
+    kwargs = {} if geometry is None else {"geometry": geometry}
+    with torch.no_grad():
+        a = sim.project(raw[0], modality="image", **kwargs)
+        t = sim.project(raw[1], modality="text", **kwargs)
+    return a, t, kwargs
+
+
+def median_s(fn, min_run_time: float, device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run():
+        fn()
+        sync()
+
+    return tb.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time).median
+
+
+def settings(quick: bool, device) -> list[tuple[int, int, int]]:
+    """(k, d, B): MERU/EuCLIP's single vector and the paper's 16 tokens, same width 512."""
+    if device.type == "cuda":
+        return [(1, 512, 4096), (16, 32, 4096)] if quick else [(1, 512, 4096), (16, 32, 4096), (1, 512, 16384),
+                                                                (16, 32, 8192)]
+    return [(1, 512, 256), (16, 32, 256)] if quick else [(1, 512, 256), (16, 32, 256), (1, 512, 1024),
+                                                          (16, 32, 1024)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter timing windows, small settings")
+    parser.add_argument("--repeat", type=int, default=5, help="alternating timings per comparison")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    t_min = 0.05 if args.quick else 0.3
+    rows = []
+    for k, d, b in settings(args.quick, device):
+        sims = {n: _similarity(n, k, d, device) for n in NAMES}
+        data = {n: _inputs(n, *sims[n], b, k, d, device, seed=0) for n in NAMES}
+
+        def forward(n):
+            a, t, kw = data[n]
+            return lambda: sims[n][0].pairwise(a, t, **kw)
+
+        def backward(n):
+            a, t, kw = data[n]
+            a, t = a.detach().requires_grad_(), t.detach().requires_grad_()
+            return lambda: sims[n][0].pairwise(a, t, **kw).sum().backward()
+
+        for mode, make in (("forward", forward), ("fwd+bwd", backward)):
+            base = make("oblique")
+            for n in NAMES[1:]:
+                fn = make(n)
+                pairs = [(median_s(base, t_min, device), median_s(fn, t_min, device)) for _ in range(args.repeat)]
+                rows.append((n, mode, k, d, b, float(np.median([p[0] for p in pairs])),
+                             float(np.median([p[1] for p in pairs])), float(np.median([o / r for r, o in pairs]))))
+                print(f"[geometries] {rows[-1]}", file=sys.stderr, flush=True)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{cpu_model()}; {torch.get_num_threads()} threads")
+    lines = [
+        "# Logits of each similarity against `oblique`",
+        "",
+        f"Command: `python benchmarks/bench_geometries.py{' --quick' if args.quick else ''}"
+        f"{'' if args.repeat == 5 else f' --repeat {args.repeat}'}"
+        f"{'' if args.device == 'cpu' else f' --device {args.device}'}`  ",
+        f"Machine: {machine}; torch {torch.__version__}; python {platform.python_version()}  ",
+        "`similarity.pairwise(a, b)` on projected float32 features (B, k, d), B x B logits. Times: median over",
+        f"{args.repeat} alternating repeats of the blocked_autorange median; ratio: median of the per-repeat",
+        "ratios (similarity / oblique: lower is faster, the target for lorentz and euclidean is <= 1.2x).",
+        "",
+        "| similarity | pass | k x d | B | oblique (ms) | similarity (ms) | similarity / oblique |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for n, mode, k, d, b, base, ours, ratio in rows:
+        lines.append(f"| {n} | {mode} | {k} x {d} | {b} | {base * 1e3:.3f} | {ours * 1e3:.3f} | {ratio:.2f}x |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.no_write:
+        default = "geometries_gpu.md" if device.type == "cuda" else "geometries.md"
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", default)
+        with open(out, "w") as f:
+            f.write(table)
+
+
+if __name__ == "__main__":
+    main()
