@@ -209,12 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(args.benchmark, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .checkpoint import UnsafeCheckpointError  # imports torch: not before the arguments are parsed
+
     try:
         if args.command == "train":
             return _cmd_train(args)
         return _cmd_eval(args)
     except ConfigError as exc:
         print(f"manifold-align {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except UnsafeCheckpointError as exc:
+        print(f"manifold-align {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
