@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -62,7 +62,8 @@ class Counters:
     """Running totals kept in checkpoints."""
 
     samples: int = 0
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # every encounter of a bad sample, on all ranks
+    bad_samples: list = field(default_factory=list)  # the distinct ones, by name (see _sync_bad_samples)
     nonfinite_steps: int = 0
     train_seconds: float = 0.0
     last_checkpoint: str | None = None
@@ -212,8 +213,18 @@ class Trainer:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def _sync_bad_samples(self) -> None:
+        """Add the distinct bad samples every rank's loader met to ``counters.bad_samples`` (collective)."""
+        mine = sorted(self.data.train.bad_sources)
+        names = [mine]
+        if self.env.distributed:
+            names = [None] * self.env.world_size
+            dist.all_gather_object(names, mine)
+        self.counters.bad_samples = sorted(set(self.counters.bad_samples).union(*names))
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit."""
+        self._sync_bad_samples()
         rng = [rng_state()]
         if self.env.distributed:
             rng = [None] * self.env.world_size
@@ -316,6 +327,7 @@ class Trainer:
                 self.save_checkpoint()
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
+        self._sync_bad_samples()
         final = self.evaluate()
         log.log(self.step, final, kind="eval")
         return final
