@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -61,3 +63,33 @@ def test_metrics_truncation_is_atomic(tmp_path, monkeypatch):
     assert log.path.read_text() == before
     log.truncate_after(1)
     assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1]
+
+
+@pytest.fixture(params=[(0o022, 0o644), (0o027, 0o640)], ids=["umask022", "umask027"])
+def umask(request):
+    """Run under a given umask (restored after); yields ``(umask, the mode open() would give a file)``."""
+    old = os.umask(request.param[0])
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_outputs_get_the_mode_open_would_give_them(tmp_path, umask):
+    import torch
+
+    from manifold_align_train.checkpoint import save_checkpoint
+
+    _, expected = umask
+    with open(tmp_path / "plain.txt", "w"):
+        pass
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log(1, {"loss": 1.0})
+    log.log(2, {"loss": 0.5})
+    log.truncate_after(1)  # rewritten through atomic_write
+    write_json({"step": 1}, tmp_path / "summary.json")
+    written = [tmp_path / "summary.json", log.path, atomic_write_text(tmp_path / "a.txt", "x"),
+               save_checkpoint({"w": torch.zeros(2)}, tmp_path / "checkpoints", 1, keep=1)]
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == expected
+    assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written} == {
+        path.name: oct(expected) for path in written}

@@ -68,3 +68,56 @@ def test_temp_files_are_not_checkpoints(tmp_path):
     (tmp_path / ".step_00000009.pt.abc.tmp").write_bytes(b"partial")
     ckpt.save_checkpoint(_state(2), tmp_path, 2, keep=1)
     assert ckpt.find_latest_checkpoint(tmp_path).name == "step_00000002.pt"
+
+
+class _CreatesFile:
+    """Unpickling this object opens (creates) ``path``: what a hostile checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused_without_running_it(tmp_path, capsys):
+    from manifold_align_train import cli
+
+    marker = tmp_path / "created_by_unpickling"
+    path = tmp_path / "run" / "checkpoints" / "step_00000001.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({**_state(1), "payload": _CreatesFile(marker)}, path)
+    try:
+        ckpt.load_checkpoint(path)
+        error = None
+    except Exception as caught:  # noqa: BLE001 (checked below, after the marker)
+        error = caught
+    assert not marker.exists(), "loading the checkpoint ran the code in its pickle"
+    assert type(error).__name__ == "UnsafeCheckpointError" and isinstance(error, ValueError)
+    assert "refused to load: it holds a pickled Python object (io.open)" in str(error)
+    for command in (["eval", "--checkpoint", str(path)], ["train", "--resume", str(path)]):
+        capsys.readouterr()
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "refused to load" in err and str(path) in err
+        assert not marker.exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from manifold_align_train.rng import rng_state, seed_everything, set_rng_state
+
+    seed_everything(5)
+    random.gauss(0, 1), np.random.normal()  # leave cached gaussians in both states
+    ckpt.save_checkpoint({"step": 1, "rng": [rng_state()]}, tmp_path, 1, keep=1)
+
+    def draws():
+        return random.random(), random.gauss(0, 1), np.random.normal(), np.random.rand(), torch.rand(2).tolist()
+
+    expected = draws()
+    seed_everything(99)
+    set_rng_state(ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 1))["rng"][0])
+    assert draws() == expected

@@ -156,7 +156,7 @@ def test_cli_config_error_exit_code(capsys):
 
 
 def test_console_script_help():
-    # `python -m training` is what torchrun launches; it must reach the same parser.
+    # `python -m manifold_align_train` is what torchrun launches; it must reach the same parser.
     out = subprocess.run([sys.executable, "-m", "manifold_align_train", "train", "--help"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout
     assert "--resume" in out and "--set" in out

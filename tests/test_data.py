@@ -377,6 +377,96 @@ def test_webdataset_skips_corrupt_images(transforms, tmp_path):
     assert pinned.train.pin_memory  # reaches the DataLoader (iterating it needs a GPU)
 
 
+def _write_bad_shard(path, start, n):
+    """``n`` good PNG samples from ``start`` on, then one of each kind of bad sample; returns the bad keys."""
+    _write_shard(path, start, n)
+    with tarfile.open(path, "a") as tar:
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(buffer, format="PNG")
+        _add(tar, "90000.png", buffer.getvalue())
+        _add(tar, "90000.txt", b"   ")  # empty caption
+        _add(tar, "90001.png", buffer.getvalue())  # no caption member
+        _add(tar, "90002.png", b"\x89PNG\r\n\x1a\n truncated")  # unreadable image
+        _add(tar, "90002.txt", b"a corrupt image")
+        _add(tar, "90003.txt", b"a caption without an image")
+    return {f"{path}:{key}" for key in ("90000", "90001", "90002", "90003")}
+
+
+def test_webdataset_batches_stay_full_and_name_each_distinct_bad_sample(transforms, tmp_path):
+    train, _, tok = transforms
+    bad = _write_bad_shard(tmp_path / "shard-0.tar", 0, 5) | _write_bad_shard(tmp_path / "shard-1.tar", 5, 5)
+    loader = WebDatasetLoader(str(tmp_path / "shard-{0..1}.tar"), train, tok, 4, num_samples=12, seed=0,
+                              shuffle_buffer=4)
+    seen = []
+    for epoch in range(6):  # each epoch meets most of the bad samples, every order differs
+        batches = list(loader.epoch_batches(epoch))
+        assert len(batches) == 3
+        for batch in batches:
+            assert batch.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.texts.shape[0] == 4
+            assert batch.n_skipped == len(batch.bad)
+            seen.extend(batch.bad)
+    # every encounter is counted; the distinct ones are the 8 bad samples, named by shard and key
+    assert loader.n_skipped_total == len(seen) > len(bad)
+    assert loader.bad_sources == set(seen) == bad
+
+
+def test_webdataset_full_batches_with_a_failing_transform_and_workers(transforms, tmp_path):
+    train, _, tok = transforms
+
+    def picky(image):  # fails on the darkest images, like a transform choking on a bad file
+        if image.getpixel((0, 0))[0] < 30:
+            raise ValueError("too dark")
+        return train(image)
+
+    _write_shard(tmp_path / "shard-0.tar", 0, 10)
+    _write_shard(tmp_path / "shard-1.tar", 10, 10)
+    loader = WebDatasetLoader(str(tmp_path / "shard-{0..1}.tar"), picky, tok, 4, num_samples=16, seed=0,
+                              workers=2, shuffle_buffer=0)
+    batches = list(loader.epoch_batches(0))
+    assert len(batches) == 4 and all(b.images.shape[0] == 4 for b in batches)
+    assert loader.bad_sources == {f"{tmp_path}/shard-0.tar:{i:05d}" for i in range(3)}
+
+
+def test_webdataset_validation_counts_its_bad_samples(transforms, tmp_path):
+    train, val, tok = transforms
+    bad = _write_bad_shard(tmp_path / "val.tar", 0, 5)
+    bundle = build_data(
+        data_cfg(dataset="webdataset", train_data=str(tmp_path / "val.tar"), val_data=str(tmp_path / "val.tar"),
+                 batch_size=4, num_samples=4),
+        preprocess_train=train, preprocess_val=val, tokenizer=tok, seed=0,
+    )
+    assert bundle.retrieval.images.shape[0] == 5 and set(bundle.retrieval.bad) == bad
+
+
+def test_csv_bad_rows_are_named_by_file_line_and_counted_once_each(transforms, csv_folder):
+    folder, rows = csv_folder
+    dataset = _csv_dataset(transforms, folder, rows)
+    path = os.path.join(folder, "train.tsv")
+    # row 8 (0-based) is line 10 of the file: the header is line 1
+    assert dataset.source(8) == f"{folder}/img/0.png ({path} line 10)"
+    loader = ResumableLoader(dataset, 3, seed=0)
+    for epoch in range(5):
+        list(loader.epoch_batches(epoch))
+    assert loader.n_skipped_total > 3
+    assert sorted(loader.bad_sources) == sorted(dataset.source(i) for i in (6, 7, 8))
+
+
+def test_csv_line_numbers_follow_multiline_captions_and_blank_lines(transforms, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('filepath,title\na.png,"two\nlines"\n\nb.png,\n')
+    dataset = CsvDataset(str(path), transforms[0], transforms[2], sep=",")
+    assert dataset.lines == [2, 5]
+
+
+def test_csv_validation_counts_its_bad_rows(transforms, csv_folder):
+    folder, rows = csv_folder
+    train, val, tok = transforms
+    cfg = data_cfg(dataset="csv", train_data=_write_csv(folder, rows), batch_size=3,
+                   val_data=_write_csv(folder, rows, "val.tsv"))
+    bundle = build_data(cfg, preprocess_train=train, preprocess_val=val, tokenizer=tok, seed=0)
+    assert len(bundle.retrieval.bad) == 3 and all("val.tsv line" in name for name in bundle.retrieval.bad)
+
+
 # ---------------------------------------------------------------- resumable loader
 @pytest.fixture(scope="module")
 def small_dataset(transforms):

@@ -23,7 +23,8 @@ import manifold_align_train.builders as builders_module
 from manifold_align_train import checkpoint as ckpt
 from manifold_align_train.cli import main
 from manifold_align_train.config import load_config
-from manifold_align_train.trainer import NonFiniteLossError, RunFolderError, train
+from manifold_align_train.checkpoint import RunFolderError
+from manifold_align_train.trainer import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
 

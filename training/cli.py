@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(args.benchmark, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .checkpoint import RunFolderError, UnsafeCheckpointError  # imports torch: not before parsing
+
     try:
         if args.command == "train":
             return _cmd_train(args)
@@ -222,11 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"manifold-align {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        from .trainer import RunFolderError  # the trainer imports torch: only once a run failed
-
-        if not isinstance(exc, RunFolderError):
-            raise
+    except (RunFolderError, UnsafeCheckpointError) as exc:
         print(f"manifold-align {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -49,7 +49,7 @@ def evaluate(model, tokenizer, data, *, batch_size: int, autocast=nullcontext) -
         ``zero_shot_top1``, ``zero_shot_top5`` (fractions in [0, 1]) when ``data.zero_shot`` exists;
         ``image_to_text_R@{1,5,10}``, ``text_to_image_R@{1,5,10}`` when ``data.retrieval`` exists, and
         the class-level ``image_to_text_class_R@K``, ``text_to_image_class_R@K`` when its pairs have
-        ``labels``.
+        ``labels``; ``zero_shot_images`` and ``retrieval_pairs``: how many were scored.
     """
     metrics: dict[str, float] = {}
     if data.zero_shot is not None:
@@ -64,7 +64,8 @@ def _zero_shot(model, tokenizer, task, batch_size: int, autocast) -> dict[str, f
                                             batch_size=batch_size, autocast=autocast)
     accuracy = zero_shot_accuracy(model, task.images, task.labels, classifier, batch_size=batch_size,
                                   autocast=autocast)
-    return {"zero_shot_top1": accuracy["top1"], "zero_shot_top5": accuracy["top5"]}
+    return {"zero_shot_top1": accuracy["top1"], "zero_shot_top5": accuracy["top5"],
+            "zero_shot_images": len(task.labels)}
 
 
 def _retrieval(model, task, batch_size: int, autocast) -> dict[str, float]:
@@ -72,8 +73,9 @@ def _retrieval(model, task, batch_size: int, autocast) -> dict[str, float]:
     image_features = encode_images(model, images, batch_size=batch_size, autocast=autocast)
     text_features = encode_texts(model, texts, batch_size=batch_size, autocast=autocast)
     with torch.no_grad():
-        return retrieval_metrics(model, image_features, text_features, labels=getattr(task, "labels", None),
-                                 ks=RECALL_KS)
+        metrics = retrieval_metrics(model, image_features, text_features, labels=getattr(task, "labels", None),
+                                    ks=RECALL_KS)
+    return {**metrics, "retrieval_pairs": len(images)}
 
 
 def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any]) -> dict[str, float]:
@@ -93,12 +95,15 @@ def format_metrics(metrics: dict[str, float]) -> str:
     """Evaluation metrics as short human-readable lines (percentages)."""
     lines = []
     if "zero_shot_top1" in metrics:
+        scored = f" ({metrics['zero_shot_images']} images)" if "zero_shot_images" in metrics else ""
         lines.append(f"  zero-shot top-1 {100 * metrics['zero_shot_top1']:.1f}%   "
-                     f"top-5 {100 * metrics['zero_shot_top5']:.1f}%")
+                     f"top-5 {100 * metrics['zero_shot_top5']:.1f}%{scored}")
     for level, infix in (("", ""), (" (class-level)", "class_")):
         for direction in ("image_to_text", "text_to_image"):
             keys = [(k, f"{direction}_{infix}R@{k}") for k in RECALL_KS]
             recalls = [f"R@{k} {100 * metrics[key]:.1f}%" for k, key in keys if key in metrics]
             if recalls:
                 lines.append(f"  retrieval {direction.replace('_', ' ')}{level}: " + "  ".join(recalls))
+    if "retrieval_pairs" in metrics:
+        lines.append(f"  retrieval scored on {metrics['retrieval_pairs']} held-out pairs")
     return "\n".join(lines)

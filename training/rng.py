@@ -19,9 +19,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's generator states: ``python``, ``numpy``, ``torch`` and, with CUDA, ``cuda`` (current device)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """This process's generator states as tensors and plain numbers (loadable with ``weights_only=True``).
+
+    Returns
+    -------
+    dict
+        ``python``: ``{"version": int, "state": LongTensor (625,), "gauss": float or None}``;
+        ``numpy``: ``{"kind": str, "keys": LongTensor (624,), "pos": int, "has_gauss": int,
+        "cached_gaussian": float}``; ``torch``: ByteTensor; with CUDA, ``cuda`` (current device only).
+    """
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         # this process's device only (one per process under torchrun): restorable on a node with fewer GPUs
         state["cuda"] = torch.cuda.get_rng_state()
@@ -30,8 +44,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a :func:`rng_state` (its CUDA part only where CUDA is available)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -8,10 +8,13 @@ from typing import Any
 
 from .atomic_write import atomic_write_text
 from .config import config_to_dict
+from .data import EMBEDDED_DATASETS
 from .evaluation import format_metrics
 from .metrics_log import json_value
 
 __all__ = ["format_report", "run_summary", "write_json"]
+
+NAMES_SHOWN = 10  # bad samples named in summary.json and the report; the counts cover all of them
 
 
 def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict[str, Any]:
@@ -26,6 +29,8 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "train_seconds_total": trainer.counters.train_seconds,
         "samples_seen": trainer.counters.samples,
         "skipped_samples": trainer.counters.skipped_samples,
+        "bad_samples": _bad(trainer.counters.bad_samples),
+        "bad_validation_samples": _bad(getattr(trainer.data.retrieval, "bad", [])),
         "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
         "world_size": trainer.env.world_size,
         "device": str(trainer.device),
@@ -42,20 +47,36 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
     }
 
 
+def _bad(names: list[str]) -> dict[str, Any]:
+    """``{"distinct": count, "names": the first NAMES_SHOWN}`` of a list of distinct bad-sample names."""
+    return {"distinct": len(names), "names": list(names[:NAMES_SHOWN])}
+
+
+def _bad_text(bad: dict[str, Any]) -> str:
+    shown = ", ".join(bad["names"])
+    more = f" and {bad['distinct'] - len(bad['names'])} more" if bad["distinct"] > len(bad["names"]) else ""
+    return f"{bad['distinct']}" + (f" ({shown}{more})" if shown else "")
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The lines printed at the end of ``manifold-align train`` (from a :func:`run_summary`)."""
     cfg = summary["config"]
     tokens = cfg["model"].get("class_tokens")
+    # caption noise is drawn into the embedded datasets only; a CSV or shard run has its captions as they are
+    noise = cfg["data"]["caption_noise"] if cfg["data"]["dataset"] in EMBEDDED_DATASETS else None
+    bad = summary.get("bad_samples", {"distinct": 0, "names": []})
+    bad_val = summary.get("bad_validation_samples", {"distinct": 0, "names": []})
     lines = [
         f"manifold-align: trained {cfg['model']['name']} on {cfg['data']['dataset']} "
-        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}, "
-        f"{f'{tokens} class token(s) per tower, ' if tokens is not None else ''}"
-        f"caption noise {cfg['data']['caption_noise']}) for {summary['final_step']} steps",
+        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}"
+        f"{f', {tokens} class token(s) per tower' if tokens is not None else ''}"
+        f"{f', caption noise {noise}' if noise is not None else ''}) for {summary['final_step']} steps",
         format_metrics(summary["final_metrics"]),
         f"  final temperature scale {summary['final_temperature']:.4g} "
         f"({cfg['loss']['temperature']['name']})   final loss {_loss_text(summary['final_loss'])}",
-        f"  skipped samples {summary['skipped_samples']}   non-finite steps skipped "
-        f"{summary['nonfinite_steps_skipped']}",
+        f"  bad training samples {_bad_text(bad)}, met {summary['skipped_samples']} time(s) in all and "
+        f"replaced; bad validation samples {_bad_text(bad_val)}, left out",
+        f"  non-finite steps skipped {summary['nonfinite_steps_skipped']}",
         f"  wall time {summary['wall_time_seconds']:.1f} s",
         f"  outputs in {summary['outputs']['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, "
         f"checkpoints/{', tensorboard/' if summary['outputs']['tensorboard'] else ''})",

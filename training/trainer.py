@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,7 +40,7 @@ from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_summary import format_report, run_summary, write_json
 
-__all__ = ["NonFiniteLossError", "RunFolderError", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "Trainer", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,7 +52,8 @@ class Counters:
     """Running totals kept in checkpoints."""
 
     samples: int = 0
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # every encounter of a bad sample, on all ranks
+    bad_samples: list = field(default_factory=list)  # the distinct ones, by name (see _sync_bad_samples)
     nonfinite_steps: int = 0
     train_seconds: float = 0.0
     last_checkpoint: str | None = None
@@ -189,8 +190,18 @@ class Trainer:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def _sync_bad_samples(self) -> None:
+        """Add the distinct bad samples every rank's loader met to ``counters.bad_samples`` (collective)."""
+        mine = sorted(self.data.train.bad_sources)
+        names = [mine]
+        if self.env.distributed:
+            names = [None] * self.env.world_size
+            dist.all_gather_object(names, mine)
+        self.counters.bad_samples = sorted(set(self.counters.bad_samples).union(*names))
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit."""
+        self._sync_bad_samples()
         rng = [rng_state()]
         if self.env.distributed:
             rng = [None] * self.env.world_size
@@ -293,6 +304,7 @@ class Trainer:
                 self.save_checkpoint()
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
+        self._sync_bad_samples()
         final = self.evaluate()
         log.log(self.step, final, kind="eval")
         return final
@@ -324,29 +336,12 @@ def default_output_dir(cfg: RunConfig) -> Path:
     return Path("runs") / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
 
 
-class RunFolderError(RuntimeError):
-    """The run folder holds checkpoints that this run would mix with its own; nothing was written."""
-
-
 def _agree_output_dir(output_dir: str | Path | None, cfg: RunConfig, env: DistEnv) -> Path:
     # Rank 0 picks the folder (a timestamp may differ between processes) and tells the others.
     choice = [str(output_dir or default_output_dir(cfg))]
     if env.distributed:
         dist.broadcast_object_list(choice, src=0)
     return Path(choice[0])
-
-
-def _check_run_folder(output: Path, resume_step: int | None) -> None:
-    """Refuse a folder whose checkpoints this run would mix with its own (pruning keeps the highest steps,
-    so it would delete the new ones)."""
-    found = ckpt.list_checkpoints(output / ckpt.CHECKPOINT_DIR)
-    if resume_step is None and found:
-        raise RunFolderError(f"{output} already holds checkpoints ({found[-1][1].name}); continue that run with "
-                             f"--resume latest, or choose another --output")
-    newer = [path.name for step, path in found if resume_step is not None and step > resume_step]
-    if newer:
-        raise RunFolderError(f"resuming at step {resume_step} into {output}, which holds later checkpoints "
-                             f"{newer}; move them away or choose another --output")
 
 
 def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
@@ -374,7 +369,7 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
     try:
         configure_torch(cfg, env)
         output = _agree_output_dir(output_dir, cfg, env)
-        _check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
+        ckpt.check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
         trainer = Trainer(cfg, output, env=env)
         if resume_state is not None:
             trainer.load_state_dict(resume_state)

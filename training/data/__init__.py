@@ -4,7 +4,7 @@ Entry point: :func:`build_data`. See ``docs/data.md``.
 """
 
 from .batch import BadDataError, Batch, collate_skip_bad
-from .build import DATASETS, DataBundle, build_data, build_embedded
+from .build import DATASETS, EMBEDDED_DATASETS, DataBundle, build_data, build_embedded
 from .csv_dataset import CsvDataset
 from .digit_pairs import make_digit_pairs
 from .digits import make_digits
@@ -20,6 +20,7 @@ __all__ = [
     "Batch",
     "collate_skip_bad",
     "DATASETS",
+    "EMBEDDED_DATASETS",
     "DataBundle",
     "build_data",
     "build_embedded",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,14 +47,18 @@ class Batch(NamedTuple):
     texts : torch.Tensor, shape (B, L), long
         Token ids.
     n_skipped : int
-        Bad samples met while filling this batch. :class:`~manifold_align_train.data.loader.ResumableLoader`
-        replaces each one (the batch stays full); :func:`collate_skip_bad` drops them (then
-        ``B + n_skipped`` is the nominal batch size).
+        Bad samples met while filling this batch. The training loaders replace each one (the batch
+        stays full); :func:`collate_skip_bad` drops them (then ``B + n_skipped`` is the nominal
+        batch size).
+    bad : tuple of str
+        Names (file path, CSV line, shard and key) of the bad samples met, one per encounter where
+        the name is known; the loaders collect the distinct ones for the run's report.
     """
 
     images: torch.Tensor
     texts: torch.Tensor
     n_skipped: int = 0
+    bad: Tuple[str, ...] = ()
 
     def to(self, device, *, non_blocking: bool = False) -> "Batch":
         """Return a copy with ``images`` and ``texts`` moved to ``device``."""
@@ -62,6 +66,7 @@ class Batch(NamedTuple):
             self.images.to(device, non_blocking=non_blocking),
             self.texts.to(device, non_blocking=non_blocking),
             self.n_skipped,
+            self.bad,
         )
 
 
@@ -78,7 +83,8 @@ def collate_skip_bad(batch: Sequence, *, sources: Optional[Sequence[str]] = None
     Returns
     -------
     Batch
-        ``images`` (B, 3, H, W), ``texts`` (B, L) long, ``n_skipped`` = number of ``None`` items.
+        ``images`` (B, 3, H, W), ``texts`` (B, L) long, ``n_skipped`` = number of ``None`` items,
+        ``bad`` = their ``sources`` (empty without ``sources``).
 
     Raises
     ------
@@ -91,4 +97,5 @@ def collate_skip_bad(batch: Sequence, *, sources: Optional[Sequence[str]] = None
         raise all_bad_error(f"all {len(batch)} samples of the batch", sources)
     images = torch.stack([item[0] for item in good])
     texts = torch.stack([torch.as_tensor(item[1], dtype=torch.long) for item in good])
-    return Batch(images, texts, n_skipped)
+    bad = tuple(str(name) for item, name in zip(batch, sources) if item is None) if sources is not None else ()
+    return Batch(images, texts, n_skipped, bad)

@@ -17,9 +17,10 @@ from .synthetic import make_synthetic
 from .tasks import EmbeddedTask, RetrievalTask, ZeroShotTask
 from .webdataset_source import WebDatasetLoader, read_samples
 
-__all__ = ["DATASETS", "DataBundle", "ZeroShotTask", "RetrievalTask", "build_data", "build_embedded"]
+__all__ = ["DATASETS", "EMBEDDED_DATASETS", "DataBundle", "ZeroShotTask", "RetrievalTask", "build_data", "build_embedded"]
 
-DATASETS = ("digits", "digit-pairs", "synthetic", "csv", "webdataset")
+EMBEDDED_DATASETS = ("digits", "digit-pairs", "synthetic")  # built in memory; `caption_noise` applies
+DATASETS = EMBEDDED_DATASETS + ("csv", "webdataset")
 
 
 @dataclass
@@ -68,16 +69,18 @@ def _csv(path, data_cfg, transform, tokenizer) -> CsvDataset:
 
 
 def _csv_retrieval(dataset: CsvDataset) -> RetrievalTask:
-    images, texts, captions = [], [], []
+    images, texts, captions, bad = [], [], [], []
     for i in range(len(dataset)):
         item = dataset[i]
-        if item is not None:
-            images.append(item[0])
-            texts.append(item[1])
-            captions.append(dataset.captions[i].strip())
+        if item is None:
+            bad.append(dataset.source(i))
+            continue
+        images.append(item[0])
+        texts.append(item[1])
+        captions.append(dataset.captions[i].strip())
     if not images:
         raise BadDataError(f"`data.val_data` {dataset.path}: no readable image with a caption")
-    return RetrievalTask(torch.stack(images), torch.stack(texts), captions)
+    return RetrievalTask(torch.stack(images), torch.stack(texts), captions, bad=bad)
 
 
 def build_data(
@@ -124,7 +127,7 @@ def build_data(
         raise ValueError(f"`data.dataset` must be one of {list(DATASETS)}, got {name!r}")
     batch_size, workers = data_cfg.batch_size, data_cfg.workers
     common = dict(seed=seed, rank=rank, world_size=world_size, workers=workers, pin_memory=pin_memory)
-    if name in ("digits", "digit-pairs", "synthetic"):
+    if name in EMBEDDED_DATASETS:
         task = build_embedded(data_cfg, seed)
         train = InMemoryImageText(task.train_images, task.train_captions, preprocess_train, tokenizer, prefix=name)
         loader = ResumableLoader(train, batch_size, **common)
@@ -154,8 +157,8 @@ def build_data(
         )
         retrieval = None
         if val_data:
-            images, texts, captions, _ = read_samples(val_data, preprocess_val, tokenizer)
-            retrieval = RetrievalTask(images, texts, captions)
+            images, texts, captions, bad = read_samples(val_data, preprocess_val, tokenizer)
+            retrieval = RetrievalTask(images, texts, captions, bad=bad)
         n = loader.num_samples
     description = (
         f"{name}: {train_data} ({n} samples/epoch), val={val_data or 'none'}, "

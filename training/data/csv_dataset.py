@@ -16,15 +16,15 @@ __all__ = ["CsvDataset", "load_image"]
 log = logging.getLogger(__name__)
 
 
-def load_image(path: str) -> Optional[Image.Image]:
-    """Open and fully decode ``path`` as RGB, or return ``None`` (and log why) if that fails."""
+def load_image(path: str, where: str = "") -> Optional[Image.Image]:
+    """Open and fully decode ``path`` as RGB, or return ``None`` (and log why, adding ``where``) if that fails."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() forces the decode, so truncation shows here
     except FileNotFoundError:
-        log.warning("skipping missing image %s", path)
+        log.warning("skipping missing image %s%s", path, where)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        log.warning("skipping unreadable image %s (%s: %s)", path, type(error).__name__, error)
+        log.warning("skipping unreadable image %s%s (%s: %s)", path, where, type(error).__name__, error)
     return None
 
 
@@ -73,7 +73,12 @@ class CsvDataset(Dataset):
                     f"`data.csv_caption_key`={caption_key!r}, `data.csv_separator`={sep!r}); "
                     f"the header has {columns}"
                 )
-            rows = list(reader)
+            rows, self.lines = [], []
+            for row in reader:
+                rows.append(row)
+                # line_num is where the row ENDS; a quoted caption may span lines (blank lines are skipped)
+                breaks = sum(str(v).count("\n") for v in row.values() if v is not None)
+                self.lines.append(reader.line_num - breaks)
         self.paths: List[str] = [os.path.join(root, row[img_key] or "") for row in rows]
         self.captions: List[str] = [(row[caption_key] or "") for row in rows]
         self.transform = transform
@@ -84,15 +89,15 @@ class CsvDataset(Dataset):
         return len(self.paths)
 
     def source(self, index: int) -> str:
-        """The image file of row ``index``."""
-        return self.paths[index]
+        """Row ``index`` for people: its image file and the line of the CSV it is on (1-based, header included)."""
+        return f"{self.paths[index]} ({self.path} line {self.lines[index]})"
 
     def __getitem__(self, index: int):
         caption = self.captions[index].strip()
         if not caption:
-            log.warning("skipping %s: empty caption (row %d of %s)", self.paths[index], index, self.path)
+            log.warning("skipping %s: empty caption", self.source(index))
             return None
-        image = load_image(self.paths[index])
+        image = load_image(self.paths[index], where=f" ({self.path} line {self.lines[index]})")
         if image is None:
             return None
         tokens: torch.Tensor = self.tokenizer([caption])[0]

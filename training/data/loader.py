@@ -25,7 +25,9 @@ run of bad rows that are neighbours in the file does not make the search long, a
 visits every other sample exactly once before it gives up with :class:`BadDataError`: that happens
 only when the whole data source is bad. The replacement is loaded under the slot's item seed, so
 it depends on ``(seed, epoch, index)`` only, like everything else. Each bad item met counts once in
-``Batch.n_skipped``.
+``Batch.n_skipped`` and is named in ``Batch.bad``; the loader keeps the running count of encounters
+(``n_skipped_total``) apart from the distinct bad samples (``bad_sources``): a bad row met in every
+epoch is one bad file, not one per epoch.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ def _coprime_stride(batch_size: int, n: int) -> int:
 
 
 class _EpochItems(Dataset):
-    """One epoch's items keyed by position in the epoch order; returns ``(item, n_bad)``.
+    """One epoch's items keyed by position in the epoch order; returns ``(item, bad)``.
 
     A bad item is replaced by the first good one along the walk described in the module
-    docstring; ``n_bad`` is how many bad items the walk met (0 for a good slot).
+    docstring; ``bad`` names the bad items the walk met (empty for a good slot).
     """
 
     def __init__(self, dataset, perm: torch.Tensor, item_seeds: torch.Tensor, stride: int):
@@ -68,6 +70,10 @@ class _EpochItems(Dataset):
     def __len__(self) -> int:
         return len(self.perm)
 
+    def _name(self, index: int) -> str:
+        describe = getattr(self.dataset, "source", None)
+        return describe(index) if describe else f"index {index}"
+
     def __getitem__(self, position: int):
         n = len(self.perm)
         item_seed = int(self.item_seeds[self.perm[position]])
@@ -78,17 +84,16 @@ class _EpochItems(Dataset):
                 torch.manual_seed(item_seed)
                 item = self.dataset[index]
             if item is not None:
-                return item, len(bad)
+                return item, [self._name(i) for i in bad]
             bad.append(index)
-        describe = getattr(self.dataset, "source", None)
-        sources = [describe(i) if describe else f"index {i}" for i in bad]
-        raise all_bad_error(f"all {n} samples of the dataset", sources)
+        raise all_bad_error(f"all {n} samples of the dataset", [self._name(i) for i in bad])
 
 
 def _collate_replaced(pairs: Sequence) -> Batch:
-    """Stack ``(item, n_bad)`` pairs; ``n_skipped`` is the total of ``n_bad``."""
+    """Stack ``(item, bad)`` pairs; ``n_skipped`` counts and ``bad`` joins their bad names."""
     batch = collate_skip_bad([item for item, _ in pairs])
-    return batch._replace(n_skipped=sum(n_bad for _, n_bad in pairs))
+    bad = tuple(name for _, names in pairs for name in names)
+    return batch._replace(n_skipped=len(bad), bad=bad)
 
 
 class PositionedLoader:
@@ -104,6 +109,21 @@ class PositionedLoader:
     steps_per_epoch: int
     _epoch: int = 0
     _batch_index: int = 0
+    #: bad samples met by the batches yielded so far, every encounter (a bad file met in 10 epochs: 10)
+    n_skipped_total: int = 0
+
+    @property
+    def bad_sources(self) -> set:
+        """Names of the distinct bad samples met by this process's batches so far."""
+        if "_bad_sources" not in vars(self):
+            self._bad_sources: set = set()
+        return self._bad_sources
+
+    def _count_bad(self, batch: Batch) -> Batch:
+        """Add ``batch``'s bad samples to the running totals; return ``batch``."""
+        self.n_skipped_total += batch.n_skipped
+        self.bad_sources.update(batch.bad)
+        return batch
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -206,7 +226,6 @@ class ResumableLoader(PositionedLoader):
         self.workers = int(workers)
         self.pin_memory = bool(pin_memory)
         self.steps_per_epoch = len(dataset) // self.batch_size
-        self.n_skipped_total = 0
 
     # -- order -----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -244,7 +263,7 @@ class ResumableLoader(PositionedLoader):
         ------
         Batch
             ``images`` (b, 3, H, W), ``texts`` (b, L), always ``b = batch_size // world_size``;
-            ``n_skipped`` bad samples were met and replaced.
+            ``n_skipped`` bad samples were met and replaced, named in ``bad``.
 
         Raises
         ------
@@ -263,5 +282,4 @@ class ResumableLoader(PositionedLoader):
             pin_memory=self.pin_memory,
         )
         for batch in loader:
-            self.n_skipped_total += batch.n_skipped
-            yield batch
+            yield self._count_bad(batch)

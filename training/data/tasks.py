@@ -55,12 +55,15 @@ class RetrievalTask:
     labels : torch.Tensor, shape (N,), long, optional
         Class of each pair where one exists. On class-coded data several captions are identical
         strings, so index-exact recall has a ceiling; class-level recall can use ``labels``.
+    bad : list of str
+        Names of the held-out samples left out as bad (unreadable or missing image, empty caption).
     """
 
     images: torch.Tensor
     texts: torch.Tensor
     captions: List[str]
     labels: Optional[torch.Tensor] = None
+    bad: List[str] = field(default_factory=list)
 
     def __iter__(self):  # allows ``images, texts = task``
         return iter((self.images, self.texts))

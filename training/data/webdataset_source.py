@@ -14,33 +14,36 @@ Resume (best effort): :meth:`WebDatasetLoader.epoch_batches` with ``start > 0`` 
 from its beginning and discards ``start`` batches. With the same shards, ``workers`` and
 ``world_size`` this gives the same batches, at the cost of decoding the skipped ones again.
 
-Bad samples: a decoding error (corrupt image, missing caption file, broken tar member) goes to a
-handler that logs it, counts it and continues; an empty caption or a failing transform is skipped
-too. The count is reported in the next batch's ``n_skipped``; batches stay full (the stream moves
-on to the next sample), unlike the map-style loaders whose batches shrink.
+Bad samples: a sample whose image is missing or unreadable, whose caption is missing or empty, or
+whose transform fails is logged, named (``shard:key``) and replaced by the next sample of the stream,
+so every batch is full on every rank (the loss gathers features across ranks, which needs the same
+number of rows everywhere). A broken shard or tar member goes to a handler that does the same. Each
+batch reports the bad samples met while it was filled in ``n_skipped`` and ``bad``. A whole pass over
+the shards without one full batch raises :class:`BadDataError`.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import logging
 import tarfile
 from itertools import islice
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from .batch import BadDataError, Batch, collate_skip_bad
+from .batch import BadDataError, Batch
 from .loader import PositionedLoader
 
-__all__ = ["WebDatasetLoader", "expand_shards", "count_samples", "read_samples"]
+__all__ = ["WebDatasetLoader", "count_samples", "decode_sample", "expand_shards", "read_samples", "sample_name"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = "jpg;jpeg;png;webp"
 _IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
 
 
@@ -71,19 +74,22 @@ def count_samples(urls: List[str]) -> int:
 
 
 class _SkipCounter:
-    """webdataset exception handler: log, count, continue. Lives inside each worker's pipeline."""
+    """webdataset exception handler for what breaks before a sample exists (an unreadable shard or tar
+    member): log, count, name, continue. Lives inside each worker's pipeline."""
 
     def __init__(self):
-        self.count = 0
+        self.bad: List[str] = []
 
     def __call__(self, error: Exception) -> bool:
-        self.count += 1
-        log.warning("skipping bad webdataset sample: %s: %s", type(error).__name__, error)
+        # webdataset appends the shard's url to the arguments of the errors it forwards
+        where = error.args[-1] if error.args and isinstance(error.args[-1], str) else "?"
+        self.bad.append(f"{where} ({type(error).__name__})")
+        log.warning("skipping bad webdataset data: %s: %s", type(error).__name__, error)
         return True
 
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
+    def take(self) -> Tuple[str, ...]:
+        bad, self.bad = tuple(self.bad), []
+        return bad
 
 
 class _RankSplit:
@@ -96,40 +102,70 @@ class _RankSplit:
         return islice(src, self.rank, None, self.world_size)
 
 
+def sample_name(sample: dict) -> str:
+    """``"<shard>:<key>"`` of a webdataset sample, for logs and reports."""
+    return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+
+
+def decode_sample(sample: dict) -> Tuple[Image.Image, str]:
+    """The RGB image and the stripped caption of a raw webdataset sample (member name -> bytes).
+
+    Raises
+    ------
+    ValueError
+        When the image or ``.txt`` member is missing or the caption is empty.
+    Exception
+        Whatever PIL raises on an unreadable image (``convert`` forces the whole decode).
+    """
+    image_key = next((key for key in sample if key.lower() in _IMAGE_EXTS), None)
+    if image_key is None:
+        raise ValueError("no image member (.jpg, .jpeg, .png or .webp)")
+    if "txt" not in sample:
+        raise ValueError("no .txt caption member")
+    caption = sample["txt"].decode("utf-8").strip()
+    if not caption:
+        raise ValueError("empty caption")
+    with Image.open(io.BytesIO(sample[image_key])) as image:
+        return image.convert("RGB"), caption
+
+
 class _Batcher:
-    """Pipeline stage: preprocess ``(image, caption, key)`` tuples and collate full local batches."""
+    """Pipeline stage: raw samples -> full local batches of ``batch_size`` good samples.
+
+    A bad sample (see :func:`decode_sample`, or a failing transform) is logged, named and replaced
+    by the next one of the stream, so every batch is full on every rank. Captions are tokenized
+    once per batch. The transforms of batch ``k`` of a worker run under a torch seed drawn from
+    ``(seed, worker, k)``.
+    """
 
     def __init__(self, transform, tokenizer, batch_size: int, counter: _SkipCounter, seed: List[int]):
         self.transform, self.tokenizer = transform, tokenizer
         self.batch_size, self.counter, self.seed = batch_size, counter, seed
-
-    def _item(self, sample):
-        image, caption, name = sample
-        caption = caption.strip() if isinstance(caption, str) else ""
-        if not caption:
-            log.warning("skipping %s: empty caption", name)
-            return None
-        try:
-            return self.transform(image.convert("RGB")), self.tokenizer([caption])[0]
-        except Exception as error:  # a bad image must not stop training
-            log.warning("skipping %s: %s: %s", name, type(error).__name__, error)
-            return None
 
     def __call__(self, src) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         samples = iter(src)
         for k in range(1 << 62):
-            group = list(islice(samples, self.batch_size))
-            if len(group) < self.batch_size:
-                return  # drop the partial tail of the pass
+            images, captions, bad = [], [], []
             item_seed = int(np.random.SeedSequence(self.seed + [worker, k]).generate_state(1)[0])
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed)
-                items = [self._item(s) for s in group]
-            names = [f"{s[2]}" for s in group]
-            batch = collate_skip_bad(items, sources=names)
-            yield batch._replace(n_skipped=batch.n_skipped + self.counter.take())
+                for sample in samples:
+                    try:
+                        image, caption = decode_sample(sample)
+                        images.append(self.transform(image))
+                    except Exception as error:  # a bad sample must not stop training
+                        bad.append(sample_name(sample))
+                        log.warning("skipping %s: %s: %s", bad[-1], type(error).__name__, error)
+                        continue
+                    captions.append(caption)
+                    if len(images) == self.batch_size:
+                        break
+            if len(images) < self.batch_size:
+                return  # the pass ran dry: drop its partial tail
+            bad = self.counter.take() + tuple(bad)
+            yield Batch(torch.stack(images), self.tokenizer(captions), len(bad), bad)
 
 
 class WebDatasetLoader(PositionedLoader):
@@ -186,7 +222,6 @@ class WebDatasetLoader(PositionedLoader):
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.workers, self.shuffle_buffer = int(workers), int(shuffle_buffer)
         self.pin_memory = bool(pin_memory)
-        self.n_skipped_total = 0
 
     def _pass_urls(self, epoch: int, pass_index: int) -> List[str]:
         rng = np.random.default_rng([self.seed, epoch, pass_index])
@@ -211,8 +246,6 @@ class WebDatasetLoader(PositionedLoader):
             dataset = dataset.shuffle(
                 self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=self.seed + 7919 * epoch + pass_index
             )
-        dataset = dataset.decode("pil", handler=counter)
-        dataset = dataset.to_tuple(IMAGE_KEYS, "txt", "__key__", handler=counter)
         seed = [self.seed, epoch, pass_index, self.rank]
         return dataset.compose(_Batcher(self.transform, self.tokenizer, self.local_batch_size, counter, seed))
 
@@ -232,8 +265,7 @@ class WebDatasetLoader(PositionedLoader):
             for batch in loader:
                 produced += 1
                 if produced > start:
-                    self.n_skipped_total += batch.n_skipped
-                    yield batch
+                    yield self._count_bad(batch)
                 if produced == self.steps_per_epoch:
                     return
             if produced == before:
@@ -251,28 +283,23 @@ def read_samples(pattern: str, transform: Callable, tokenizer: Callable):
     -------
     images : torch.Tensor, shape (N, 3, H, W)
     texts : torch.Tensor, shape (N, L)
-    captions : list of str
-    n_skipped : int
+    captions : list of str, length N
+    bad : list of str
+        Names of the samples (``shard:key``) or shards that were skipped.
     """
     counter = _SkipCounter()
-    dataset = (
-        wds.WebDataset(expand_shards(pattern), handler=counter, shardshuffle=False, empty_check=False,
-                       nodesplitter=None, workersplitter=None)
-        .decode("pil", handler=counter)
-        .to_tuple(IMAGE_KEYS, "txt", handler=counter)
-    )
-    images, captions = [], []
-    for image, caption in dataset:
-        caption = caption.strip() if isinstance(caption, str) else ""
-        if not caption:
-            counter.count += 1
-            continue
+    dataset = wds.WebDataset(expand_shards(pattern), handler=counter, shardshuffle=False, empty_check=False,
+                             nodesplitter=None, workersplitter=None)
+    images, captions, bad = [], [], []
+    for sample in dataset:
         try:
-            images.append(transform(image.convert("RGB")))
+            image, caption = decode_sample(sample)
+            images.append(transform(image))
         except Exception as error:
-            counter(error)
+            bad.append(sample_name(sample))
+            log.warning("skipping validation sample %s: %s: %s", bad[-1], type(error).__name__, error)
             continue
         captions.append(caption)
     if not images:
         raise BadDataError(f"no good sample in {pattern!r}")
-    return torch.stack(images), tokenizer(captions), captions, counter.count
+    return torch.stack(images), tokenizer(captions), captions, list(counter.take()) + bad
