@@ -459,6 +459,45 @@ def test_non_finite_input_raises():
     assert not M.check_point_on_manifold(x)
 
 
+NON_FINITE = {  # (row, sphere, column) entries of x overwritten, and the value written
+    "one NaN": ([(1, 0, 2)], math.nan),
+    "all NaN": ([(i, b, j) for i in range(3) for b in range(2) for j in range(4)], math.nan),
+    "Inf": ([(1, 1, 0)], math.inf),
+    "-Inf": ([(1, 0, 3)], -math.inf),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE)
+@pytest.mark.parametrize("op", ["cdist", "cdist precise=False", "dist", "dist2", "retr"])
+def test_distances_propagate_non_finite_input(op, case):
+    """A point with NaN or Inf has no distance: its entries are NaN, never a plausible number
+    (cdist used to give ~6 for NaN rows and 0 for Inf, dist a finite pi per sphere for Inf, retr e_1
+    for NaN)."""
+    x, y = ref_points((3, 2, 4), 21), ref_points((5, 2, 4), 22)
+    x[1, 0] = y[2, 0]  # a coincident sphere: cdist's exact recomputation runs on row 1 too
+    entries, value = NON_FINITE[case]
+    bad = x.clone()
+    for index in entries:
+        bad[index] = value
+    if op == "retr":  # per sphere: a NaN in each sphere that had a bad entry, the others unchanged
+        u = ref_tangent(x, 23)
+        out, clean = M.retr(bad, u), M.retr(x, u)
+        touched = torch.zeros(3, 2, dtype=torch.bool)
+        for i, b, _ in entries:
+            touched[i, b] = True
+        assert torch.isnan(out[touched]).any(-1).all()
+        torch.testing.assert_close(out[~touched], clean[~touched], atol=0, rtol=0)
+        return
+    if op.startswith("cdist"):
+        out, clean = (M.cdist(t, y, precise=op == "cdist") for t in (bad, x))
+    else:
+        out, clean = (getattr(M, op)(t, y[:3]) for t in (bad, x))
+    rows = sorted({i for i, _, _ in entries})
+    assert torch.isnan(out[rows]).all()
+    others = [i for i in range(3) if i not in rows]
+    torch.testing.assert_close(out[others], clean[others], atol=0, rtol=0)
+
+
 def test_off_manifold_checks_explain():
     ok, reason = M.check_point_on_manifold(2 * M.random(2, 3), explain=True)
     assert not ok and "unit norm" in reason

@@ -211,3 +211,17 @@ def test_register_custom_similarity():
         import manifold_align.similarity as S
 
         S._REGISTRY.pop("twice-oblique", None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", BUILTINS)
+def test_non_finite_input_gives_non_finite_scores_for_its_row_only(name, value):
+    """NaN or Inf in a feature never turns into an ordinary score (geodesic used to give ~6 or 0)."""
+    sim = get_similarity(name)
+    a, b = sim.project(_features(3, 2, 4, 0)), sim.project(_features(3, 2, 4, 1))
+    a = a.reshape(3, 2, 4).clone() if name == "cosine" else a.clone()
+    a[1, 0, 2] = value
+    a = a.flatten(1) if name == "cosine" else a
+    pairwise, paired = sim.pairwise(a, b), sim.paired(a, b)
+    assert not torch.isfinite(pairwise[1]).any() and not torch.isfinite(paired[1])
+    assert torch.isfinite(pairwise[[0, 2]]).all() and torch.isfinite(paired[[0, 2]]).all()

@@ -36,9 +36,10 @@ def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """sqrt with gradient 0 (instead of inf, which times 0 gives NaN) where ``t <= 0``."""
-    positive = t > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), torch.zeros_like(t))
+    """sqrt with gradient 0 (instead of inf, which times 0 gives NaN) where ``t <= 0``; NaN stays NaN."""
+    # the mask is ``t <= 0``, not ``not t > 0``: a NaN (from NaN input) must not become 0
+    zero = t <= 0
+    return torch.where(zero, torch.zeros_like(t), torch.sqrt(torch.where(zero, torch.ones_like(t), t)))
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,11 +63,15 @@ def _first_basis_vector(like: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Normalize each row; a zero row becomes e_1 = (1, 0, ..., 0) instead of 0/0 = NaN."""
+    """Normalize each row; a zero row becomes e_1 = (1, 0, ..., 0) instead of 0/0 = NaN.
+
+    A row with NaN or Inf comes out with NaN (``n == 0`` is False for a NaN norm): replacing it by
+    e_1 would turn bad input into a plausible point.
+    """
     n = _row_norm(x)
-    nonzero = n > 0
-    unit = x / torch.where(nonzero, n, torch.ones_like(n))
-    return torch.where(nonzero, unit, _first_basis_vector(x))
+    zero = n == 0
+    unit = x / torch.where(zero, torch.ones_like(n), n)
+    return torch.where(zero, _first_basis_vector(x), unit)
 
 
 def _row_angle(x: torch.Tensor, y: torch.Tensor, y_minus_x: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -91,7 +96,10 @@ class _ChordAngle(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a)
-        return 2 * torch.asin((0.5 * a).clamp(max=1))
+        angle = 2 * torch.asin((0.5 * a).clamp(max=1))
+        # the clamp absorbs rounding (a slightly above 2) but would turn an Inf chord, from Inf
+        # input, into a plausible pi; NaN passes through clamp and asin by itself
+        return angle.masked_fill_(torch.isinf(a), math.nan)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -182,7 +190,7 @@ class Oblique(Manifold):
     only Python time. Finiteness is checked where raw data enters the manifold: :meth:`projx`,
     :meth:`check_point` / :meth:`assert_check_point` and the ``check_*_on_*`` helpers, not in the
     hot ``dist``/``expmap``/``logmap``/``retr`` path (that check needs a reduction and, on a GPU,
-    a device sync).
+    a device sync); there NaN or Inf in a row gives NaN results for that row, never a finite value.
 
     See Also
     --------
