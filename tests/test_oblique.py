@@ -448,6 +448,42 @@ def test_bad_shapes_name_argument_expected_and_received(call, arg, received):
         call(Oblique(k=3, d=4))
 
 
+MISMATCHED = [  # (call on Oblique() with free k and d, argument named, expected text, received shape)
+    (lambda m: m.dist(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "y", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.dist2(torch.zeros(3, 4), torch.zeros(2, 4)), "y", r"\(3, 4\)", r"\(2, 4\)"),
+    (lambda m: m.logmap(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "y", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.expmap(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "u", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.retr(torch.zeros(2, 3, 4), torch.zeros(3, 5)), "u", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.proju(torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)), "u", r"\(3, 4\)", r"\(2, 2, 4\)"),
+    (lambda m: m.inner(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 5)), "v", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.transp(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, 4)), "v", r"\(3, 4\)", r"\(2, 4\)"),
+    (lambda m: m.transp(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, 5)), "y", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.cdist(torch.zeros(2, 3, 4), torch.zeros(5, 2, 4)), "y", r"\(3, 4\)", r"\(5, 2, 4\)"),
+]
+
+
+@pytest.mark.parametrize("call, arg, expected, received", MISMATCHED)
+def test_mismatched_k_or_d_names_argument_expected_and_received(call, arg, expected, received):
+    """Used to leak torch's broadcast RuntimeError (dist) or bmm's size message (cdist)."""
+    with pytest.raises(ValueError, match=rf"`{arg}` must have the same \(k, d\) = {expected} .*got shape {received}"):
+        call(Oblique())
+
+
+def test_unbroadcastable_batch_dims_name_both_arguments():
+    with pytest.raises(ValueError, match=r"`x` and `y` must have broadcastable batch dims.*got \(2,\) and \(3,\)"):
+        M.dist(torch.zeros(2, 3, 4), torch.zeros(3, 3, 4))
+
+
+@pytest.mark.parametrize("op", ["dist", "logmap", "expmap", "retr", "proju", "projx", "cdist"])
+def test_integer_tensors_name_argument_and_dtype(op):
+    """Used to leak torch's 'Expected a floating point or complex tensor' (or, for projx, return zeros)."""
+    x = torch.ones(2, 3, 4, dtype=torch.int64)
+    call = (lambda: M.projx(x)) if op == "projx" else (lambda: getattr(M, op)(x, ref_points((2, 3, 4), 0)))
+    with pytest.raises(ValueError, match=r"`x` must be a floating-point tensor .*got dtype torch.int64"):
+        call()
+    assert not M.check_point_on_manifold(x)
+
+
 def test_non_finite_input_raises():
     x = torch.ones(2, 3, 4)
     x[0, 1, 2] = float("nan")

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..dtypes import autocast_disabled
 from ..dtypes import compute_dtype as _compute_dtype
-from ..validation import check_finite
+from ..validation import check_broadcastable, check_finite, check_floating, describe_shape
 
 __all__ = ["Oblique", "ObliqueExact"]
 
@@ -165,10 +165,6 @@ def _near_pair_angles(xu: torch.Tensor, yu: torch.Tensor, flat: torch.Tensor) ->
     return torch.cat(out)
 
 
-def _shape_text(shape: Tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 class Oblique(Manifold):
     r"""Oblique manifold OB(d, k) = S^(d-1) x ... x S^(d-1) (k factors), points stored as rows.
 
@@ -237,7 +233,7 @@ class Oblique(Manifold):
             return True, None
         return False, (
             f"`{name}` must have shape {self._expected_shape()} (k >= 1 spheres of dimension d >= 2), "
-            f"got shape {_shape_text(shape)}"
+            f"got shape {describe_shape(shape)}"
         )
 
     def _assert_shape(self, tensor: torch.Tensor, name: str) -> None:
@@ -248,6 +244,24 @@ class Oblique(Manifold):
         ok, reason = self._check_shape(tensor.shape, name)
         if not ok:
             raise ValueError(reason)
+        check_floating(tensor, name)
+
+    def _assert_pair(self, a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+        """Both valid, with the same (k, d) and broadcastable batch dims (checked only when the shapes differ)."""
+        self._assert_shape(a, a_name)
+        self._assert_shape(b, b_name)
+        if a.shape != b.shape:
+            self._assert_same_rows(a, a_name, b, b_name)
+            check_broadcastable(a.shape[:-2], a_name, b.shape[:-2], b_name, "batch dims (...) of shape (..., k, d)")
+
+    @staticmethod
+    def _assert_same_rows(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+        if a.shape[-2:] != b.shape[-2:]:
+            k, d = a.shape[-2:]
+            raise ValueError(
+                f"`{b_name}` must have the same (k, d) = ({k}, {d}) as `{a_name}` (shape {describe_shape(a.shape)}), "
+                f"got shape {describe_shape(b.shape)}"
+            )
 
     def check_point(self, x: torch.Tensor, *, explain=False) -> Union[Tuple[bool, Optional[str]], bool]:
         """Check shape and finiteness of ``x``, shape ``(..., k, d)`` (not the unit norms)."""
@@ -262,6 +276,8 @@ class Oblique(Manifold):
         check_finite(x, "x")
 
     def _check_point_on_manifold(self, x: torch.Tensor, *, atol=1e-5, rtol=1e-5) -> Tuple[bool, Optional[str]]:
+        if not x.is_floating_point():
+            return False, f"`x` must be a floating-point tensor, got dtype {x.dtype}"
         if not bool(torch.isfinite(x).all()):
             return False, "`x` has non-finite values (NaN or Inf)"
         norms = _row_norm(_up(x)).squeeze(-1)
@@ -329,8 +345,11 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (..., k, d)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
+        return self._proju(x, u)
+
+    @staticmethod
+    def _proju(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         xc, uc = _up(x), _up(u)
         return torch.addcmul(uc, xc, _row_dot(xc, uc), value=-1).to(_result_dtype(x, u))
 
@@ -354,12 +373,11 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (...) or (..., 1, 1)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
         if v is None:
             v = u
         else:
-            self._assert_shape(v, "v")
+            self._assert_pair(x, "x", v, "v")
         out = (_up(u) * _up(v)).sum(dim=(-2, -1), keepdim=keepdim)
         target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
         return out.expand(target).to(_result_dtype(u, v))
@@ -378,9 +396,11 @@ class Oblique(Manifold):
         torch.Tensor, shape (..., k, d)
             ``<u_b, v_b>`` repeated along row b (an expanded view), like geoopt's ProductManifold of Spheres.
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
-        v = u if v is None else v
+        self._assert_pair(x, "x", u, "u")
+        if v is None:
+            v = u
+        else:
+            self._assert_pair(x, "x", v, "v")
         out = _row_dot(_up(u), _up(v)).to(_result_dtype(u, v))
         return out.expand(broadcast_shapes(x.shape, u.shape, v.shape))
 
@@ -397,8 +417,7 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (...) or (..., 1, 1)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
         out = torch.linalg.vector_norm(_up(u), dim=(-2, -1), keepdim=keepdim)
         target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
         return out.expand(target).to(u.dtype)
@@ -419,8 +438,7 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (..., k, d)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
         return _unit_rows(_up(x) + _up(u)).to(_result_dtype(x, u))
 
     def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -439,8 +457,7 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (..., k, d)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
         return self._expmap(_up(x), _up(u)).to(_result_dtype(x, u))
 
     @staticmethod
@@ -466,8 +483,7 @@ class Oblique(Manifold):
             direction of the round-off residue of ``w_b``, or ``w_b`` itself (about 0) when that
             residue is below ``eps * pi``. Never NaN.
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(y, "y")
+        self._assert_pair(x, "x", y, "y")
         xc, yc = _up(x), _up(y)
         diff = yc - xc
         # (y - x) - <x, y - x> x, not y - <x, y> x: relative accuracy eps even for nearby points
@@ -491,8 +507,7 @@ class Oblique(Manifold):
         -------
         torch.Tensor, shape (...) or (..., 1, 1)
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(y, "y")
+        self._assert_pair(x, "x", y, "y")
         return self._dist2(_up(x), _up(y), keepdim=keepdim).to(_result_dtype(x, y))
 
     @staticmethod
@@ -522,8 +537,7 @@ class Oblique(Manifold):
         torch.Tensor, shape (...) or (..., 1, 1)
             Values in [0, pi sqrt(k)].
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(y, "y")
+        self._assert_pair(x, "x", y, "y")
         out = torch.linalg.vector_norm(_chord_row_angle(_up(x), _up(y)), dim=-1)
         return (out[..., None, None] if keepdim else out).to(_result_dtype(x, y))
 
@@ -559,8 +573,9 @@ class Oblique(Manifold):
             self._assert_shape(t, name)
             if t.dim() != 3:
                 raise ValueError(
-                    f"`{name}` must have shape ({dim}, {self._expected_shape()[6:]}, got shape {_shape_text(t.shape)}"
+                    f"`{name}` must have shape ({dim}, {self._expected_shape()[6:]}, got shape {describe_shape(t)}"
                 )
+        self._assert_same_rows(x, "x", y, "y")
         out_dtype = _result_dtype(x, y)
         dtype = _compute_dtype(out_dtype)
         # autocast would run the matmul in 16 bits: cosines with ~3 significant digits
@@ -602,8 +617,9 @@ class Oblique(Manifold):
         torch.Tensor, shape (..., k, d)
             Tangent vector at ``y``.
         """
-        self._assert_shape(x, "x")
-        return self.proju(y, v)
+        self._assert_pair(x, "x", y, "y")
+        self._assert_pair(y, "y", v, "v")
+        return self._proju(y, v)
 
     # ------------------------------------------------------------------------------------------
     # sampling
@@ -689,8 +705,7 @@ class ObliqueExact(Oblique):
         torch.Tensor, shape (..., k, d)
             Unit rows (NaN rows where ``x`` or ``u`` has NaN or Inf in that row).
         """
-        self._assert_shape(x, "x")
-        self._assert_shape(u, "u")
+        self._assert_pair(x, "x", u, "u")
         out = self._expmap(_up(x), _up(u))
         # out of place: the norm's backward reads ``out``
         return (out / _row_norm(out)).to(_result_dtype(x, u))
