@@ -396,6 +396,139 @@ def test_agrees_with_pymanopt(kd, seed):
 
 
 # ---------------------------------------------------------------------------------------------
+# second order: ehess2rhess and dim (checked as pymanopt checks a Hessian, and against its solver)
+# ---------------------------------------------------------------------------------------------
+def quartic_cost(x, a, c):
+    """f(x) = sum_b (x_b^T A_b x_b)^2 + <c_b, x_b>^3: smooth, not quadratic, Euclidean Hessian varies with x."""
+    return (torch.einsum("...bi,bij,...bj->...b", x, a, x).square() + (x * c).sum(-1).pow(3)).sum()
+
+
+def euclidean_derivatives(x, u, a, c):
+    """(f(x), egrad, ehess = Euclidean Hessian applied to u), by double backward in float64."""
+    x = x.detach().requires_grad_()
+    f = quartic_cost(x, a, c)
+    (egrad,) = torch.autograd.grad(f, x, create_graph=True)
+    (ehess,) = torch.autograd.grad((egrad * u).sum(), x)
+    return f.detach(), egrad.detach(), ehess
+
+
+def quartic_problem(k=3, d=5, seed=30):
+    a = torch.randn(k, d, d, generator=gen(seed), dtype=torch.float64)
+    a = a + a.transpose(-2, -1)
+    c = torch.randn(k, d, generator=gen(seed + 1), dtype=torch.float64)
+    x = ref_points((k, d), seed + 2)
+    u = ref_tangent(x, seed + 3)
+    return a, c, x, u / u.norm()
+
+
+def taylor_slope(hessian):
+    """pymanopt's check_hessian: fitted log-log slope of |f(exp_x(h u)) - (f + h <g, u> + h^2 / 2 <H u, u>)|."""
+    a, c, x, u = quartic_problem()
+    f0, egrad, ehess = euclidean_derivatives(x, u, a, c)
+    slope_1 = float(M.inner(x, M.egrad2rgrad(x, egrad), u))
+    slope_2 = float(M.inner(x, hessian(x, egrad, ehess, u), u))
+    hs = np.logspace(-3, -1, 9)
+    gaps = [abs(float(quartic_cost(M.expmap(x, h * u), a, c)) - (float(f0) + h * slope_1 + h * h / 2 * slope_2))
+            for h in hs]
+    return np.polyfit(np.log(hs), np.log(gaps), 1)[0]
+
+
+def test_ehess2rhess_passes_the_second_order_taylor_check():
+    assert taylor_slope(M.ehess2rhess) > 2.9  # 3: the quadratic model is exact to second order
+    # the check has teeth: the projected Euclidean Hessian alone (no curvature term) is only first order
+    assert taylor_slope(lambda x, g, h, u: M.proju(x, h)) < 2.2
+
+
+def test_ehess2rhess_is_symmetric_tangent_and_agrees_with_pymanopt():
+    import pymanopt.manifolds
+
+    from manifold_align.manifolds.conversions import from_pymanopt, to_pymanopt
+
+    a, c, x, u = quartic_problem()
+    v = ref_tangent(x, 40)
+    _, egrad, hess_u = euclidean_derivatives(x, u, a, c)
+    _, _, hess_v = euclidean_derivatives(x, v, a, c)
+    h_u, h_v = M.ehess2rhess(x, egrad, hess_u, u), M.ehess2rhess(x, egrad, hess_v, v)
+    lhs, rhs = float(M.inner(x, h_u, v)), float(M.inner(x, u, h_v))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+    M.assert_check_vector_on_tangent(x, h_u, atol=1e-13)
+    pm = pymanopt.manifolds.Oblique(5, 3)
+    expected = pm.euclidean_to_riemannian_hessian(*(to_pymanopt(t) for t in (x, egrad, hess_u, u)))
+    torch.testing.assert_close(h_u, from_pymanopt(expected), atol=1e-13, rtol=0)
+
+
+def test_dim_is_k_times_d_minus_1():
+    assert Oblique(k=3, d=5).dim == 12 and ObliqueExact(k=1, d=2).dim == 1
+    with pytest.raises(ValueError, match=r"`dim` needs fixed sizes.*got k=None, d=5"):
+        Oblique(d=5).dim
+
+
+def _pymanopt_on_our_geometry(k, d):
+    """pymanopt's manifold interface with every geometric operation TrustRegions calls (inner product,
+    norm, projection, gradient and Hessian conversion, retraction, dim) done by our Oblique, through
+    the row/column conversions."""
+    import pymanopt.manifolds
+
+    from manifold_align.manifolds.conversions import from_pymanopt as rows, to_pymanopt as columns
+
+    ours = Oblique(k, d)
+
+    class OursForPymanopt(pymanopt.manifolds.Oblique):
+        dim = ours.dim
+
+        def inner_product(self, point, u, v):
+            return float(ours.inner(rows(point), rows(u), rows(v)))
+
+        def norm(self, point, u):
+            return float(ours.norm(rows(point), rows(u)))
+
+        def projection(self, point, vector):
+            return columns(ours.proju(rows(point), rows(vector)))
+
+        to_tangent_space = projection
+
+        def euclidean_to_riemannian_gradient(self, point, egrad):
+            return columns(ours.egrad2rgrad(rows(point), rows(egrad)))
+
+        def euclidean_to_riemannian_hessian(self, point, egrad, ehess, u):
+            return columns(ours.ehess2rhess(rows(point), rows(egrad), rows(ehess), rows(u)))
+
+        def retraction(self, point, u):
+            return columns(ours.retr(rows(point), rows(u)))
+
+    return OursForPymanopt(d, k)
+
+
+def test_trust_regions_on_our_geometry_reaches_the_optimum_as_on_pymanopts():
+    """min sum_b x_b^T A_b x_b on OB(d, k): optimum x_b = +-(eigenvector of A_b's smallest eigenvalue)."""
+    import autograd.numpy as anp
+    import pymanopt
+    import pymanopt.manifolds
+    import pymanopt.optimizers
+
+    k, d = 3, 6
+    a = np.random.default_rng(50).standard_normal((k, d, d))
+    a = a + a.transpose(0, 2, 1)
+    start = np.random.default_rng(51).standard_normal((d, k))
+    start /= np.linalg.norm(start, axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(a)
+
+    def solve(manifold):
+        @pymanopt.function.autograd(manifold)
+        def cost(point):  # columns: point[:, b] is sphere b
+            return anp.einsum("ib,bij,jb->", point, a, point)
+
+        problem = pymanopt.Problem(manifold, cost)
+        return pymanopt.optimizers.TrustRegions(verbosity=0).run(problem, initial_point=start.copy())
+
+    ours, theirs = solve(_pymanopt_on_our_geometry(k, d)), solve(pymanopt.manifolds.Oblique(d, k))
+    assert ours.cost == pytest.approx(eigenvalues[:, 0].sum(), abs=1e-10)
+    assert np.abs(np.einsum("ib,bi->b", ours.point, eigenvectors[:, :, 0])) == pytest.approx(1, abs=1e-8)
+    assert ours.iterations == theirs.iterations
+    np.testing.assert_allclose(ours.point, theirs.point, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
 # dtypes
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -32,7 +32,12 @@ def _up(t: torch.Tensor) -> torch.Tensor:
 
 
 def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.result_type(*tensors) if len(tensors) > 1 else tensors[0].dtype
+    if len(tensors) == 2:
+        return torch.result_type(*tensors)
+    dtype = tensors[0].dtype  # torch.result_type takes two tensors at most
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
@@ -354,6 +359,58 @@ class Oblique(Manifold):
         return torch.addcmul(uc, xc, _row_dot(xc, uc), value=-1).to(_result_dtype(x, u))
 
     egrad2rgrad = proju
+
+    def ehess2rhess(self, x: torch.Tensor, egrad: torch.Tensor, ehess: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        r"""Riemannian Hessian of f applied to ``u``, from the Euclidean gradient and Hessian-vector product.
+
+        Per row (sphere b)::
+
+            Hess f(x)[u]_b = P_x(ehess - <x_b, egrad_b> u_b)_b,   P_x(v)_b = v_b - <x_b, v_b> x_b
+
+        the projection of the Euclidean Hessian-vector product plus the curvature (Weingarten) term
+        of the unit sphere, whose normal is ``x_b`` itself; the same operator as pymanopt's and
+        Manopt's ``obliquefactory`` (``u`` tangent, so projecting the ``u_b`` term changes nothing,
+        but it keeps the result tangent to rounding). geoopt has no Hessians; pymanopt's second-order
+        solvers (``TrustRegions``) need this.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (..., k, d)
+            Point on the manifold.
+        egrad : torch.Tensor, shape (..., k, d)
+            Euclidean gradient of f at ``x``.
+        ehess : torch.Tensor, shape (..., k, d)
+            Euclidean Hessian of f at ``x`` applied to ``u``.
+        u : torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``.
+
+        Returns
+        -------
+        torch.Tensor, shape (..., k, d)
+            Tangent vector at ``x``; a self-adjoint linear function of ``u`` for the Riemannian metric.
+        """
+        self._assert_pair(x, "x", egrad, "egrad")
+        self._assert_pair(x, "x", ehess, "ehess")
+        self._assert_pair(x, "x", u, "u")
+        xc, gc, hc, uc = _up(x), _up(egrad), _up(ehess), _up(u)
+        return self._proju(xc, torch.addcmul(hc, uc, _row_dot(xc, gc), value=-1)).to(
+            _result_dtype(x, egrad, ehess, u)
+        )
+
+    @property
+    def dim(self) -> int:
+        """Manifold dimension ``k (d - 1)`` (pymanopt's ``dim``): each sphere S^(d-1) has dimension d - 1.
+
+        Raises
+        ------
+        ValueError
+            When ``k`` or ``d`` was left None (the dimension is then unknown).
+        """
+        if self.k is None or self.d is None:
+            raise ValueError(
+                f"`dim` needs fixed sizes: construct Oblique(k=..., d=...), got k={self.k!r}, d={self.d!r}"
+            )
+        return self.k * (self.d - 1)
 
     def inner(
         self, x: torch.Tensor, u: torch.Tensor, v: Optional[torch.Tensor] = None, *, keepdim=False
