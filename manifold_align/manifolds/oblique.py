@@ -101,10 +101,11 @@ class _ChordAngle(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a)
-        angle = 2 * torch.asin((0.5 * a).clamp(max=1))
-        # the clamp absorbs rounding (a slightly above 2) but would turn an Inf chord, from Inf
-        # input, into a plausible pi; NaN passes through clamp and asin by itself
-        return angle.masked_fill_(torch.isinf(a), math.nan)
+        # The clamp absorbs rounding (a slightly above 2) but would turn an Inf chord, from Inf
+        # input, into a plausible pi; adding 0 * a (alpha=0, fused in one pass) puts NaN back there
+        # (0 * Inf = NaN) and adds exactly 0 elsewhere. NaN passes through clamp and asin by itself.
+        # In place: one temporary instead of five (measured as fast as the plain clamp-and-asin).
+        return (0.5 * a).clamp_(max=1).asin_().mul_(2).add_(a, alpha=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
