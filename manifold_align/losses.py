@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from .distributed import all_gather_with_grad, gather_features, is_distributed
 from .entailment import entailment_loss
 from .similarity import Similarity, get_similarity
 from .temperature import Temperature, get_temperature
-from .validation import check_rank, describe_shape
+from .validation import check_floating, check_nonempty, check_on_manifold, check_rank, describe_shape
 
 __all__ = ["OBJECTIVES", "ContrastiveLoss", "ContrastiveLossOutput"]
 
@@ -64,35 +64,53 @@ def _positive_mask(n_rows: int, n_cols: int, offset: int, device) -> torch.Tenso
     return mask
 
 
+class _FeatureStats(NamedTuple):
+    """What :func:`_diagnostics` read off one feature tensor."""
+
+    n_nan: int = 0
+    n_inf: int = 0
+    #: the similarity's ``manifold_deviation``; NaN when not measured (or for non-finite features)
+    deviation: float = math.nan
+
+
 @torch.no_grad()
 def _diagnostics(similarity: torch.Tensor, offset: int, features: Mapping[str, torch.Tensor],
-                 scale: torch.Tensor) -> tuple[float, float, float, dict[str, tuple[int, int]]]:
-    """Mean positive and negative similarity, the scale used, and the NaN and Inf counts of ``features``.
+                 scale: torch.Tensor, deviations: Optional[Mapping[str, torch.Tensor]] = None,
+                 ) -> tuple[float, float, float, dict[str, _FeatureStats]]:
+    """Mean positive and negative similarity, the scale used, the NaN and Inf counts of ``features`` and the
+    ``deviations``.
 
     The similarity is an (n, m) block whose positives sit at (i, offset + i), read off the diagonal; the
-    negative mean is NaN when there are none. ``features`` maps argument names to tensors. Everything
-    comes to the host in one transfer (one device sync on a GPU).
+    negative mean is NaN when there are none. ``features`` maps argument names to tensors whose NaN and Inf
+    are counted, ``deviations`` argument names to 0-dim tensors (the similarity's ``manifold_deviation``).
+    Everything comes to the host in one transfer (one device sync on a GPU).
 
     Returns
     -------
     positive, negative, scale : float
-    bad : dict of str to (int, int)
-        ``(n_nan, n_inf)`` per name.
+    stats : dict of str to _FeatureStats
+        Per name in ``features`` or ``deviations``.
     """
     n, m = similarity.shape
     positive_sum = similarity.diagonal(offset).sum()
     n_negative = n * m - n
     negative_sum = similarity.sum() - positive_sum
+    dtype = similarity.dtype
     stats = [positive_sum / n, negative_sum / max(n_negative, 1), scale.detach().reshape(()).to(similarity)]
     for tensor in features.values():
-        stats += [torch.isnan(tensor).sum().to(stats[0].dtype), torch.isinf(tensor).sum().to(stats[0].dtype)]
-    pos, neg, scale_value, *counts = torch.stack(stats).tolist()
-    bad = {name: (int(counts[2 * i]), int(counts[2 * i + 1])) for i, name in enumerate(features)}
-    return pos, (neg if n_negative else math.nan), scale_value, bad
+        stats += [torch.isnan(tensor).sum().to(dtype), torch.isinf(tensor).sum().to(dtype)]
+    deviations = dict(deviations or {})
+    stats += [deviation.to(device=similarity.device, dtype=dtype) for deviation in deviations.values()]
+    pos, neg, scale_value, *values = torch.stack(stats).tolist()
+    counts, measured = values[: 2 * len(features)], values[2 * len(features):]
+    out = {name: _FeatureStats(int(counts[2 * i]), int(counts[2 * i + 1])) for i, name in enumerate(features)}
+    for name, deviation in zip(deviations, measured):
+        out[name] = out.get(name, _FeatureStats())._replace(deviation=deviation)
+    return pos, (neg if n_negative else math.nan), scale_value, out
 
 
 class ContrastiveLoss(nn.Module):
-    """Contrastive image-text loss on already projected features.
+    """Contrastive image-text loss on already projected features (it refuses raw ones: ``check_on_manifold``).
 
     Parameters
     ----------
@@ -120,6 +138,16 @@ class ContrastiveLoss(nn.Module):
         Raise ``ValueError`` naming the argument when the features hold NaN or Inf. Checked together with
         the diagnostics, in the one host transfer of a forward. False lets them through (the loss is then
         non-finite), for a caller that handles that, such as the trainer with ``train.skip_nonfinite``.
+    check_on_manifold : bool, default True, keyword-only
+        Raise ``ValueError`` naming the argument and its largest deviation when the features are not on
+        the similarity's manifold (:meth:`~manifold_align.similarity.Similarity.manifold_deviation` above
+        :meth:`~manifold_align.similarity.Similarity.manifold_tolerance`; for the oblique family, a token
+        whose norm is off 1 by more than 1e-2): raw, unprojected features would give a plausible but wrong
+        loss (38 nats off for standard normal (8, 16, 32) features). The loss refuses them instead of projecting them,
+        so that a missing ``project`` in the caller shows up instead of being papered over with a second
+        normalization. Read in the same host transfer as ``check_finite`` (no extra device sync); the
+        measurement is one norm pass over the features. Non-finite features pass this check (their
+        deviation is NaN): ``check_finite`` covers them. Similarities without a constraint skip it.
     rank, world_size : int, keyword-only
         Features are gathered only when ``world_size > 1`` (a process group must then be initialized).
     entailment_weight : float, default 0.0, keyword-only
@@ -148,6 +176,7 @@ class ContrastiveLoss(nn.Module):
         gather_with_grad: bool = False,
         cache_labels: bool = False,
         check_finite: bool = True,
+        check_on_manifold: bool = True,
         rank: int = 0,
         world_size: int = 1,
         entailment_weight: float = 0.0,
@@ -166,6 +195,7 @@ class ContrastiveLoss(nn.Module):
         self.gather_with_grad = gather_with_grad
         self.cache_labels = cache_labels
         self.check_finite = check_finite
+        self.check_on_manifold = check_on_manifold
         self.rank, self.world_size = rank, world_size
         self._labels: dict = {}
         self.logit_bias = self._make_bias(logit_bias, bias_init)
@@ -199,15 +229,20 @@ class ContrastiveLoss(nn.Module):
         return logit_bias
 
     # ---- checks ---------------------------------------------------------------------------------
-    @staticmethod
-    def _check_inputs(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
-        check_rank(image_features, "image_features", 2, "(N, k, d) or (N, D)")
-        check_rank(text_features, "text_features", 2, "(N, k, d) or (N, D)")
+    def _check_inputs(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+        """Shapes and dtypes, in the caller's argument names (Python only: no device work)."""
+        expected = self.similarity.expected_shape
+        for tensor, name in ((image_features, "image_features"), (text_features, "text_features")):
+            check_rank(tensor, name, 2, expected)
+            check_floating(tensor, name)
+            # an empty batch would give a NaN loss and NaN diagnostics without a word
+            check_nonempty(tensor, name, f"{expected} with every size >= 1")
         if image_features.shape != text_features.shape:
             raise ValueError(
                 f"`image_features` and `text_features` must have the same shape, got "
                 f"{describe_shape(image_features)} and {describe_shape(text_features)}"
             )
+        self.similarity.check_inputs(image_features, text_features, names=("image_features", "text_features"))
 
     # ---- softmax --------------------------------------------------------------------------------
     def _labels_for(self, n: int, device) -> torch.Tensor:
@@ -276,8 +311,8 @@ class ContrastiveLoss(nn.Module):
         Parameters
         ----------
         image_features, text_features : torch.Tensor, shape (N, k, d) (or (N, D) for ``cosine``)
-            Projected features (``similarity.project``); row i of each is a matched pair. Finite (see
-            ``check_finite``).
+            Projected features (``similarity.project``), floating point, N >= 1; row i of each is a matched
+            pair. Finite (see ``check_finite``) and on the similarity's manifold (see ``check_on_manifold``).
         logit_scale : torch.Tensor, 0-dim, optional, keyword-only
             The scale that multiplies similarities into logits (open_clip style: the model owns it and
             passes its forward output here, clamped by the model's temperature). None: the loss's own
@@ -287,6 +322,13 @@ class ContrastiveLoss(nn.Module):
         geometry : nn.Module, optional, keyword-only
             The similarity's learnable geometry (``similarity.make_geometry``), passed to
             ``similarity.pairwise``; required for ``lorentz``, None for the others.
+
+        Raises
+        ------
+        ValueError
+            Naming ``image_features`` or ``text_features``: wrong rank or shape for the similarity, an
+            integer dtype, an empty batch, shapes that differ; NaN/Inf values (``check_finite``), features
+            off the manifold (``check_on_manifold``).
 
         Returns
         -------
@@ -310,13 +352,22 @@ class ContrastiveLoss(nn.Module):
             value = self._entailment(image_features, text_features, geometry)
             loss = loss + self.entailment_weight * value
             entailment = float(value.detach())
-        checked = {"image_features": image_features, "text_features": text_features} if self.check_finite else {}
+        inputs = {"image_features": image_features, "text_features": text_features}
+        deviations = {}
+        if self.check_on_manifold:
+            measured = {name: self.similarity.manifold_deviation(t) for name, t in inputs.items()}
+            deviations = {name: d for name, d in measured.items() if d is not None}
         used_scale = self.temperature.scale() if logit_scale is None else logit_scale
-        pos, neg, scale_value, bad = _diagnostics(sim.detach(), offset, checked, used_scale)
-        for name, (n_nan, n_inf) in bad.items():
-            if n_nan or n_inf:
-                raise ValueError(f"`{name}` must be finite, got {n_nan} NaN and {n_inf} Inf values in a tensor of "
-                                 f"shape {describe_shape(checked[name])}")
+        pos, neg, scale_value, stats = _diagnostics(sim.detach(), offset, inputs if self.check_finite else {},
+                                                    used_scale, deviations)
+        for name, found in stats.items():
+            if found.n_nan or found.n_inf:
+                raise ValueError(f"`{name}` must be finite, got {found.n_nan} NaN and {found.n_inf} Inf values in a "
+                                 f"tensor of shape {describe_shape(inputs[name])}")
+        for name, found in stats.items():
+            if name in deviations:
+                tolerance = self.similarity.manifold_tolerance(inputs[name].dtype)
+                check_on_manifold(found.deviation, tolerance, name, self.similarity.manifold_text)
         return ContrastiveLossOutput(
             loss=loss, scale=scale_value, positive_similarity=pos,
             negative_similarity=neg, gap=pos - neg, entailment=entailment,

@@ -3,7 +3,8 @@
 A :class:`Similarity` scores image features against text features. Features are tensors of shape
 ``(N, k, d)`` (k tokens of d dims each); ``cosine`` also accepts ``(N, D)``. Every similarity
 
-* projects raw features onto its manifold (:meth:`Similarity.project`),
+* projects raw features onto its manifold (:meth:`Similarity.project`) and measures how far given
+  features are from it (:meth:`Similarity.manifold_deviation`, what the loss checks),
 * scores all pairs (:meth:`Similarity.pairwise`, ``(Na, Nb)``) or matched rows (:meth:`Similarity.paired`,
   ``(N,)``), always in float32 or float64 (half-precision inputs and autocast regions are upcast to float32,
   so logits never come out in bfloat16),
@@ -43,6 +44,7 @@ from .dtypes import autocast_disabled
 from .geometries import LorentzGeometry
 from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0
 from .manifolds.oblique import Oblique
+from .validation import check_on_manifold as _refuse_off_manifold
 from .validation import check_rank, describe_shape
 
 _OBLIQUE = Oblique()
@@ -63,6 +65,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+#: floor of Similarity.manifold_tolerance
+_MANIFOLD_ATOL = 1e-2
+
+
+@torch.no_grad()
+def _max_unit_norm_deviation(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``max | |x| - 1 |`` over the vectors along ``dim``, 0-dim (0 for an empty ``x``); NaN propagates."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    return (torch.linalg.vector_norm(_upcast(x), dim=dim) - 1).abs().amax()
+
+
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     """Return ``x`` in float32 if it is a half-precision or integer tensor, else unchanged (float64 stays)."""
     if x.dtype in (torch.float32, torch.float64):
@@ -89,6 +103,8 @@ class Similarity(abc.ABC):
     name: str = "abstract"
     #: shape text used in error messages
     expected_shape: str = "(N, k, d)"
+    #: the manifold in words, used in error messages
+    manifold_text: str = "OB(d, k), every token (row of the last axis) of unit norm"
 
     # ---- to implement ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -150,9 +166,14 @@ class Similarity(abc.ABC):
         return ()
 
     # ---- validation, overridable ----------------------------------------------------------------
-    def _check(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check both inputs are (N, k, d) with the same (k, d); return them unchanged."""
-        for x, name in ((a, "a"), (b, "b")):
+    def _check(
+        self, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b")
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check both inputs are (N, k, d) with the same (k, d); return them unchanged.
+
+        ``names`` are the caller's argument names, quoted in the messages.
+        """
+        for x, name in zip((a, b), names):
             check_rank(x, name, 3, self.expected_shape)
             if x.dim() != 3:
                 raise ValueError(
@@ -161,10 +182,62 @@ class Similarity(abc.ABC):
                 )
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(
-                f"`a` and `b` must have the same (k, d) for similarity '{self.name}', "
-                f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)}"
+                f"`{names[0]}` and `{names[1]}` must have the same (k, d) for similarity '{self.name}', "
+                f"got {names[0]} of shape {describe_shape(a)} and {names[1]} of shape {describe_shape(b)}"
             )
         return a, b
+
+    def manifold_deviation(self, features: torch.Tensor) -> torch.Tensor | None:
+        """How far ``features`` are from this similarity's manifold: the largest ``| |u_b| - 1 |``.
+
+        The default measures the unit norm of every token (row of the last axis), the manifold of the
+        oblique family; a similarity with another manifold overrides it, and one with no constraint
+        (an unnormalized Euclidean score) returns None. No device sync: the caller decides when to read
+        the value (:class:`~manifold_align.losses.ContrastiveLoss` reads it in its one host transfer).
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+
+        Returns
+        -------
+        torch.Tensor or None
+            0-dim, float32 (float64 for float64 input), on ``features``' device, without gradient; 0
+            for empty input, NaN when ``features`` hold NaN or Inf.
+        """
+        return _max_unit_norm_deviation(features, dim=-1)
+
+    def manifold_tolerance(self, dtype: torch.dtype) -> float:
+        """Largest accepted :meth:`manifold_deviation` for features of ``dtype``.
+
+        ``1e-2``, or 8 times the dtype's machine epsilon where that is larger (bfloat16: 0.0625): far
+        below the deviation of raw features, well above the rounding of features projected in any
+        precision (a bfloat16-rounded unit row is off by at most ~4e-3).
+        """
+        return max(_MANIFOLD_ATOL, 8 * torch.finfo(dtype).eps)
+
+    def check_on_manifold(self, features: torch.Tensor, name: str = "features") -> None:
+        """Raise ``ValueError`` naming ``name`` and the deviation if ``features`` are off the manifold.
+
+        One device sync (it reads :meth:`manifold_deviation`); the loss fuses the same check into its
+        own host transfer instead of calling this.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (N, k, d)
+        name : str
+            The caller's argument name, quoted in the message.
+        """
+        deviation = self.manifold_deviation(features)
+        if deviation is not None:
+            tolerance = self.manifold_tolerance(features.dtype)
+            _refuse_off_manifold(float(deviation), tolerance, name, self.manifold_text)
+
+    def check_inputs(
+        self, a: torch.Tensor, b: torch.Tensor, *, names: tuple[str, str] = ("a", "b")
+    ) -> None:
+        """Raise ``ValueError`` (quoting ``names``) where :meth:`pairwise` would refuse ``a`` and ``b``."""
+        self._check(a, b, names)
 
     # ---- public ---------------------------------------------------------------------------------
     def pairwise(self, a: torch.Tensor, b: torch.Tensor, *, geometry: Optional[nn.Module] = None) -> torch.Tensor:
@@ -228,6 +301,7 @@ class CosineSimilarity(Similarity):
 
     name = "cosine"
     expected_shape = "(N, D) or (N, k, d)"
+    manifold_text = "the unit sphere S^(D-1), every (flattened) row of unit norm"
 
     def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
                 modality: str = "image") -> torch.Tensor:
@@ -248,8 +322,8 @@ class CosineSimilarity(Similarity):
     def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
         return (-1.0, 1.0)
 
-    def _check(self, a, b):
-        for x, name in ((a, "a"), (b, "b")):
+    def _check(self, a, b, names=("a", "b")):
+        for x, name in zip((a, b), names):
             check_rank(x, name, 2, self.expected_shape)
             if x.dim() > 3:
                 raise ValueError(
@@ -258,10 +332,18 @@ class CosineSimilarity(Similarity):
         a, b = a.flatten(1), b.flatten(1)
         if a.shape[1] != b.shape[1]:
             raise ValueError(
-                f"`a` and `b` must have the same width D = k * d for similarity 'cosine', "
-                f"got a of shape {describe_shape(a)} and b of shape {describe_shape(b)} after flattening"
+                f"`{names[0]}` and `{names[1]}` must have the same width D = k * d for similarity 'cosine', "
+                f"got {names[0]} of shape {describe_shape(a)} and {names[1]} of shape {describe_shape(b)} "
+                f"after flattening"
             )
         return a, b
+
+    def manifold_deviation(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The largest ``| |row| - 1 |`` of the flattened rows, shape (N, D) or (N, k, d) -> 0-dim.
+
+        See :meth:`Similarity.manifold_deviation`.
+        """
+        return _max_unit_norm_deviation(features.flatten(1), dim=-1)
 
     def _pairwise(self, a, b):
         return a @ b.T
@@ -400,6 +482,10 @@ class EuclideanSimilarity(Similarity):
         self.squared = bool(squared)
         self.precise = bool(precise)
 
+    def manifold_deviation(self, features: torch.Tensor) -> None:
+        """Unnormalized features: no manifold constraint to check (returns None)."""
+        return None
+
     def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
                 modality: str = "image") -> torch.Tensor:
         """Identity (no normalization): the features are points of R^(k x d) as they are.
@@ -513,6 +599,11 @@ class LorentzSimilarity(Similarity):
                 f"with curvature() and scale(modality)), got {type(geometry).__name__}"
             )
         return (geometry,)
+
+    def manifold_deviation(self, features: torch.Tensor) -> None:
+        """Space components of the hyperboloid: any vector is one (the time component is derived), so there is
+        no constraint to check (returns None)."""
+        return None
 
     def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
                 modality: str = "image") -> torch.Tensor:

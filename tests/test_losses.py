@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from manifold_align.losses import ContrastiveLoss, ContrastiveLossOutput
-from manifold_align.similarity import get_similarity
+from manifold_align.similarity import ObliqueSimilarity, get_similarity
 
 BUILTINS = ["cosine", "oblique", "geodesic", "chordal"]
 
@@ -195,7 +195,90 @@ def test_diagnostics_with_rank_offset(offset):
     s = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(offset))
     positive = torch.zeros(4, 12, dtype=torch.bool)
     positive[torch.arange(4), torch.arange(4) + offset] = True
-    pos, neg, scale, bad = _diagnostics(s, offset, {}, torch.tensor(2.5))
-    assert bad == {} and scale == 2.5
+    pos, neg, scale, stats = _diagnostics(s, offset, {}, torch.tensor(2.5))
+    assert stats == {} and scale == 2.5
     assert pos == pytest.approx(float(s[positive].mean()), abs=1e-12)
     assert neg == pytest.approx(float(s[~positive].mean()), abs=1e-12)
+
+
+# ---- features off the manifold ------------------------------------------------------------------
+def _largest_norm_error(x, flat):
+    """max | |row| - 1 | in float64, written out independently of the library."""
+    rows = x.double().flatten(1) if flat else x.double()
+    return float((rows.norm(dim=-1) - 1).abs().max())
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+def test_raw_features_are_refused_naming_the_tensor_and_its_deviation(name, objective):
+    """Raw features used to give a plausible loss tens of nats off the projected one."""
+    img = get_similarity(name).project(_features(8, 4, 6, 0)).reshape(8, 4, 6)
+    raw = _features(8, 4, 6, 1)
+    deviation = _largest_norm_error(raw, flat=name == "cosine")
+    loss = ContrastiveLoss(name, objective=objective)
+    with pytest.raises(ValueError, match=rf"`text_features` must lie on .* got a largest \| \|row\| - 1 \| of "
+                                         rf"{deviation:.3g}; project"):
+        loss(img, raw)
+
+
+def test_check_on_manifold_false_scores_raw_features_as_given():
+    raw_img, raw_txt = _features(8, 4, 6, 0), _features(8, 4, 6, 1)
+    out = ContrastiveLoss("oblique", check_on_manifold=False)(raw_img, raw_txt)
+    logits = torch.einsum("abd,cbd->ac", raw_img, raw_txt)  # the unnormalized formula, written out
+    labels = torch.arange(8)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_features_projected_in_low_precision_pass_the_manifold_check(dtype):
+    sim = get_similarity("oblique")
+    img, txt = (sim.project(_features(8, 16, 32, s, dtype=torch.float32).to(dtype)) for s in (0, 1))
+    assert _largest_norm_error(img, flat=False) > 0  # rounding, inside the tolerance
+    ContrastiveLoss("oblique")(img, txt)
+
+
+def test_off_manifold_check_shares_the_diagnostics_transfer():
+    """The deviation comes back with the diagnostics (one host transfer), next to the NaN/Inf counts."""
+    from manifold_align.losses import _diagnostics
+
+    s = torch.zeros(3, 3, dtype=torch.float64)
+    x = torch.tensor([[1.0, float("nan")]])
+    _, _, scale, stats = _diagnostics(s, 0, {"x": x}, torch.tensor(3.0),
+                                      {"x": torch.tensor(0.25), "y": torch.tensor(2.0)})
+    assert stats["x"] == (1, 0, 0.25) and stats["y"] == (0, 0, 2.0) and scale == 3.0
+
+
+def test_similarity_without_a_manifold_skips_the_check():
+    """A similarity on unconstrained features (as a Euclidean one will be) returns no deviation."""
+
+    class Unconstrained(ObliqueSimilarity):
+        name = "unconstrained-dot"
+
+        def manifold_deviation(self, features):
+            return None
+
+    raw_img, raw_txt = _features(8, 4, 6, 0), _features(8, 4, 6, 1)
+    out = ContrastiveLoss(Unconstrained())(raw_img, raw_txt)
+    assert torch.isfinite(out.loss)
+
+
+# ---- bad shapes and dtypes name the loss's own arguments -----------------------------------------
+@pytest.mark.parametrize(
+    "image, text, name, message",
+    [
+        (torch.randn(8, 512), torch.randn(8, 512), "image_features",
+         r"must have shape \(N, k, d\).*got shape \(8, 512\)"),
+        (torch.randn(0, 4, 6), torch.randn(0, 4, 6), "image_features",
+         r"must have shape \(N, k, d\) with every size >= 1, got the empty shape \(0, 4, 6\)"),
+        (torch.ones(8, 4, 6, dtype=torch.int64), torch.ones(8, 4, 6), "image_features",
+         r"must be a floating-point tensor .*got dtype torch.int64"),
+        (torch.ones(8, 4, 6), torch.ones(8, 4, 6, dtype=torch.int32), "text_features",
+         r"must be a floating-point tensor .*got dtype torch.int32"),
+    ],
+    ids=["flat-features-for-oblique", "empty-batch", "int64-image", "int32-text"],
+)
+def test_bad_inputs_name_the_loss_argument_expected_and_received(image, text, name, message):
+    """(8, 512) used to name the similarity's internal `a`; an empty batch gave NaN; ints a torch error."""
+    with pytest.raises(ValueError, match=rf"`{name}` {message}"):
+        ContrastiveLoss("oblique")(image, text)

@@ -14,6 +14,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import manifold_align.optim as ma_optim
 from manifold_align.manifolds.oblique import Oblique, ObliqueExact
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -395,6 +396,139 @@ def test_agrees_with_pymanopt(kd, seed):
 
 
 # ---------------------------------------------------------------------------------------------
+# second order: ehess2rhess and dim (checked as pymanopt checks a Hessian, and against its solver)
+# ---------------------------------------------------------------------------------------------
+def quartic_cost(x, a, c):
+    """f(x) = sum_b (x_b^T A_b x_b)^2 + <c_b, x_b>^3: smooth, not quadratic, Euclidean Hessian varies with x."""
+    return (torch.einsum("...bi,bij,...bj->...b", x, a, x).square() + (x * c).sum(-1).pow(3)).sum()
+
+
+def euclidean_derivatives(x, u, a, c):
+    """(f(x), egrad, ehess = Euclidean Hessian applied to u), by double backward in float64."""
+    x = x.detach().requires_grad_()
+    f = quartic_cost(x, a, c)
+    (egrad,) = torch.autograd.grad(f, x, create_graph=True)
+    (ehess,) = torch.autograd.grad((egrad * u).sum(), x)
+    return f.detach(), egrad.detach(), ehess
+
+
+def quartic_problem(k=3, d=5, seed=30):
+    a = torch.randn(k, d, d, generator=gen(seed), dtype=torch.float64)
+    a = a + a.transpose(-2, -1)
+    c = torch.randn(k, d, generator=gen(seed + 1), dtype=torch.float64)
+    x = ref_points((k, d), seed + 2)
+    u = ref_tangent(x, seed + 3)
+    return a, c, x, u / u.norm()
+
+
+def taylor_slope(hessian):
+    """pymanopt's check_hessian: fitted log-log slope of |f(exp_x(h u)) - (f + h <g, u> + h^2 / 2 <H u, u>)|."""
+    a, c, x, u = quartic_problem()
+    f0, egrad, ehess = euclidean_derivatives(x, u, a, c)
+    slope_1 = float(M.inner(x, M.egrad2rgrad(x, egrad), u))
+    slope_2 = float(M.inner(x, hessian(x, egrad, ehess, u), u))
+    hs = np.logspace(-3, -1, 9)
+    gaps = [abs(float(quartic_cost(M.expmap(x, h * u), a, c)) - (float(f0) + h * slope_1 + h * h / 2 * slope_2))
+            for h in hs]
+    return np.polyfit(np.log(hs), np.log(gaps), 1)[0]
+
+
+def test_ehess2rhess_passes_the_second_order_taylor_check():
+    assert taylor_slope(M.ehess2rhess) > 2.9  # 3: the quadratic model is exact to second order
+    # the check has teeth: the projected Euclidean Hessian alone (no curvature term) is only first order
+    assert taylor_slope(lambda x, g, h, u: M.proju(x, h)) < 2.2
+
+
+def test_ehess2rhess_is_symmetric_tangent_and_agrees_with_pymanopt():
+    import pymanopt.manifolds
+
+    from manifold_align.manifolds.conversions import from_pymanopt, to_pymanopt
+
+    a, c, x, u = quartic_problem()
+    v = ref_tangent(x, 40)
+    _, egrad, hess_u = euclidean_derivatives(x, u, a, c)
+    _, _, hess_v = euclidean_derivatives(x, v, a, c)
+    h_u, h_v = M.ehess2rhess(x, egrad, hess_u, u), M.ehess2rhess(x, egrad, hess_v, v)
+    lhs, rhs = float(M.inner(x, h_u, v)), float(M.inner(x, u, h_v))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+    M.assert_check_vector_on_tangent(x, h_u, atol=1e-13)
+    pm = pymanopt.manifolds.Oblique(5, 3)
+    expected = pm.euclidean_to_riemannian_hessian(*(to_pymanopt(t) for t in (x, egrad, hess_u, u)))
+    torch.testing.assert_close(h_u, from_pymanopt(expected), atol=1e-13, rtol=0)
+
+
+def test_dim_is_k_times_d_minus_1():
+    assert Oblique(k=3, d=5).dim == 12 and ObliqueExact(k=1, d=2).dim == 1
+    with pytest.raises(ValueError, match=r"`dim` needs fixed sizes.*got k=None, d=5"):
+        Oblique(d=5).dim
+
+
+def _pymanopt_on_our_geometry(k, d):
+    """pymanopt's manifold interface with every geometric operation TrustRegions calls (inner product,
+    norm, projection, gradient and Hessian conversion, retraction, dim) done by our Oblique, through
+    the row/column conversions."""
+    import pymanopt.manifolds
+
+    from manifold_align.manifolds.conversions import from_pymanopt as rows, to_pymanopt as columns
+
+    ours = Oblique(k, d)
+
+    class OursForPymanopt(pymanopt.manifolds.Oblique):
+        dim = ours.dim
+
+        def inner_product(self, point, u, v):
+            return float(ours.inner(rows(point), rows(u), rows(v)))
+
+        def norm(self, point, u):
+            return float(ours.norm(rows(point), rows(u)))
+
+        def projection(self, point, vector):
+            return columns(ours.proju(rows(point), rows(vector)))
+
+        to_tangent_space = projection
+
+        def euclidean_to_riemannian_gradient(self, point, egrad):
+            return columns(ours.egrad2rgrad(rows(point), rows(egrad)))
+
+        def euclidean_to_riemannian_hessian(self, point, egrad, ehess, u):
+            return columns(ours.ehess2rhess(rows(point), rows(egrad), rows(ehess), rows(u)))
+
+        def retraction(self, point, u):
+            return columns(ours.retr(rows(point), rows(u)))
+
+    return OursForPymanopt(d, k)
+
+
+def test_trust_regions_on_our_geometry_reaches_the_optimum_as_on_pymanopts():
+    """min sum_b x_b^T A_b x_b on OB(d, k): optimum x_b = +-(eigenvector of A_b's smallest eigenvalue)."""
+    import autograd.numpy as anp
+    import pymanopt
+    import pymanopt.manifolds
+    import pymanopt.optimizers
+
+    k, d = 3, 6
+    a = np.random.default_rng(50).standard_normal((k, d, d))
+    a = a + a.transpose(0, 2, 1)
+    start = np.random.default_rng(51).standard_normal((d, k))
+    start /= np.linalg.norm(start, axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(a)
+
+    def solve(manifold):
+        @pymanopt.function.autograd(manifold)
+        def cost(point):  # columns: point[:, b] is sphere b
+            return anp.einsum("ib,bij,jb->", point, a, point)
+
+        problem = pymanopt.Problem(manifold, cost)
+        return pymanopt.optimizers.TrustRegions(verbosity=0).run(problem, initial_point=start.copy())
+
+    ours, theirs = solve(_pymanopt_on_our_geometry(k, d)), solve(pymanopt.manifolds.Oblique(d, k))
+    assert ours.cost == pytest.approx(eigenvalues[:, 0].sum(), abs=1e-10)
+    assert np.abs(np.einsum("ib,bi->b", ours.point, eigenvectors[:, :, 0])) == pytest.approx(1, abs=1e-8)
+    assert ours.iterations == theirs.iterations
+    np.testing.assert_allclose(ours.point, theirs.point, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
 # dtypes
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -447,6 +581,42 @@ def test_bad_shapes_name_argument_expected_and_received(call, arg, received):
         call(Oblique(k=3, d=4))
 
 
+MISMATCHED = [  # (call on Oblique() with free k and d, argument named, expected text, received shape)
+    (lambda m: m.dist(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "y", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.dist2(torch.zeros(3, 4), torch.zeros(2, 4)), "y", r"\(3, 4\)", r"\(2, 4\)"),
+    (lambda m: m.logmap(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "y", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.expmap(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), "u", r"\(3, 4\)", r"\(2, 3, 5\)"),
+    (lambda m: m.retr(torch.zeros(2, 3, 4), torch.zeros(3, 5)), "u", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.proju(torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)), "u", r"\(3, 4\)", r"\(2, 2, 4\)"),
+    (lambda m: m.inner(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 5)), "v", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.transp(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, 4)), "v", r"\(3, 4\)", r"\(2, 4\)"),
+    (lambda m: m.transp(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, 5)), "y", r"\(3, 4\)", r"\(3, 5\)"),
+    (lambda m: m.cdist(torch.zeros(2, 3, 4), torch.zeros(5, 2, 4)), "y", r"\(3, 4\)", r"\(5, 2, 4\)"),
+]
+
+
+@pytest.mark.parametrize("call, arg, expected, received", MISMATCHED)
+def test_mismatched_k_or_d_names_argument_expected_and_received(call, arg, expected, received):
+    """Used to leak torch's broadcast RuntimeError (dist) or bmm's size message (cdist)."""
+    with pytest.raises(ValueError, match=rf"`{arg}` must have the same \(k, d\) = {expected} .*got shape {received}"):
+        call(Oblique())
+
+
+def test_unbroadcastable_batch_dims_name_both_arguments():
+    with pytest.raises(ValueError, match=r"`x` and `y` must have broadcastable batch dims.*got \(2,\) and \(3,\)"):
+        M.dist(torch.zeros(2, 3, 4), torch.zeros(3, 3, 4))
+
+
+@pytest.mark.parametrize("op", ["dist", "logmap", "expmap", "retr", "proju", "projx", "cdist"])
+def test_integer_tensors_name_argument_and_dtype(op):
+    """Used to leak torch's 'Expected a floating point or complex tensor' (or, for projx, return zeros)."""
+    x = torch.ones(2, 3, 4, dtype=torch.int64)
+    call = (lambda: M.projx(x)) if op == "projx" else (lambda: getattr(M, op)(x, ref_points((2, 3, 4), 0)))
+    with pytest.raises(ValueError, match=r"`x` must be a floating-point tensor .*got dtype torch.int64"):
+        call()
+    assert not M.check_point_on_manifold(x)
+
+
 def test_non_finite_input_raises():
     x = torch.ones(2, 3, 4)
     x[0, 1, 2] = float("nan")
@@ -456,6 +626,45 @@ def test_non_finite_input_raises():
     with pytest.raises(ValueError, match="`x`"):
         M.assert_check_point(x)
     assert not M.check_point_on_manifold(x)
+
+
+NON_FINITE = {  # (row, sphere, column) entries of x overwritten, and the value written
+    "one NaN": ([(1, 0, 2)], math.nan),
+    "all NaN": ([(i, b, j) for i in range(3) for b in range(2) for j in range(4)], math.nan),
+    "Inf": ([(1, 1, 0)], math.inf),
+    "-Inf": ([(1, 0, 3)], -math.inf),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE)
+@pytest.mark.parametrize("op", ["cdist", "cdist precise=False", "dist", "dist2", "retr"])
+def test_distances_propagate_non_finite_input(op, case):
+    """A point with NaN or Inf has no distance: its entries are NaN, never a plausible number
+    (cdist used to give ~6 for NaN rows and 0 for Inf, dist a finite pi per sphere for Inf, retr e_1
+    for NaN)."""
+    x, y = ref_points((3, 2, 4), 21), ref_points((5, 2, 4), 22)
+    x[1, 0] = y[2, 0]  # a coincident sphere: cdist's exact recomputation runs on row 1 too
+    entries, value = NON_FINITE[case]
+    bad = x.clone()
+    for index in entries:
+        bad[index] = value
+    if op == "retr":  # per sphere: a NaN in each sphere that had a bad entry, the others unchanged
+        u = ref_tangent(x, 23)
+        out, clean = M.retr(bad, u), M.retr(x, u)
+        touched = torch.zeros(3, 2, dtype=torch.bool)
+        for i, b, _ in entries:
+            touched[i, b] = True
+        assert torch.isnan(out[touched]).any(-1).all()
+        torch.testing.assert_close(out[~touched], clean[~touched], atol=0, rtol=0)
+        return
+    if op.startswith("cdist"):
+        out, clean = (M.cdist(t, y, precise=op == "cdist") for t in (bad, x))
+    else:
+        out, clean = (getattr(M, op)(t, y[:3]) for t in (bad, x))
+    rows = sorted({i for i, _, _ in entries})
+    assert torch.isnan(out[rows]).all()
+    others = [i for i in range(3) if i not in rows]
+    torch.testing.assert_close(out[others], clean[others], atol=0, rtol=0)
 
 
 def test_off_manifold_checks_explain():
@@ -514,3 +723,48 @@ def test_optimizers_converge_and_stay_on_manifold(manifold, make_opt):
         opt.step()
         manifold.assert_check_point_on_manifold(w.detach(), atol=1e-5)
     assert float(M.dist(w.detach(), target).max()) < 0.05
+
+
+# every optimizer a geoopt user or a manifold_align user would put an OB parameter in, with the
+# flags that change the step: momentum, Nesterov, weight decay, AMSGrad, stabilize on and off
+OPTIMIZERS = {
+    "geoopt-adam": lambda p: geoopt.optim.RiemannianAdam(p, lr=0.1),
+    "geoopt-adam-amsgrad-wd-stabilize": lambda p: geoopt.optim.RiemannianAdam(
+        p, lr=0.1, amsgrad=True, weight_decay=0.1, stabilize=7),
+    "geoopt-sgd": lambda p: geoopt.optim.RiemannianSGD(p, lr=0.2),
+    "geoopt-sgd-momentum": lambda p: geoopt.optim.RiemannianSGD(p, lr=0.05, momentum=0.9),
+    "geoopt-sgd-nesterov-wd-stabilize": lambda p: geoopt.optim.RiemannianSGD(
+        p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, stabilize=7),
+    "ma-adamw-wd": lambda p: ma_optim.RiemannianAdamW(p, lr=0.1, weight_decay=0.1),
+    "ma-adamw-amsgrad-stabilize": lambda p: ma_optim.RiemannianAdamW(p, lr=0.1, amsgrad=True, stabilize=7),
+    "ma-sgd-momentum": lambda p: ma_optim.RiemannianSGD(p, lr=0.05, momentum=0.9),
+    "ma-sgd-nesterov-stabilize": lambda p: ma_optim.RiemannianSGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                                                  stabilize=7),
+}
+ON_MANIFOLD = {torch.float32: 1e-6, torch.float64: 1e-12}  # max | |row| - 1 | over all iterates
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=list(OPTIMIZERS))
+@pytest.mark.parametrize("manifold", [Oblique(), ObliqueExact()], ids=["oblique", "oblique_exact"])
+def test_optimizers_keep_iterates_on_manifold_to_rounding_and_reach_optimum(manifold, optimizer, dtype):
+    """min sum |X - T|^2 over OB(10, 20), optimum X = T (the issue's problem), from a start ~2.6 rad away.
+
+    Before ObliqueExact renormalized its exponential map, geoopt's momentum SGD (with or without
+    stabilize) left its rows 0.15 off unit norm here (geoopt seeds the momentum buffer with the
+    non-tangent Euclidean gradient), and float32 Adam let rounding pass 1e-6 within these 300 steps.
+    """
+    target = ref_points((20, 10), 1, dtype)
+    start = target.double() + 0.6 * torch.randn(20, 10, generator=gen(2), dtype=torch.float64)
+    x = geoopt.ManifoldParameter((start / start.norm(dim=-1, keepdim=True)).to(dtype), manifold=manifold)
+    opt = OPTIMIZERS[optimizer]([x])
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
+    worst = 0.0
+    for _ in range(300):
+        opt.zero_grad()
+        ((x - target) ** 2).sum().backward()
+        opt.step()
+        schedule.step()
+        worst = max(worst, float((x.detach().double().norm(dim=-1) - 1).abs().max()))
+    assert worst <= ON_MANIFOLD[dtype]
+    assert float(M.dist(x.detach().double(), target.double())) < 1e-5

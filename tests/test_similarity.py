@@ -211,3 +211,36 @@ def test_register_custom_similarity():
         import manifold_align.similarity as S
 
         S._REGISTRY.pop("twice-oblique", None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", BUILTINS)
+def test_non_finite_input_gives_non_finite_scores_for_its_row_only(name, value):
+    """NaN or Inf in a feature never turns into an ordinary score (geodesic used to give ~6 or 0)."""
+    sim = get_similarity(name)
+    a, b = sim.project(_features(3, 2, 4, 0)), sim.project(_features(3, 2, 4, 1))
+    a = a.reshape(3, 2, 4).clone() if name == "cosine" else a.clone()
+    a[1, 0, 2] = value
+    a = a.flatten(1) if name == "cosine" else a
+    pairwise, paired = sim.pairwise(a, b), sim.paired(a, b)
+    assert not torch.isfinite(pairwise[1]).any() and not torch.isfinite(paired[1])
+    assert torch.isfinite(pairwise[[0, 2]]).all() and torch.isfinite(paired[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_manifold_deviation_is_the_largest_norm_error(name):
+    sim = get_similarity(name)
+    raw = _features(5, 3, 4, 0)
+    rows = raw.flatten(1) if name == "cosine" else raw  # cosine's manifold is the flattened sphere
+    expected = float((rows.norm(dim=-1) - 1).abs().max())
+    assert float(sim.manifold_deviation(raw)) == pytest.approx(expected, rel=1e-12)
+    assert float(sim.manifold_deviation(sim.project(raw))) < 1e-15
+    assert float(sim.manifold_deviation(raw[:0])) == 0.0
+    with pytest.raises(ValueError, match=rf"`image` must lie on .*of {expected:.3g}; project"):
+        sim.check_on_manifold(raw, "image")
+    sim.check_on_manifold(sim.project(raw), "image")
+
+
+def test_check_inputs_quotes_the_callers_names():
+    with pytest.raises(ValueError, match=r"`left` and `right` must have the same \(k, d\)"):
+        get_similarity("oblique").check_inputs(_features(2, 3, 4, 0), _features(2, 3, 5, 0), names=("left", "right"))
