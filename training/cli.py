@@ -44,7 +44,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``manifold-align`` argument parser with its ``train`` and ``eval`` subcommands."""
+    """The ``manifold-align`` argument parser with its ``train``, ``eval`` and ``bench`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="manifold-align",
         description="Geometry-aware contrastive (CLIP-style) training on the oblique manifold OB(d, k).",

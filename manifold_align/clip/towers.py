@@ -20,10 +20,10 @@ Design (see ``docs/model.md``):
   ``class_tokens[b]`` and attends to the caption tokens before the end-of-text token and to the query
   group. Pad tokens (after end-of-text) are seen by nobody that is read out, so padding leaves the
   features unchanged. With ``k = 1`` the stock end-of-text pooling is used.
-- Text, any ``k``: the transformer runs only up to the batch's last end-of-text token (the positions after
-  it are pads that nothing read out attends to), so short captions cost less than the full context.
-  Exact. The tower runs the positions it is given; the caller cuts the padding on the CPU with
-  :func:`manifold_align.clip.caption_length` (reading it off a GPU tensor would be a host-device sync).
+- Text, any ``k``: the tower runs the positions it is given. The positions after the batch's last
+  end-of-text token are pads that nothing read out attends to, so a caller that cuts them (on the CPU,
+  with :func:`manifold_align.clip.trim_padding`; reading the length off a GPU tensor would be a
+  host-device sync) gets the same features for less work; the trainer does.
   With ``k > 1`` the last column is never read (the queries see positions before end-of-text, and
   end-of-text is at most the last position), so it is dropped whatever the data.
 - Projection: a ``(width, k * d)`` matrix whose column block ``b`` maps pooled token ``b`` to its ``d``
