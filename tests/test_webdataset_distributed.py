@@ -1,5 +1,8 @@
 """Two gloo processes under torchrun train on webdataset shards holding bad samples (training/data/webdataset_source.py).
 
+With ``MANIFOLD_ALIGN_TEST_DEVICE=cuda`` the same run uses one process per GPU present and the NCCL backend
+(the GPU check of the trainer issue; a single GPU means a single process, which joins no process group).
+
 The shards, made here, hold corrupt images, empty captions and samples missing a member. Every batch must
 stay full on both ranks (the loss all-gathers features, which needs the same number of rows everywhere), so
 the run finishes its steps; the summary names each distinct bad sample once and counts every encounter.
@@ -20,6 +23,7 @@ import pytest
 from PIL import Image
 
 GOOD_PER_SHARD, SHARDS, STEPS, BATCH = 10, 4, 16, 8
+DEVICE = os.environ.get("MANIFOLD_ALIGN_TEST_DEVICE", "cpu")
 
 
 def _add(tar, name, data):
@@ -69,8 +73,14 @@ def test_two_ranks_train_through_bad_samples_in_step_and_count_them(tmp_path):
     pattern, bad = make_shards(tmp_path)
     sets = ["data.dataset=webdataset", f"data.train_data={pattern}", f"data.num_samples={SHARDS * GOOD_PER_SHARD}",
             f"data.batch_size={BATCH}", "data.workers=1", "log.progress=false", "log.tensorboard=false",
-            "train.threads=1", f"train.steps={STEPS}", "train.warmup=1", "train.device=cpu", "eval.every=0"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "train.threads=1", f"train.steps={STEPS}", "train.warmup=1", f"train.device={DEVICE}", "eval.every=0"]
+    nproc = 2
+    if DEVICE == "cuda":
+        import torch
+
+        nproc = torch.cuda.device_count()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "manifold_align_train", "train", "--output", str(tmp_path / "run"),
            *[arg for item in sets for arg in ("--set", item)]]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -80,7 +90,7 @@ def test_two_ranks_train_through_bad_samples_in_step_and_count_them(tmp_path):
         pytest.fail(f"the two ranks did not finish (out of step?): {str(error.stderr)[-2000:]}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["final_step"] == STEPS
+    assert summary["world_size"] == nproc and summary["final_step"] == STEPS
     assert summary["samples_seen"] == STEPS * BATCH  # full batches on both ranks at every step
     # 16 steps of 8 = 128 samples: over 3 passes of the 40 good ones, every bad sample is met at least once
     assert summary["bad_samples"]["distinct"] == len(bad) == 8
