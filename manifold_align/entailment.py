@@ -104,9 +104,12 @@ def exterior_angle(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0) -> torc
         x0, y0 = _time(xr, cc)[..., 0, 0], _time(yr, cc)[..., 0, 0]
         z_minus_1 = cc * _chord(xr, yr, cc)[..., 0] / 2
         numer = y0 - (1 + z_minus_1) * x0
-        denom = _norm(xc) * torch.sqrt(z_minus_1 * (z_minus_1 + 2))
-    ok = denom > 0
-    cosine = torch.where(ok, numer / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+        radicand, norm = z_minus_1 * (z_minus_1 + 2), _norm(xc)
+    ok = (radicand > 0) & (norm > 0)
+    # the masked branch computes on ones: sqrt's gradient at 0 and a division by 0 would give inf * 0 = NaN
+    ones = torch.ones_like(radicand)
+    denom = torch.where(ok, norm, ones) * torch.sqrt(torch.where(ok, radicand, ones))
+    cosine = torch.where(ok, numer / denom, torch.zeros_like(denom))
     return _ClampedAngle.apply(cosine, True)
 
 
