@@ -69,3 +69,32 @@ def test_the_library_leaves_the_warning_filters_as_it_found_them(tmp_path):
                    "print(len(seen))", tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+def _declared_floors() -> dict[str, str]:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        req = Requirement(dep)
+        floors.update({req.name: spec.version for spec in req.specifier if spec.operator == ">="})
+    return floors
+
+
+def test_declared_floors_are_the_checked_ones():
+    """pyproject.toml's lower bounds are the versions .ci/check-floors installs, and its last recorded run
+    (.ci/check-floors.log) passed with exactly those."""
+    from packaging.version import Version
+
+    script = (REPO / ".ci" / "check-floors").read_text()
+    block = script[script.index("FLOORS=(") : script.index(")", script.index("FLOORS=("))]
+    checked = dict(line.strip().strip('"').split("==") for line in block.splitlines()[1:] if "==" in line)
+    declared = _declared_floors()
+    assert set(checked) == {"torch", "torchvision", "open_clip_torch", "geoopt", "numpy"}
+    for name, version in checked.items():
+        assert Version(declared[name]) == Version(version), (name, declared[name], version)
+    last = (REPO / ".ci" / "check-floors.log").read_text().strip().splitlines()[-1]
+    assert last == f"check-floors: OK ({' '.join(f'{n}=={v}' for n, v in checked.items())})", last
