@@ -233,11 +233,13 @@ def test_resume_from_an_older_checkpoint_next_to_newer_ones_is_refused(tmp_path)
 
 
 # -- each geometry, from scratch with the CLI ------------------------------------------------------
-# Zero-shot top-1 on the 360 held-out digits (10 classes, chance 10%) after GEOMETRY_STEPS steps of 64
-# pairs, measured on the development machine (2 shared CPU cores):
+# Zero-shot top-1 on the 360 held-out digits (10 classes, chance 10%) after GEOMETRY_STEPS steps of 64 pairs
+# with 20% wrong captions, measured once each on the development machine (2 CPU cores shared with other jobs;
+# 160-300 s per run there, most of it waiting for a core): lorentz k = 16 57.2%, k = 1 47.5%; euclidean
+# k = 16 56.7%, k = 1 54.7%. 30% (three times chance) leaves room for machine-dependent float differences.
+# Fewer steps do not clear it reliably: lorentz k = 16 was at 41% after 50 steps.
 GEOMETRY_STEPS = 100
-MEASURED_TOP1 = {("lorentz", 16): None, ("lorentz", 1): None, ("euclidean", 16): None, ("euclidean", 1): None}
-GEOMETRY_MIN_TOP1 = 0.4
+GEOMETRY_MIN_TOP1 = 0.3
 
 
 @pytest.mark.slow
@@ -246,6 +248,9 @@ GEOMETRY_MIN_TOP1 = 0.4
 def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, k):
     run = tmp_path / "run"
     shape = [] if k == 16 else ["model.n_tokens=1", "model.token_dim=512"]  # the same width, k = 1
+    if geometry == "lorentz" and k == 1:
+        # MERU's initial scale 1/0.07, as the config's comment says for k = 1 (with scale 1: 29.7% at 100 steps)
+        shape.append("loss.temperature.init=0.07")
     sets = FAST + [f"train.steps={GEOMETRY_STEPS}", "train.warmup=10", "train.checkpoint_every=0", *shape]
     cmd = [sys.executable, "-m", "manifold_align_train", "train", "--config",
            str(REPO / "configs" / f"digits-{geometry}.yaml"), "--output", str(run),
