@@ -33,6 +33,7 @@ Register your own with :func:`register_similarity`.
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 from typing import Callable, Optional, Union
 
@@ -42,7 +43,7 @@ from torch import nn
 
 from .dtypes import autocast_disabled
 from .geometries import LorentzGeometry
-from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0
+from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0, space_logmap0
 from .manifolds.oblique import Oblique
 from .validation import check_on_manifold as _refuse_off_manifold
 from .validation import check_rank, describe_shape
@@ -75,6 +76,13 @@ def _max_unit_norm_deviation(x: torch.Tensor, dim: int) -> torch.Tensor:
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
     return (torch.linalg.vector_norm(_upcast(x), dim=dim) - 1).abs().amax()
+
+
+def _flag(value, name: str) -> bool:
+    """``value`` if it is a bool; anything else (``"no"``, 0) is refused rather than read as truthy."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}")
+    return value
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +172,37 @@ class Similarity(abc.ABC):
             raise ValueError(f"similarity '{self.name}' has no geometry parameters; `geometry` must be None, "
                              f"got {type(geometry).__name__}")
         return ()
+
+    # ---- averaging, overridable --------------------------------------------------------------------
+    def mean(self, features: torch.Tensor, *, dim: int = 1, geometry: Optional[nn.Module] = None,
+             modality: str = "text") -> torch.Tensor:
+        """Average projected features over axis ``dim`` (e.g. the templates of a zero-shot class).
+
+        The default averages the coordinates and projects the mean back onto the manifold with
+        :meth:`project`: the rule of the sphere family (the normalized mean is the sphere's extrinsic
+        mean, per token on OB(d, k)). A similarity whose ``project`` does not map its own points to
+        themselves (``lorentz`` scales before its exponential map) overrides this.
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (..., k, d) (or (..., D) for ``cosine``)
+            Projected features; ``dim`` must be one of the leading axes.
+        dim : int, keyword-only
+            The axis to average over; it is removed.
+        geometry : nn.Module, optional, keyword-only
+            As in :meth:`pairwise`.
+        modality : {"image", "text"}, keyword-only
+            Passed to :meth:`project` when a geometry is given.
+
+        Returns
+        -------
+        torch.Tensor
+            ``features`` without axis ``dim``, points of the manifold, same shape as the mean.
+        """
+        mean = features.mean(dim)
+        projected = self.project(mean) if geometry is None else self.project(mean, geometry=geometry,
+                                                                              modality=modality)
+        return projected.reshape(mean.shape)
 
     # ---- validation, overridable ----------------------------------------------------------------
     def _check(
@@ -479,8 +518,8 @@ class EuclideanSimilarity(Similarity):
     name = "euclidean"
 
     def __init__(self, squared: bool = True, precise: bool = True) -> None:
-        self.squared = bool(squared)
-        self.precise = bool(precise)
+        self.squared = _flag(squared, "squared")
+        self.precise = _flag(precise, "precise")
 
     def manifold_deviation(self, features: torch.Tensor) -> None:
         """Unnormalized features: no manifold constraint to check (returns None)."""
@@ -578,10 +617,10 @@ class LorentzSimilarity(Similarity):
     def __init__(self, curvature_init: float = 1.0, learn_curvature: bool = True, curvature_range: float = 10.0,
                  max_radius: Optional[float] = math.asinh(2.0**15), precise: bool = True) -> None:
         self.curvature_init = curvature_init
-        self.learn_curvature = learn_curvature
+        self.learn_curvature = _flag(learn_curvature, "learn_curvature")
         self.curvature_range = curvature_range
         self.max_radius = max_radius
-        self.precise = bool(precise)
+        self.precise = _flag(precise, "precise")
 
     def make_geometry(self, *, d: Optional[int] = None) -> nn.Module:
         """A :class:`~manifold_align.geometries.LorentzGeometry` for tokens of width ``d`` (required)."""
@@ -629,6 +668,32 @@ class LorentzSimilarity(Similarity):
         with autocast_disabled(features.device):
             scaled = _upcast(features) * geometry.scale(modality)
             return space_expmap0(scaled, geometry.curvature(), max_radius=self.max_radius)
+
+    def mean(self, features: torch.Tensor, *, dim: int = 1, geometry: Optional[nn.Module] = None,
+             modality: str = "text") -> torch.Tensor:
+        """Average points over axis ``dim`` in the tangent space at the origin, token by token.
+
+        ``exp_0(mean(log_0(x)))`` on each token's hyperboloid: the coordinate mean of space components is
+        no meaningful point, and ``project`` of it would scale it a second time. The modality scale is not
+        applied again (``modality`` is unused).
+
+        Parameters
+        ----------
+        features : torch.Tensor, shape (..., k, d)
+            Space components (projected features); ``dim`` is one of the leading axes.
+        dim : int, keyword-only
+        geometry : LorentzGeometry, keyword-only
+            Its curvature is used.
+
+        Returns
+        -------
+        torch.Tensor
+            ``features`` without axis ``dim``, space components, float32 (float64 for float64 input).
+        """
+        (geometry,) = self._geometry_args(geometry)
+        with autocast_disabled(features.device):
+            c = geometry.curvature()
+            return space_expmap0(space_logmap0(features, c).mean(dim), c, max_radius=self.max_radius)
 
     def value_range(self, k: int, d: int) -> tuple[float, float]:  # noqa: D102
         return (-math.inf, 0.0)
@@ -688,13 +753,33 @@ def register_similarity(name: str, factory: SimilarityFactory, *, overwrite: boo
     _REGISTRY[name] = factory
 
 
-def get_similarity(name: Union[str, Similarity]) -> Similarity:
+def _check_options(name: str, factory: SimilarityFactory, options: dict) -> None:
+    """Refuse keyword options ``factory`` does not take, naming those it does."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let the call itself decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"similarity {name!r} takes no option(s) {unknown}; accepted: "
+                         f"{', '.join(accepted) or 'none'}")
+
+
+def get_similarity(name: Union[str, Similarity], **options) -> Similarity:
     """Look up a similarity by name (a new instance), or return a :class:`Similarity` as is.
 
     Parameters
     ----------
     name : str or Similarity
         One of :func:`list_similarities`, or an instance.
+    **options
+        Keyword arguments of the registered factory, e.g. ``squared=False`` for ``euclidean`` or
+        ``curvature_init=0.5`` for ``lorentz``; the factory's own defaults hold for the others. Only
+        with a name.
 
     Returns
     -------
@@ -703,15 +788,23 @@ def get_similarity(name: Union[str, Similarity]) -> Similarity:
     Raises
     ------
     ValueError
-        Unknown name (the message lists the registered names), or a factory that returns no Similarity.
+        Unknown name (the message lists the registered names), an option the factory does not take
+        (the message lists those it takes), options with an instance, or a factory that returns no
+        Similarity.
     """
     if isinstance(name, Similarity):
+        if options:
+            raise ValueError(f"options {sorted(options)} are only accepted with a similarity name, "
+                             f"got an instance of {type(name).__name__}")
         return name
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
             f"unknown similarity {name!r} for argument `name`; registered: {', '.join(list_similarities())}"
         )
-    sim = _REGISTRY[name]()
+    factory = _REGISTRY[name]
+    if options:
+        _check_options(name, factory, options)
+    sim = factory(**options)
     if not isinstance(sim, Similarity):
         raise ValueError(f"the factory registered as '{name}' returned {type(sim).__name__}, not a Similarity")
     return sim

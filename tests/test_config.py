@@ -28,7 +28,15 @@ def test_default_yaml_equals_dataclass_defaults():
     assert load_config(CONFIGS / "digits-oblique.yaml") == RunConfig()
 
 
-@pytest.mark.parametrize("name", ["digits-oblique.yaml", "digits-sphere.yaml", "vit-b-16-webdataset.yaml"])
+SHIPPED = sorted(path.name for path in CONFIGS.glob("*.yaml"))
+
+
+def test_every_config_is_tested():
+    assert {"digits-lorentz.yaml", "digits-euclidean.yaml", "vit-b-16-lorentz-webdataset.yaml",
+            "vit-b-16-euclidean-webdataset.yaml", "vit-b-16-webdataset.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, RunConfig)
@@ -118,6 +126,30 @@ def test_class_tokens_must_divide_n_tokens():
         load_config(None, ["model.class_tokens=5"])
     with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*>= 1, got 0"):
         load_config(None, ["model.class_tokens=0"])
+
+
+def test_geometry_keys():
+    cfg = load_config(None, ["loss.similarity=euclidean", "loss.similarity_options.squared=false"])
+    assert cfg.loss.similarity_options == {"squared": False} and cfg.loss.entailment_weight == 0.0
+    from manifold_align_train.config import embed_config
+
+    assert embed_config(cfg).make_similarity().squared is False
+    cfg = load_config(None, ["loss.similarity=lorentz", "loss.entailment_weight=0.2",
+                             "loss.similarity_options={curvature_init: 0.5, learn_curvature: false}"])
+    assert cfg.loss.entailment_weight == 0.2 and cfg.loss.similarity_options["curvature_init"] == 0.5
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["loss.entailment_weight=0.2"], r"'loss\.entailment_weight'.*needs the hyperboloid.*'oblique'"),
+    (["loss.similarity=lorentz", "loss.entailment_weight=-1"], r"'loss\.entailment_weight'.*non-negative"),
+    (["loss.similarity=euclidean", "loss.similarity_options.sqared=false"],
+     r"'loss\.similarity_options'.*accepted: squared"),
+    (["loss.similarity=lorentz", "loss.similarity_options.curvature_init=0"], r"'loss\.similarity_options'.*positive"),
+    (["loss.similarity_options=3"], r"'loss\.similarity_options'.*mapping"),
+])
+def test_bad_geometry_keys_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
 
 
 def test_section_given_a_value():

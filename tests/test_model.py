@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import open_clip
 import pytest
@@ -22,6 +23,9 @@ from manifold_align.clip import (
 from manifold_align.clip.pretrained import convert_stock_state_dict
 from manifold_align.clip.towers import PrefixPatchDropout
 
+from manifold_align import ContrastiveLoss
+from manifold_align.optim import parameter_groups
+from test_geometries import meru_loss
 from tiny_config import tiny_cfg
 
 CAPTIONS = ["a photo of a cat", "two dogs playing in the snow!", "x", "a red car parked next to a tree"]
@@ -449,3 +453,96 @@ def test_compiled_model_reads_no_length_off_the_data(k, images):
     text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
     explanation = torch._dynamo.explain(model)(images, text)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# ---------------------------------------------------------------------------------------------------
+# the similarity's geometry, owned by the model (euclidean, lorentz)
+
+
+@pytest.mark.parametrize("k, d", [(1, 128), (16, 8)])
+@pytest.mark.parametrize("similarity", ["lorentz", "euclidean"])
+def test_each_geometry_builds_and_runs_for_k1_and_k16(similarity, k, d, images, tokens):
+    torch.manual_seed(0)
+    model = create_model(tiny_cfg(), {"similarity": similarity, "n_tokens": k, "token_dim": d})
+    out = model(images, tokens)
+    assert out["image_features"].shape == out["text_features"].shape == (len(CAPTIONS), k, d)
+    assert out["geometry"] is model.geometry
+    loss = ContrastiveLoss(similarity)(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
+                                       geometry=out["geometry"])
+    loss.loss.backward()
+    if similarity == "euclidean":
+        assert model.geometry is None
+        torch.testing.assert_close(out["image_features"], model.encode_image(images, normalize=False))
+        return
+    assert {"geometry.log_curvature", "geometry.log_image_scale", "geometry.log_text_scale"} <= model.state_dict().keys()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.geometry.parameters())
+    assert model.geometry.d == d  # the scales start at 1 / sqrt(d), MERU's init for the token width
+
+
+def test_geometry_parameters_get_no_weight_decay():
+    model = create_model(tiny_cfg(), embed(4, 32, "lorentz"))
+    names = {f"geometry.{n}" for n, _ in model.geometry.named_parameters()}
+    assert len(names) == 3 and names <= model.no_weight_decay()
+    groups = {g["name"]: g for g in parameter_groups(model, 0.1)}
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    assert groups["no_decay"]["weight_decay"] == 0.0
+    assert all(id(p) in no_decay for p in model.geometry.parameters())
+
+
+def test_k1_lorentz_model_forward_and_loss_equal_merus_formula(images, tokens):
+    """The model's own alpha and curvature, its raw tower outputs, MERU's loss written out in float64."""
+    torch.manual_seed(3)
+    model = create_model(tiny_cfg(), embed(1, 64, "lorentz", temperature={"name": "learnable", "init": 0.07}))
+    with torch.no_grad():  # away from the initial values, so a swapped or ignored parameter shows
+        model.geometry.log_curvature.fill_(math.log(0.6))
+        model.geometry.log_image_scale.fill_(math.log(0.3))
+        model.geometry.log_text_scale.fill_(math.log(0.45))
+    out = model(images, tokens)
+    got = ContrastiveLoss("lorentz")(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
+                                     geometry=out["geometry"])
+    raw_image = model.encode_image(images, normalize=False)[:, 0].double()
+    raw_text = model.encode_text(tokens, normalize=False)[:, 0].double()
+    expected = meru_loss(raw_image, raw_text, 0.6, 0.3, 0.45, float(out["logit_scale"].detach()))
+    assert abs(float(got.loss.detach()) - float(expected)) < 1e-5
+
+
+def test_lorentz_geometry_survives_the_state_dict_and_pretrained_loading(tmp_path, images, tokens):
+    model = create_model(tiny_cfg(), embed(4, 32, "lorentz")).eval()
+    with torch.no_grad():
+        model.geometry.log_curvature.fill_(0.5)
+        model.geometry.log_text_scale.fill_(-0.2)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    loaded = create_model(tiny_cfg(), embed(4, 32, "lorentz"), pretrained=path).eval()
+    assert loaded.geometry_values() == model.geometry_values()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, tokens)["text_features"], model(images, tokens)["text_features"],
+                                   atol=0, rtol=0)
+
+
+def test_clamp_puts_temperature_and_geometry_back_in_range():
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0}))
+    with torch.no_grad():
+        model.geometry.log_curvature.fill_(10.0)
+        model.geometry.log_image_scale.fill_(1.0)
+        model.temperature.log_scale.fill_(5.0)
+    model.clamp_()
+    assert float(model.geometry.log_curvature) == pytest.approx(math.log(10.0))
+    assert float(model.geometry.log_image_scale) == 0.0
+    assert float(model.temperature.scale()) == pytest.approx(10.0)
+    create_model(tiny_cfg(), embed(2, 16)).clamp_()  # no geometry: the temperature alone
+
+
+def test_similarity_options_reach_the_model_and_bad_ones_name_the_field():
+    model = create_model(tiny_cfg(), embed(2, 16, "euclidean", similarity_options={"squared": False}))
+    assert model.similarity.squared is False
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", similarity_options={"curvature_init": 0.5,
+                                                                                  "learn_curvature": False}))
+    assert model.geometry_values()["curvature"] == pytest.approx(0.5)
+    assert not model.geometry.log_curvature.requires_grad
+    for options, match in (({"squard": True}, "accepted: squared"), ({"squared": "no"}, "True or False")):
+        with pytest.raises(ValueError, match=match) as err:
+            embed(2, 16, "euclidean", similarity_options=options)
+        assert err.value.field == "similarity_options"
+    with pytest.raises(ValueError, match="curvature_init"):
+        embed(2, 16, "lorentz", similarity_options={"curvature_init": -1.0})

@@ -205,6 +205,8 @@ def test_register_custom_similarity():
         sim = get_similarity("twice-oblique")
         a = sim.project(_features(3, 2, 3, 0))
         assert torch.allclose(sim.pairwise(a, a), 2 * get_similarity("oblique").pairwise(a, a))
+        # the default mean calls a user's plain project(features): mean then project, per token here
+        torch.testing.assert_close(sim.mean(a[None].expand(2, -1, -1, -1), dim=0), a)
         register_similarity("twice-oblique", lambda: Scaled(), overwrite=True)
         assert isinstance(get_similarity("twice-oblique"), Scaled)
     finally:
@@ -244,3 +246,26 @@ def test_manifold_deviation_is_the_largest_norm_error(name):
 def test_check_inputs_quotes_the_callers_names():
     with pytest.raises(ValueError, match=r"`left` and `right` must have the same \(k, d\)"):
         get_similarity("oblique").check_inputs(_features(2, 3, 4, 0), _features(2, 3, 5, 0), names=("left", "right"))
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_mean_of_the_sphere_family_is_the_renormalized_mean(name):
+    sim = get_similarity(name)
+    x = sim.project(_features(12, 3, 5, 2)).reshape(4, 3, 3, 5)  # 4 classes, 3 templates
+    got = sim.mean(x, dim=1)
+    mean = x.mean(dim=1)
+    expected = _unit(mean.flatten(1)).view_as(mean) if name == "cosine" else _unit(mean)
+    torch.testing.assert_close(got, expected)
+
+
+def test_options_go_to_the_factory_and_unknown_ones_are_refused():
+    assert get_similarity("euclidean", squared=False).squared is False
+    assert get_similarity("lorentz", curvature_init=0.3).make_geometry(d=4).curvature_init == 0.3
+    with pytest.raises(ValueError, match=r"takes no option\(s\) \['curvature'\]; accepted: curvature_init"):
+        get_similarity("lorentz", curvature=0.3)
+    with pytest.raises(ValueError, match="accepted: none"):
+        get_similarity("oblique", squared=True)
+    with pytest.raises(ValueError, match="only accepted with a similarity name"):
+        get_similarity(get_similarity("euclidean"), squared=False)
+    with pytest.raises(ValueError, match="`learn_curvature` must be True or False"):
+        get_similarity("lorentz", learn_curvature="yes")

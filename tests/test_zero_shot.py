@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import open_clip
 import pytest
 import torch
@@ -184,3 +186,67 @@ def test_encoders_run_in_the_given_autocast_and_return_float32(model):
 
     features = encode_images(model, torch.randn(5, 3, 32, 32), batch_size=2, autocast=Recording)
     assert features.dtype == torch.float32 and len(entered) == 3
+
+
+# -- in the model's own geometry: lorentz and euclidean ------------------------------------------------
+def _tangent_mean_float64(points: torch.Tensor, c: float) -> torch.Tensor:
+    """exp_0(mean(log_0(x))) per token on the hyperboloid of curvature -c, space components, written out."""
+    x = points.double()
+    r = math.sqrt(c) * x.norm(dim=-1, keepdim=True)
+    tangent = (torch.asinh(r) / r * x).mean(dim=1)
+    s = math.sqrt(c) * tangent.norm(dim=-1, keepdim=True)
+    return torch.sinh(s) / s * tangent
+
+
+@pytest.fixture(scope="module")
+def lorentz_model():
+    torch.manual_seed(1)
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": "lorentz",
+                                      "temperature": {"name": "fixed", "scale": 2.0}})
+    with torch.no_grad():  # curvature and text scale away from 1, so that they matter
+        model.geometry.log_curvature.fill_(math.log(0.7))
+        model.geometry.log_text_scale.fill_(math.log(0.8))
+    return model
+
+
+def test_lorentz_classifier_is_the_tangent_space_mean_per_token(lorentz_model, tokenizer):
+    classifier = build_zero_shot_classifier(lorentz_model, tokenizer, CLASSES, TEMPLATES, batch_size=5)
+    prompts = [t.format(c) for c in CLASSES for t in TEMPLATES]
+    features = encode_texts(lorentz_model, tokenizer(prompts)).view(len(CLASSES), len(TEMPLATES), 4, 32)
+    expected = _tangent_mean_float64(features, 0.7)
+    assert classifier.shape == (len(CLASSES), 4, 32) and not classifier.requires_grad
+    torch.testing.assert_close(classifier.double(), expected, atol=1e-5, rtol=1e-5)
+    assert (classifier.double() - features.double().mean(dim=1)).abs().max() > 1e-3  # not the coordinate mean
+
+
+def test_lorentz_logits_are_the_models_scaled_distances(lorentz_model, tokenizer):
+    classifier = build_zero_shot_classifier(lorentz_model, tokenizer, CLASSES, TEMPLATES)
+    images = encode_images(lorentz_model, torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    logits = zero_shot_logits(lorentz_model, images, classifier)
+    x, y = images.double(), classifier.double()  # acosh(-c <x, y>_L) / sqrt(c), summed over the 4 tokens
+    x0 = torch.sqrt(1 / 0.7 + (x**2).sum(-1))
+    y0 = torch.sqrt(1 / 0.7 + (y**2).sum(-1))
+    inner = torch.einsum("itd,jtd->ijt", x, y) - x0[:, None] * y0[None]
+    expected = -2.0 * (torch.acosh(-0.7 * inner) / math.sqrt(0.7)).sum(-1)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-3, rtol=1e-5)
+
+
+def test_euclidean_classifier_is_the_plain_mean(tokenizer):
+    torch.manual_seed(2)
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": "euclidean"})
+    classifier = build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES)
+    prompts = [t.format(c) for c in CLASSES for t in TEMPLATES]
+    features = encode_texts(model, tokenizer(prompts)).view(len(CLASSES), len(TEMPLATES), 4, 32)
+    torch.testing.assert_close(classifier, features.mean(dim=1), atol=1e-6, rtol=0)
+
+
+def test_retrieval_ranks_with_the_models_geometry(lorentz_model):
+    generator = torch.Generator().manual_seed(6)
+    images = 0.5 * torch.randn(12, 4, 32, generator=generator)
+    texts = images + 0.3 * torch.randn(12, 4, 32, generator=generator)
+    metrics = retrieval_metrics(lorentz_model, images, texts, chunk_size=5)
+    scores = lorentz_model.similarity.pairwise(images, texts, geometry=lorentz_model.geometry)
+    for k in (1, 5):
+        i2t, t2i = brute_force_recall(scores, torch.arange(12), k)
+        assert metrics[f"image_to_text_R@{k}"] == pytest.approx(i2t)
+        assert metrics[f"text_to_image_R@{k}"] == pytest.approx(t2i)

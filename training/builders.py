@@ -55,7 +55,8 @@ def build_model(cfg: RunConfig, device: torch.device):
 
     The model's geometry is :func:`manifold_align_train.config.embed_config`: the ``model`` section's
     shape with the ``loss`` section's similarity, temperature and objective (the model owns the
-    temperature and the sigmoid bias, so they are saved with its weights).
+    temperature, the similarity's geometry parameters and the sigmoid bias, so they are saved with its
+    weights).
 
     Returns
     -------
@@ -75,12 +76,14 @@ def build_model(cfg: RunConfig, device: torch.device):
 def build_loss(cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
     """The contrastive loss of the ``loss`` section, for this process.
 
-    It is called with the model's ``logit_scale`` (and ``logit_bias``) from the model's forward output,
-    so it has no temperature of its own.
+    It is called with the model's ``logit_scale``, ``geometry`` (and ``logit_bias``) from the model's
+    forward output, so it has no temperature or geometry of its own. Its similarity is built from the
+    configuration as the model's is (:func:`manifold_align_train.config.embed_config`, options included).
     """
     return ContrastiveLoss(
-        similarity=cfg.loss.similarity,
+        similarity=embed_config(cfg).make_similarity(),
         objective=cfg.loss.objective,
+        entailment_weight=cfg.loss.entailment_weight,
         local_loss=cfg.loss.local_loss,
         gather_with_grad=cfg.loss.gather_with_grad,
         check_finite=not cfg.train.skip_nonfinite,  # skipping: non-finite features make a skipped step

@@ -196,12 +196,17 @@ class TemperatureConfig:
 class LossConfig:
     """Similarity, temperature and objective of the contrastive loss.
 
-    ``similarity`` is a registered name (``manifold_align.list_similarities()``); ``objective`` one of
+    ``similarity`` is a registered name (``manifold_align.list_similarities()``); ``similarity_options``
+    the keyword options of that similarity (``euclidean``: ``squared``; ``lorentz``: ``curvature_init``,
+    ``learn_curvature``, ``curvature_range``, ``max_radius``), empty for the similarity's own defaults.
+    ``entailment_weight`` weighs MERU's entailment loss (``lorentz`` only; 0: off). ``objective`` is one of
     ``manifold_align.losses.OBJECTIVES``. ``gather_with_grad=True`` lets gradients flow through the
     all-gathered features, which makes a run on N processes match one process on the concatenated batch.
     """
 
     similarity: str = checked("oblique", check=_one_of(_similarity_names))
+    similarity_options: dict[str, Any] = field(default_factory=dict)
+    entailment_weight: float = checked(0.0, check=_non_negative("number", " (0: off; lorentz only)"))
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     objective: str = checked("softmax", check=_one_of(_objective_names))
     bias_init: float = -10.0
@@ -267,7 +272,7 @@ class RunConfig:
 
 def embed_config(cfg: RunConfig):
     """The model's :class:`~manifold_align.clip.EmbedConfig` for this run: the ``model`` section's
-    shape with the ``loss`` section's similarity, temperature and objective.
+    shape with the ``loss`` section's similarity (and its options), temperature and objective.
 
     The one place the two sections meet; building it checks them together (``ValueError``).
     """
@@ -275,7 +280,8 @@ def embed_config(cfg: RunConfig):
 
     return EmbedConfig(
         n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, class_tokens=cfg.model.class_tokens,
-        similarity=cfg.loss.similarity, temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
+        similarity=cfg.loss.similarity, similarity_options=dict(cfg.loss.similarity_options),
+        temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
         objective=cfg.loss.objective, bias_init=cfg.loss.bias_init,
     )
 
@@ -317,6 +323,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"bad value {value!r} for '{key}': expected {_type_name(tp)}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"bad value {value!r} for '{key}': expected a mapping of names to values")
+        return dict(value)
     # bool is an int subclass: keep `steps: true` from passing as 1.
     ok = {
         bool: isinstance(value, bool),
@@ -359,7 +369,8 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 
 # the configuration key each EmbedConfig field comes from (see embed_config)
 _EMBED_KEYS = {"n_tokens": "model.n_tokens", "token_dim": "model.token_dim", "class_tokens": "model.class_tokens",
-               "similarity": "loss.similarity", "objective": "loss.objective", "temperature": "loss.temperature"}
+               "similarity": "loss.similarity", "similarity_options": "loss.similarity_options",
+               "objective": "loss.objective", "temperature": "loss.temperature"}
 
 
 def _check_cross_field(cfg: RunConfig) -> None:
@@ -376,6 +387,7 @@ def _check_cross_field(cfg: RunConfig) -> None:
         embed_config(cfg)
     except EmbedConfigError as exc:
         raise ConfigError(f"bad value for '{_EMBED_KEYS.get(exc.field, exc.field)}': {exc}") from None
+    _check_loss(cfg)
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:
@@ -383,6 +395,17 @@ def _check_cross_field(cfg: RunConfig) -> None:
             f"bad value {cfg.train.warmup} for 'train.warmup': expected fewer warmup steps than "
             f"train.steps ({cfg.train.steps})"
         )
+
+
+def _check_loss(cfg: RunConfig) -> None:
+    """The loss's own checks across its keys (the entailment loss needs ``lorentz``), by building it once:
+    ``ContrastiveLoss`` owns them."""
+    from manifold_align import ContrastiveLoss
+
+    try:
+        ContrastiveLoss(cfg.loss.similarity, entailment_weight=cfg.loss.entailment_weight)
+    except ValueError as exc:
+        raise ConfigError(f"bad value {cfg.loss.entailment_weight!r} for 'loss.entailment_weight': {exc}") from None
 
 
 def config_from_dict(values: dict[str, Any] | None) -> RunConfig:

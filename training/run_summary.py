@@ -25,6 +25,8 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "final_step": trainer.step,
         "final_loss": trainer.last_metrics.get("loss"),
         "final_temperature": trainer.model.temperature.value(),
+        "final_geometry": trainer.model.geometry_values(),
+        "final_entailment_loss": trainer.last_metrics.get("entailment_loss"),
         "wall_time_seconds": wall,
         "train_seconds_total": trainer.counters.train_seconds,
         "samples_seen": trainer.counters.samples,
@@ -74,6 +76,7 @@ def format_report(summary: dict[str, Any]) -> str:
         format_metrics(summary["final_metrics"]),
         f"  final temperature scale {summary['final_temperature']:.4g} "
         f"({cfg['loss']['temperature']['name']})   final loss {_loss_text(summary['final_loss'])}",
+        _geometry_text(summary, cfg),
         f"  bad training samples {_bad_text(bad)}, met {summary['skipped_samples']} time(s) in all and "
         f"replaced; bad validation samples {_bad_text(bad_val)}, left out",
         f"  non-finite steps skipped {summary['nonfinite_steps_skipped']}",
@@ -82,6 +85,16 @@ def format_report(summary: dict[str, Any]) -> str:
         f"checkpoints/{', tensorboard/' if summary['outputs']['tensorboard'] else ''})",
     ]
     return "\n".join(line for line in lines if line)
+
+
+def _geometry_text(summary: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The geometry's final values and the entailment loss, or nothing for a geometry without parameters."""
+    geometry = summary.get("final_geometry") or {}
+    parts = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in geometry.items()]
+    entailment = summary.get("final_entailment_loss")
+    if entailment is not None:
+        parts.append(f"entailment loss {entailment:.4f} (weight {cfg['loss'].get('entailment_weight', 0.0):g})")
+    return f"  final {', '.join(parts)}" if parts else ""
 
 
 def _loss_text(loss: Any) -> str:

@@ -126,7 +126,7 @@ class Trainer:
             with self._autocast():
                 out = self.forward_model(image=images, text=texts)
                 result = self.loss_fn(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
-                                      logit_bias=out.get("logit_bias"))
+                                      logit_bias=out.get("logit_bias"), geometry=out.get("geometry"))
             self.scaler.scale(result.loss / n_micro).backward()
         return result, images.shape[0]
 
@@ -146,7 +146,8 @@ class Trainer:
         -------
         dict
             ``loss``, ``lr``, ``temperature``, ``positive_similarity``, ``negative_similarity``,
-            ``gap``, ``grad_norm``, ``samples``, ``skipped``, ``finite``.
+            ``gap``, ``grad_norm``, ``samples``, ``skipped``, ``finite``, and ``entailment_loss`` (before
+            its weight; None when ``loss.entailment_weight`` is 0).
 
         Raises
         ------
@@ -168,7 +169,7 @@ class Trainer:
         finite = self._all_finite(loss) and (self.scaler.is_enabled() or self._all_finite(grad_norm))
         if finite:
             self.scaler.step(self.optimizer)
-            self.model.temperature.clamp_()  # keeps the optimizer's view of log_scale in range
+            self.model.clamp_()  # temperature and geometry: keeps the optimizer's view of them in range
         # always, after unscale_: a skipped step must still reset the scaler, or the next unscale_ raises
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -177,6 +178,7 @@ class Trainer:
             "positive_similarity": _mean(r.positive_similarity for r in results),
             "negative_similarity": _mean(r.negative_similarity for r in results),
             "gap": _mean(r.gap for r in results), "grad_norm": grad_norm,
+            "entailment_loss": None if results[-1].entailment is None else _mean(r.entailment for r in results),
             "samples": samples * self.env.world_size,
             "skipped": sum(int(getattr(b, "n_skipped", 0)) for b in batches), "finite": finite,
         }
@@ -319,6 +321,10 @@ class Trainer:
     def _log_train(self, log: MetricsLog, metrics: dict[str, Any], rate: float) -> None:
         row = {key: metrics[key] for key in ("loss", "lr", "temperature", "positive_similarity",
                                              "negative_similarity", "gap", "grad_norm")}
+        if metrics["entailment_loss"] is not None:
+            row["entailment_loss"] = metrics["entailment_loss"]
+        # the geometry's parameters (lorentz: curvature, image_scale, text_scale), like the temperature
+        row.update({f"geometry_{name}": value for name, value in self.model.geometry_values().items()})
         row.update(samples_per_second=rate, peak_memory=peak_memory_mb(self.device),
                    skipped_samples=self.counters.skipped_samples,
                    nonfinite_steps=self.counters.nonfinite_steps)

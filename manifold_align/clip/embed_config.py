@@ -38,6 +38,11 @@ class EmbedConfig:
     similarity : str or Similarity
         A name from :func:`manifold_align.list_similarities` (``"oblique"``, ``"cosine"``, ...) or an
         instance; its ``project`` puts the features on its manifold.
+    similarity_options : dict
+        Keyword arguments of the named similarity (:func:`manifold_align.get_similarity`), e.g.
+        ``{"squared": False}`` for ``euclidean``, ``{"curvature_init": 0.5, "learn_curvature": False}``
+        for ``lorentz``; empty (the default) keeps the similarity's own defaults. Must be empty with an
+        instance.
     temperature : str, dict or Temperature
         Anything :func:`manifold_align.get_temperature` accepts, e.g. ``{"name": "learnable",
         "init": 0.07, "max_scale": 100.0}``.
@@ -62,6 +67,7 @@ class EmbedConfig:
     n_tokens: int = 16
     token_dim: int = 32
     similarity: Union[str, Similarity] = "oblique"
+    similarity_options: dict[str, Any] = field(default_factory=dict)
     temperature: Any = field(default_factory=lambda: {"name": "none"})
     objective: str = "softmax"
     bias_init: float = -10.0
@@ -84,14 +90,7 @@ class EmbedConfig:
                 "embed_dim", f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
                 f"{self.n_tokens} * {self.token_dim} = {self.n_tokens * self.token_dim}"
             )
-        if not isinstance(self.similarity, Similarity):
-            try:
-                get_similarity(self.similarity)
-            except ValueError:
-                raise EmbedConfigError(
-                    "similarity", f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
-                    f"{', '.join(list_similarities())} or a Similarity instance"
-                ) from None
+        self._check_similarity()
         if self.objective not in OBJECTIVES:
             raise EmbedConfigError("objective",
                                    f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
@@ -99,6 +98,32 @@ class EmbedConfig:
             get_temperature(self.temperature)
         except ValueError as exc:
             raise EmbedConfigError("temperature", f"`embed_cfg.temperature`: {exc}") from None
+
+    def _check_similarity(self) -> None:
+        if not isinstance(self.similarity, Similarity) and self.similarity not in list_similarities():
+            raise EmbedConfigError(
+                "similarity", f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
+                f"{', '.join(list_similarities())} or a Similarity instance"
+            )
+        if not isinstance(self.similarity_options, Mapping):
+            raise EmbedConfigError("similarity_options", f"`embed_cfg.similarity_options` must be a mapping of "
+                                   f"option names to values, got {self.similarity_options!r}")
+        try:
+            # the geometry too: its constructor checks the values (a curvature <= 0, say); three scalars
+            self.make_similarity().make_geometry(d=self.token_dim)
+        except (TypeError, ValueError) as exc:
+            raise EmbedConfigError("similarity_options", f"`embed_cfg.similarity_options` = "
+                                   f"{dict(self.similarity_options)!r} for similarity {self.similarity_name!r}: "
+                                   f"{exc}") from None
+
+    def make_similarity(self) -> Similarity:
+        """The similarity with its options: a new instance from the name (the given one if an instance)."""
+        return get_similarity(self.similarity, **dict(self.similarity_options))
+
+    @property
+    def similarity_name(self) -> str:
+        """The similarity's registry name."""
+        return self.similarity.name if isinstance(self.similarity, Similarity) else self.similarity
 
     @staticmethod
     def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -11,7 +11,6 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from manifold_align.similarity import get_similarity
 from manifold_align.temperature import get_temperature
 
 from .embed_config import EmbedConfig
@@ -41,6 +40,10 @@ class MultiTokenCLIP(nn.Module):
     visual : manifold_align.clip.towers.MultiTokenVisionTransformer
     text : manifold_align.clip.towers.MultiTokenTextTransformer
     similarity : manifold_align.Similarity
+    geometry : nn.Module or None
+        The similarity's learnable geometry parameters (``similarity.make_geometry(d=token_dim)``; for
+        ``lorentz`` a :class:`~manifold_align.LorentzGeometry`: curvature and modality scales), saved with
+        the weights; None for similarities without any.
     temperature : manifold_align.Temperature
     logit_bias : nn.Parameter (0-dim) or None
         Present for the sigmoid objective.
@@ -63,7 +66,8 @@ class MultiTokenCLIP(nn.Module):
         self.text = build_text_tower(text_cfg, c, w, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size
-        self.similarity = get_similarity(self.embed_cfg.similarity)
+        self.similarity = self.embed_cfg.make_similarity()
+        self.geometry = self.similarity.make_geometry(d=self.embed_cfg.token_dim)
         self.temperature = get_temperature(self.embed_cfg.temperature)
         if self.embed_cfg.objective == "sigmoid":
             self.logit_bias = nn.Parameter(torch.tensor(float(self.embed_cfg.bias_init)))
@@ -80,21 +84,25 @@ class MultiTokenCLIP(nn.Module):
         """``d``."""
         return self.embed_cfg.token_dim
 
-    def _as_points(self, tower_output: torch.Tensor, normalize: bool) -> torch.Tensor:
+    def _as_points(self, tower_output: torch.Tensor, normalize: bool, modality: str) -> torch.Tensor:
         """Tower output (B, class_tokens, k * d / class_tokens) -> (B, k, d), on the similarity's manifold
         if ``normalize`` (cosine's flat output reshaped back)."""
         features = tower_output.reshape(tower_output.shape[0], self.n_tokens, self.token_dim)
         if not normalize:
             return features
-        return self.similarity.project(features).reshape(features.shape)
+        if self.geometry is None:
+            # the plain call: a user similarity without geometry may not take the keywords
+            return self.similarity.project(features).reshape(features.shape)
+        return self.similarity.project(features, geometry=self.geometry, modality=modality).reshape(features.shape)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Images (B, 3, H, W) -> features (B, k, d), projected with ``similarity.project`` if ``normalize``."""
-        return self._as_points(self.visual(image), normalize)
+        """Images (B, 3, H, W) -> features (B, k, d), projected with ``similarity.project`` (and the
+        geometry, if any) if ``normalize``."""
+        return self._as_points(self.visual(image), normalize, "image")
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Token ids (B, L), L <= context_length -> features (B, k, d), projected if ``normalize``."""
-        return self._as_points(self.text(text), normalize)
+        return self._as_points(self.text(text), normalize, "text")
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> dict:
         """Encode both modalities, open_clip ``output_dict`` style.
@@ -103,12 +111,14 @@ class MultiTokenCLIP(nn.Module):
         -------
         dict
             ``image_features`` (B, k, d) or None, ``text_features`` (B, k, d) or None, ``logit_scale``
-            (0-dim, ``temperature.scale()``) and, for the sigmoid objective, ``logit_bias`` (0-dim).
+            (0-dim, ``temperature.scale()``), ``geometry`` (the module :attr:`geometry`, or None: the
+            loss's ``geometry=``) and, for the sigmoid objective, ``logit_bias`` (0-dim).
         """
         out = {
             "image_features": self.encode_image(image) if image is not None else None,
             "text_features": self.encode_text(text) if text is not None else None,
             "logit_scale": self.temperature.scale(),
+            "geometry": self.geometry,
         }
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
@@ -128,14 +138,38 @@ class MultiTokenCLIP(nn.Module):
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
 
+    @torch.no_grad()
+    def clamp_(self) -> "MultiTokenCLIP":
+        """Project the temperature's and the geometry's parameters into their ranges, in place.
+
+        Call after ``optimizer.step()`` so the optimizer's view of them stays in range (their accessors
+        clamp anyway); each clamp lives with its parameter (``Temperature.clamp_``, ``LorentzGeometry.clamp_``).
+        A geometry without ``clamp_`` is left alone.
+        """
+        self.temperature.clamp_()
+        clamp = getattr(self.geometry, "clamp_", None)
+        if clamp is not None:
+            clamp()
+        return self
+
+    def geometry_values(self) -> dict[str, float]:
+        """The geometry's current values (``geometry.values()``, e.g. curvature and modality scales) as
+        Python floats, for logs; empty without a geometry or when it has no ``values``."""
+        values = getattr(self.geometry, "values", None)
+        return dict(values()) if values is not None else {}
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Full names of parameters exempt from weight decay.
 
         Class tokens, positional embeddings, every norm weight, every bias and other 1-d parameter, the
-        temperature's parameters and ``logit_bias``.
+        temperature's parameters, the geometry's (curvature and scales are 0-dim) and ``logit_bias``.
         """
         names = {f"visual.{n}" for n in self.visual.no_weight_decay()}
         names |= {f"text.{n}" for n in self.text.no_weight_decay()}
         # norms, biases, the temperature's log-scale and logit_bias are all the 1-d (or 0-d) parameters
-        return names | {name for name, param in self.named_parameters() if param.ndim < 2}
+        names |= {name for name, param in self.named_parameters() if param.ndim < 2}
+        # a user geometry may hold matrices; none of its parameters is a weight to shrink towards 0
+        if self.geometry is not None:
+            names |= {f"geometry.{n}" for n, _ in self.geometry.named_parameters()}
+        return names

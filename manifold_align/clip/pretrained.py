@@ -167,7 +167,7 @@ def _build_and_load(
 ) -> MultiTokenCLIP:
     model = MultiTokenCLIP(cfg["vision_cfg"], cfg["text_cfg"], embed, quick_gelu=cfg.get("quick_gelu", False))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    own = ("temperature.", "logit_bias")
+    own = ("temperature.", "logit_bias", "geometry.")  # from embed_cfg when the checkpoint has none
     missing = [key for key in missing if not key.startswith(own)]
     if missing or unexpected:
         raise ValueError(
@@ -205,7 +205,7 @@ def from_open_clip(
     Returns
     -------
     MultiTokenCLIP
-        float32, CPU, training mode. Its temperature and ``logit_bias`` come from ``embed_cfg``.
+        float32, CPU, training mode. Its temperature, geometry and ``logit_bias`` come from ``embed_cfg``.
 
     Raises
     ------

@@ -1,9 +1,10 @@
 """Zero-shot classification scored with the model's own geometry, and the encoders it and retrieval use.
 
-Class embeddings live on the model's manifold: shape ``(C, k, d)``, the template average taken per
-token and projected back with ``model.similarity.project`` (per-token renormalization on OB(d, k)).
-Logits are ``model.temperature(model.similarity.pairwise(...))`` (plus ``model.logit_bias`` for the
-sigmoid objective): no hard-coded 100x scale.
+Class embeddings live on the model's manifold: shape ``(C, k, d)``, the template average taken by
+``model.similarity.mean`` in the model's own geometry (per token: renormalized on OB(d, k), in the tangent
+space at the origin on the hyperboloids, plain in Euclidean space). Logits are
+``model.temperature(model.similarity.pairwise(..., geometry=model.geometry))`` (plus ``model.logit_bias``
+for the sigmoid objective): no hard-coded 100x scale.
 """
 
 from __future__ import annotations
@@ -126,15 +127,20 @@ def build_zero_shot_classifier(
     Returns
     -------
     torch.Tensor, shape (C, k, d)
-        Per class, the mean over templates of the projected prompt features, taken token by token, then
-        projected again with ``model.similarity.project`` (per token on OB; the whole vector for cosine).
+        Per class, the mean over templates of the projected prompt features,
+        ``model.similarity.mean(..., geometry=model.geometry)``: per token on OB, renormalized (the whole
+        vector for cosine); per token in the tangent space at the origin for ``lorentz``; plain for
+        ``euclidean``.
     """
     if not classnames or not templates:
         raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
     prompts = [_fill(template, name) for name in classnames for template in templates]
     features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
-    mean = features.view(len(classnames), len(templates), *features.shape[1:]).mean(dim=1)
-    return model.similarity.project(mean).reshape(mean.shape)
+    per_template = features.view(len(classnames), len(templates), *features.shape[1:])
+    with torch.no_grad():
+        if model.geometry is None:  # the plain call, as the model's own projection makes it
+            return model.similarity.mean(per_template, dim=1)
+        return model.similarity.mean(per_template, dim=1, geometry=model.geometry, modality="text")
 
 
 def zero_shot_logits(model, image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
@@ -150,9 +156,11 @@ def zero_shot_logits(model, image_features: torch.Tensor, classifier: torch.Tens
     Returns
     -------
     torch.Tensor, shape (B, C)
-        ``model.temperature(model.similarity.pairwise(image_features, classifier))`` (+ ``logit_bias``).
+        ``model.temperature(model.similarity.pairwise(image_features, classifier, geometry=model.geometry))``
+        (+ ``logit_bias``).
     """
-    logits = model.temperature(model.similarity.pairwise(image_features, classifier.to(image_features.device)))
+    scores = model.similarity.pairwise(image_features, classifier.to(image_features.device), geometry=model.geometry)
+    logits = model.temperature(scores)
     if getattr(model, "logit_bias", None) is not None:
         logits = logits + model.logit_bias
     return logits
