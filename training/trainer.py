@@ -270,9 +270,29 @@ class Trainer:
         self.counters.nonfinite_steps += 1
 
     def evaluate(self) -> dict[str, float]:
-        """Zero-shot top-1/top-5 and retrieval R@K on the held-out data (every rank, same result)."""
-        return evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
-                        autocast=autocast_for(self.cfg.train.precision, self.device))
+        """Zero-shot top-1/top-5 and retrieval R@K on the held-out data, streamed in ``eval.batch_size``
+        batches by rank 0 alone; the other ranks wait in a broadcast of its result (collective), so every
+        rank returns the same metrics and rank 0's failure stops every rank."""
+        outcome: list = [None, None, None]  # metrics, bad held-out pairs, rank 0's error
+        if self.env.is_main:
+            try:
+                outcome[0] = evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
+                                      workers=self.cfg.data.workers,
+                                      autocast=autocast_for(self.cfg.train.precision, self.device))
+            except Exception as error:
+                if not self.env.distributed:
+                    raise
+                outcome[2] = f"{type(error).__name__}: {error}"
+                dist.broadcast_object_list(outcome, src=0)
+                raise
+            outcome[1] = getattr(self.data.retrieval, "bad", None)
+        if self.env.distributed:
+            dist.broadcast_object_list(outcome, src=0)
+            if outcome[2] is not None:
+                raise RuntimeError(f"the evaluation on rank 0 failed: {outcome[2]}")
+            if outcome[1] is not None:
+                self.data.retrieval.bad = outcome[1]
+        return outcome[0]
 
     def fit(self, log: MetricsLog, progress: Progress) -> dict[str, Any]:
         """Train until ``train.steps``; return the final evaluation metrics."""
