@@ -22,7 +22,7 @@ from PIL import Image
 
 from manifold_align_train.config import DataConfig
 from manifold_align_train.data import build_data
-from manifold_align_train.evaluation import evaluate
+from manifold_align_train.evaluation import evaluate, format_metrics
 
 from tiny_config import tiny_cfg
 
@@ -123,6 +123,27 @@ def test_streamed_evaluation_matches_scoring_the_whole_set_at_once(model_and_tra
                               encode_texts(model, texts, batch_size=1000), labels=bundle.retrieval.labels)
     for key, value in whole.items():
         assert streamed[key] == pytest.approx(value, abs=1e-6), key
+
+
+# -- the report -------------------------------------------------------------------------------------
+CLASS_CAPTIONED = {f"{d}_{level}R@{k}": v for d in ("image_to_text", "text_to_image")
+                   for level, v in (("", 0.025), ("class_", 0.9)) for k in (1, 5, 10)}
+
+
+def test_report_shows_class_level_recall_for_class_captioned_data_and_says_why():
+    """Digits captions repeat per class: index-level R@1 = R@5 = R@10 (image to text) and ~2.5% (text to
+    image) mean nothing there; the report shows class-level recall and one line saying why."""
+    text = format_metrics({**CLASS_CAPTIONED, "retrieval_pairs": 360})
+    retrieval = [line for line in text.splitlines() if "retrieval" in line and "R@" in line]
+    assert retrieval and all("class-level" in line for line in retrieval), text
+    assert "2.5%" not in text
+    assert "captions repeat per class" in text
+
+
+def test_report_shows_index_level_recall_for_pairs_without_classes():
+    index_only = {key: value for key, value in CLASS_CAPTIONED.items() if "class_" not in key}
+    text = format_metrics({**index_only, "retrieval_pairs": 24})
+    assert "retrieval image to text: R@1 2.5%" in text and "class-level" not in text
 
 
 # -- torchrun: rank 0 evaluates, the others wait ----------------------------------------------------
