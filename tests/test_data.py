@@ -536,3 +536,13 @@ def test_two_workers_give_the_same_batches(small_dataset):
     assert len(parallel) == 3
     for a, b in zip(serial, parallel):
         _same(a, b)
+
+
+def test_items_are_seeded_on_the_cpu_generator_alone(small_dataset, monkeypatch):
+    """Loading seeds only torch's CPU generator (what the transforms draw from), with the same batches:
+    ``torch.manual_seed`` per item also seeded every accelerator, queuing each call with a formatted stack
+    trace where CUDA is not initialized (about 1 ms an item: it made the loader 2.7x slower than open_clip's)."""
+    expected = list(ResumableLoader(small_dataset, 16, seed=5).epoch_batches(0))
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("torch.manual_seed called while loading"))
+    for a, b in zip(expected, ResumableLoader(small_dataset, 16, seed=5).epoch_batches(0)):
+        _same(a, b)

@@ -37,6 +37,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..rng import cpu_seeded
 from .batch import BadDataError, Batch
 from .loader import PositionedLoader
 
@@ -149,8 +150,7 @@ class _Batcher:
         for k in range(1 << 62):
             images, captions, bad = [], [], []
             item_seed = int(np.random.SeedSequence(self.seed + [worker, k]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
+            with cpu_seeded(item_seed):
                 for sample in samples:
                     try:
                         image, caption = decode_sample(sample)
