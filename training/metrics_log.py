@@ -113,11 +113,13 @@ class Progress:
             self._bar = tqdm(total=total, initial=initial, desc="train", unit="step",
                              dynamic_ncols=True, file=sys.stderr)
 
-    def update(self, n: int, *, loss: float, scale: float, samples_per_second: float) -> None:
-        """Advance ``n`` steps and show the latest numbers."""
+    def update(self, n: int, *, loss: float | None = None, scale: float | None = None,
+               samples_per_second: float | None = None) -> None:
+        """Advance ``n`` steps; with numbers (the trainer passes them at its log steps), show them."""
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:.3g}",
-                                  samples_s=f"{samples_per_second:.0f}", refresh=False)
+            if loss is not None:
+                self._bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:.3g}",
+                                      samples_s=f"{samples_per_second:.0f}", refresh=False)
             self._bar.update(n)
 
     def write(self, text: str) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["cpu_seeded", "rng_state", "seed_everything", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
@@ -16,6 +17,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def cpu_seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded with ``seed``; its state is restored after.
+
+    The CPU generator alone, which the data transforms draw from. ``torch.manual_seed`` would also seed
+    every accelerator (where CUDA is not initialized, such as in a loader worker, each call queues the
+    seeding with a formatted stack trace: about 1 ms, more than loading a small image), and
+    ``torch.random.fork_rng(devices=[])`` would not restore those.
+    """
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
 
 
 def rng_state() -> dict[str, Any]:

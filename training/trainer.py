@@ -89,6 +89,7 @@ class Trainer:
         self.step = 0
         self.counters = Counters()
         self.last_metrics: dict[str, Any] = {}
+        self._skipped_here = 0  # this rank's bad-sample encounters not yet in counters.skipped_samples
         # Different ranks draw different dropout/augmentation noise; model init was already equal.
         seed_everything(cfg.seed + 1000 * self.env.rank + 1)
 
@@ -163,10 +164,12 @@ class Trainer:
             result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1)
             results.append(result)
             samples += n
-        loss = sum(float(r.loss.detach()) for r in results) / len(results)
-        grad_norm = self._clip_gradients()
+        # the micro-batch losses and the gradient norm reach the host in one transfer (one sync on a GPU)
+        *losses, grad_norm = torch.stack([*(r.loss.detach().float() for r in results),
+                                          self._clip_gradients().float()]).tolist()
+        loss = sum(losses) / len(losses)
         # fp16 overflow is the scaler's business (it skips the step); a non-finite *loss* is not.
-        finite = self._all_finite(loss) and (self.scaler.is_enabled() or self._all_finite(grad_norm))
+        finite = self._all_finite(loss) if self.scaler.is_enabled() else self._all_finite(loss, grad_norm)
         if finite:
             self.scaler.step(self.optimizer)
             self.model.clamp_()  # temperature and geometry: keeps the optimizer's view of them in range
@@ -183,13 +186,14 @@ class Trainer:
             "skipped": sum(int(getattr(b, "n_skipped", 0)) for b in batches), "finite": finite,
         }
 
-    def _clip_gradients(self) -> float:
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip (``train.grad_clip``) and return the total gradient norm before clipping, 0-dim, on the device."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else float("inf")
         if not params:
-            return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            return torch.zeros((), device=self.device)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _sync_bad_samples(self) -> None:
@@ -202,8 +206,9 @@ class Trainer:
         self.counters.bad_samples = sorted(set(self.counters.bad_samples).union(*names))
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit for bit."""
+        """Everything a resumed run needs to continue bit for bit (collective in DDP)."""
         self._sync_bad_samples()
+        self._sync_skipped()
         rng = [rng_state()]
         if self.env.distributed:
             rng = [None] * self.env.world_size
@@ -272,9 +277,29 @@ class Trainer:
         self.counters.nonfinite_steps += 1
 
     def evaluate(self) -> dict[str, float]:
-        """Zero-shot top-1/top-5 and retrieval R@K on the held-out data (every rank, same result)."""
-        return evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
-                        autocast=autocast_for(self.cfg.train.precision, self.device))
+        """Zero-shot top-1/top-5 and retrieval R@K on the held-out data, streamed in ``eval.batch_size``
+        batches by rank 0 alone; the other ranks wait in a broadcast of its result (collective), so every
+        rank returns the same metrics and rank 0's failure stops every rank."""
+        outcome: list = [None, None, None]  # metrics, bad held-out pairs, rank 0's error
+        if self.env.is_main:
+            try:
+                outcome[0] = evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
+                                      workers=self.cfg.data.workers,
+                                      autocast=autocast_for(self.cfg.train.precision, self.device))
+            except Exception as error:
+                if not self.env.distributed:
+                    raise
+                outcome[2] = f"{type(error).__name__}: {error}"
+                dist.broadcast_object_list(outcome, src=0)
+                raise
+            outcome[1] = getattr(self.data.retrieval, "bad", None)
+        if self.env.distributed:
+            dist.broadcast_object_list(outcome, src=0)
+            if outcome[2] is not None:
+                raise RuntimeError(f"the evaluation on rank 0 failed: {outcome[2]}")
+            if outcome[1] is not None:
+                self.data.retrieval.bad = outcome[1]
+        return outcome[0]
 
     def fit(self, log: MetricsLog, progress: Progress) -> dict[str, Any]:
         """Train until ``train.steps``; return the final evaluation metrics."""
@@ -292,14 +317,15 @@ class Trainer:
                                     "nonfinite_steps": self.counters.nonfinite_steps}, kind="skip")
             self.step += 1
             self.counters.samples += metrics["samples"]
-            self.counters.skipped_samples += self._global_sum(metrics["skipped"])
+            self._skipped_here += metrics["skipped"]
             window_samples += metrics["samples"]
-            elapsed = time.perf_counter() - window_start
-            rate = window_samples / max(elapsed, 1e-9)
-            progress.update(1, loss=metrics["loss"], scale=metrics["temperature"], samples_per_second=rate)
             if self.step % cfg.log.every == 0 or self.step == cfg.train.steps:
+                rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                progress.update(1, loss=metrics["loss"], scale=metrics["temperature"], samples_per_second=rate)
                 self._log_train(log, metrics, rate)
                 window_start, window_samples = time.perf_counter(), 0
+            else:
+                progress.update(1)
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
                 log.log(self.step, self.evaluate(), kind="eval")
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -307,18 +333,27 @@ class Trainer:
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
         self._sync_bad_samples()
+        self._sync_skipped()
         final = self.evaluate()
         log.log(self.step, final, kind="eval")
         return final
 
-    def _global_sum(self, value: int) -> int:
-        if not self.env.distributed:
-            return int(value)
-        total = torch.tensor(float(value), device=self.device)
-        dist.all_reduce(total)
-        return int(total.item())
+    def _sync_skipped(self) -> None:
+        """Add the bad-sample encounters of every rank since the last call to ``counters.skipped_samples``.
+
+        Collective in DDP; called where the count is read (log rows, checkpoints, the end), at the same steps
+        on every rank, instead of an all-reduce and a host sync every step.
+        """
+        total = self._skipped_here
+        if self.env.distributed:
+            reduced = torch.tensor(float(total), device=self.device)
+            dist.all_reduce(reduced)
+            total = int(reduced.item())
+        self.counters.skipped_samples += int(total)
+        self._skipped_here = 0
 
     def _log_train(self, log: MetricsLog, metrics: dict[str, Any], rate: float) -> None:
+        self._sync_skipped()
         row = {key: metrics[key] for key in ("loss", "lr", "temperature", "positive_similarity",
                                              "negative_similarity", "gap", "grad_norm")}
         if metrics["entailment_loss"] is not None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-import torch
-
-from .batch import BadDataError
 from .csv_dataset import CsvDataset
 from .digit_pairs import make_digit_pairs
 from .digits import make_digits
@@ -15,7 +12,7 @@ from .in_memory import InMemoryImageText
 from .loader import ResumableLoader
 from .synthetic import make_synthetic
 from .tasks import EmbeddedTask, RetrievalTask, ZeroShotTask
-from .webdataset_source import WebDatasetLoader, read_samples
+from .webdataset_source import HeldOutShards, WebDatasetLoader
 
 __all__ = ["DATASETS", "EMBEDDED_DATASETS", "DataBundle", "ZeroShotTask", "RetrievalTask", "build_data", "build_embedded"]
 
@@ -66,21 +63,6 @@ def _csv(path, data_cfg, transform, tokenizer) -> CsvDataset:
         caption_key=data_cfg.csv_caption_key,
         sep=data_cfg.csv_separator,
     )
-
-
-def _csv_retrieval(dataset: CsvDataset) -> RetrievalTask:
-    images, texts, captions, bad = [], [], [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if item is None:
-            bad.append(dataset.source(i))
-            continue
-        images.append(item[0])
-        texts.append(item[1])
-        captions.append(dataset.captions[i].strip())
-    if not images:
-        raise BadDataError(f"`data.val_data` {dataset.path}: no readable image with a caption")
-    return RetrievalTask(torch.stack(images), torch.stack(texts), captions, bad=bad)
 
 
 def build_data(
@@ -148,17 +130,14 @@ def build_data(
         raise ValueError(f"`data.train_data` is required for `data.dataset`={name!r}")
     if name == "csv":
         loader = ResumableLoader(_csv(train_data, data_cfg, preprocess_train, tokenizer), batch_size, **common)
-        retrieval = _csv_retrieval(_csv(val_data, data_cfg, preprocess_val, tokenizer)) if val_data else None
+        retrieval = RetrievalTask(_csv(val_data, data_cfg, preprocess_val, tokenizer)) if val_data else None
         n = len(loader.dataset)
     else:
         loader = WebDatasetLoader(
             train_data, preprocess_train, tokenizer, batch_size,
             num_samples=data_cfg.num_samples, **common,
         )
-        retrieval = None
-        if val_data:
-            images, texts, captions, bad = read_samples(val_data, preprocess_val, tokenizer)
-            retrieval = RetrievalTask(images, texts, captions, bad=bad)
+        retrieval = RetrievalTask(HeldOutShards(val_data, preprocess_val, tokenizer)) if val_data else None
         n = loader.num_samples
     description = (
         f"{name}: {train_data} ({n} samples/epoch), val={val_data or 'none'}, "

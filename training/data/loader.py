@@ -10,7 +10,7 @@ seeded with ``seed + e``. Global batch ``b`` is ``perm[b * B : (b + 1) * B]`` wi
 global batch is dropped, so every rank runs ``steps_per_epoch = len(dataset) // B`` steps.
 
 Each item also gets its own seed, drawn from the same generator, and is loaded under
-``torch.random.fork_rng`` seeded with it: random augmentation is a function of
+torch's CPU generator seeded with it (``manifold_align_train.rng.cpu_seeded``): random augmentation is a function of
 ``(seed, epoch, index)`` only -- independent of ``workers``, ``world_size`` and of where a run was
 resumed -- and the caller's global RNG state is left untouched.
 
@@ -38,6 +38,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..rng import cpu_seeded
 from .batch import Batch, all_bad_error, collate_skip_bad
 
 __all__ = ["PositionedLoader", "ResumableLoader"]
@@ -80,8 +81,7 @@ class _EpochItems(Dataset):
         bad: List[int] = []
         for j in range(n):
             index = int(self.perm[(position + j * self.stride) % n])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
+            with cpu_seeded(item_seed):
                 item = self.dataset[index]
             if item is not None:
                 return item, [self._name(i) for i in bad]

@@ -7,7 +7,10 @@ from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from torch.utils.data import Dataset, IterableDataset
+
+from .held_out import HeldOutImages
+from .in_memory import InMemoryImageText
 
 __all__ = ["ZeroShotTask", "RetrievalTask", "EmbeddedTask"]
 
@@ -24,8 +27,9 @@ class ZeroShotTask:
 
     Attributes
     ----------
-    images : torch.Tensor, shape (N, 3, H, W)
-        Preprocessed with the validation transform.
+    images : torch.utils.data.Dataset
+        Item ``i`` is held-out image ``i`` through the validation transform, a tensor (3, H, W) made
+        when read: the evaluation streams them in batches (:mod:`manifold_align_train.data.held_out`).
     labels : torch.Tensor, shape (N,), long in [0, C)
     classnames : list of str, length C
     templates : list of str or callable
@@ -33,7 +37,7 @@ class ZeroShotTask:
         every training phrasing.
     """
 
-    images: torch.Tensor
+    images: Dataset
     labels: torch.Tensor
     classnames: List[str]
     templates: List[Template]
@@ -49,24 +53,22 @@ class RetrievalTask:
 
     Attributes
     ----------
-    images : torch.Tensor, shape (N, 3, H, W)
-    texts : torch.Tensor, shape (N, L), long
-    captions : list of str, length N
+    pairs : torch.utils.data.Dataset or IterableDataset
+        The held-out pairs, read when the evaluation streams them in batches
+        (:func:`manifold_align_train.data.held_out.held_out_batches`): map-style items
+        ``(image (3, H, W), tokens (L,))`` or None for a bad pair; an iterable yields
+        ``(index, item, name)``.
     labels : torch.Tensor, shape (N,), long, optional
-        Class of each pair where one exists. On class-coded data several captions are identical
-        strings, so index-exact recall has a ceiling; class-level recall can use ``labels``.
+        Class of pair ``i`` where one exists: class-captioned data, where captions repeat per class, so
+        index-exact recall has a ceiling and class-level recall is what means something.
     bad : list of str
-        Names of the held-out samples left out as bad (unreadable or missing image, empty caption).
+        Names of the held-out pairs left out as bad (unreadable or missing image, empty caption),
+        as the last evaluation met them.
     """
 
-    images: torch.Tensor
-    texts: torch.Tensor
-    captions: List[str]
+    pairs: Union[Dataset, IterableDataset]
     labels: Optional[torch.Tensor] = None
     bad: List[str] = field(default_factory=list)
-
-    def __iter__(self):  # allows ``images, texts = task``
-        return iter((self.images, self.texts))
 
 
 @dataclass
@@ -103,23 +105,17 @@ class EmbeddedTask:
     name: str = "embedded"
     extra: dict = field(default_factory=dict)
 
-    def _test_tensor(self, preprocess: Callable) -> torch.Tensor:
-        return torch.stack([preprocess(Image.fromarray(a).convert("RGB")) for a in self.test_images])
-
     def zero_shot(self, preprocess: Callable) -> ZeroShotTask:
-        """Held-out images through ``preprocess`` (PIL -> (3, H, W)) as a :class:`ZeroShotTask`."""
+        """Held-out images through ``preprocess`` (PIL -> (3, H, W)), made when read, as a :class:`ZeroShotTask`."""
         return ZeroShotTask(
-            self._test_tensor(preprocess),
+            HeldOutImages(self.test_images, preprocess),
             torch.as_tensor(self.test_labels, dtype=torch.long),
             list(self.classnames),
             list(self.templates),
         )
 
     def retrieval(self, preprocess: Callable, tokenizer: Callable) -> RetrievalTask:
-        """Held-out images paired with their held-out-phrasing captions."""
-        return RetrievalTask(
-            self._test_tensor(preprocess),
-            tokenizer(list(self.retrieval_captions)),
-            list(self.retrieval_captions),
-            torch.as_tensor(self.test_labels, dtype=torch.long),
-        )
+        """Held-out images paired with their held-out-phrasing captions (images made when read)."""
+        pairs = InMemoryImageText(self.test_images, self.retrieval_captions, preprocess, tokenizer,
+                                  prefix=f"{self.name} held-out")
+        return RetrievalTask(pairs, torch.as_tensor(self.test_labels, dtype=torch.long))

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
+from ..rng import cpu_seeded
 from .batch import BadDataError, Batch
 from .loader import PositionedLoader
 
-__all__ = ["WebDatasetLoader", "count_samples", "decode_sample", "expand_shards", "read_samples", "sample_name"]
+__all__ = ["WebDatasetLoader", "count_samples", "decode_sample", "expand_shards", "HeldOutShards", "sample_name"]
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,7 @@ class _Batcher:
         for k in range(1 << 62):
             images, captions, bad = [], [], []
             item_seed = int(np.random.SeedSequence(self.seed + [worker, k]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
+            with cpu_seeded(item_seed):
                 for sample in samples:
                     try:
                         image, caption = decode_sample(sample)
@@ -276,30 +276,45 @@ class WebDatasetLoader(PositionedLoader):
 
 
 
-def read_samples(pattern: str, transform: Callable, tokenizer: Callable):
-    """Read every good sample of the shards once, in order (for validation retrieval).
+class HeldOutShards(IterableDataset):
+    """The samples of validation shards, read in order when iterated (for streamed evaluation retrieval).
 
-    Returns
-    -------
-    images : torch.Tensor, shape (N, 3, H, W)
-    texts : torch.Tensor, shape (N, L)
-    captions : list of str, length N
-    bad : list of str
-        Names of the samples (``shard:key``) or shards that were skipped.
+    Yields ``(index, (image (3, H, W), tokens (L,)), None)`` for a good sample and ``(index, None, name)``
+    for a bad one (``shard:key``, or the shard for what breaks before a sample exists); ``index`` counts
+    the samples a reader met. Loader workers split the shards (``wds.split_by_worker``), so every sample
+    is read once. The evaluation streams it with :func:`manifold_align_train.data.held_out.held_out_batches`.
+
+    Parameters
+    ----------
+    pattern : str
+        Shards, as ``data.val_data`` (brace and ``::`` lists).
+    transform : callable
+        ``PIL.Image -> torch.Tensor (3, H, W)``.
+    tokenizer : callable
+        ``list[str] -> torch.LongTensor (N, L)``.
     """
-    counter = _SkipCounter()
-    dataset = wds.WebDataset(expand_shards(pattern), handler=counter, shardshuffle=False, empty_check=False,
-                             nodesplitter=None, workersplitter=None)
-    images, captions, bad = [], [], []
-    for sample in dataset:
-        try:
-            image, caption = decode_sample(sample)
-            images.append(transform(image))
-        except Exception as error:
-            bad.append(sample_name(sample))
-            log.warning("skipping validation sample %s: %s: %s", bad[-1], type(error).__name__, error)
-            continue
-        captions.append(caption)
-    if not images:
-        raise BadDataError(f"no good sample in {pattern!r}")
-    return torch.stack(images), tokenizer(captions), captions, list(counter.take()) + bad
+
+    def __init__(self, pattern: str, transform: Callable, tokenizer: Callable):
+        self.urls = expand_shards(pattern)
+        self.pattern, self.transform, self.tokenizer = pattern, transform, tokenizer
+
+    def __iter__(self):
+        counter = _SkipCounter()
+        dataset = wds.WebDataset(self.urls, handler=counter, shardshuffle=False, empty_check=False,
+                                 nodesplitter=None, workersplitter=wds.split_by_worker)
+        index = 0
+        for sample in dataset:
+            for name in counter.take():
+                yield -1, None, name
+            try:
+                image, caption = decode_sample(sample)
+                item = self.transform(image), self.tokenizer([caption])[0]
+            except Exception as error:
+                name = sample_name(sample)
+                log.warning("skipping validation sample %s: %s: %s", name, type(error).__name__, error)
+                yield index, None, name
+            else:
+                yield index, item, None
+            index += 1
+        for name in counter.take():
+            yield -1, None, name
