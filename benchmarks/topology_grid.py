@@ -153,8 +153,8 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
 # --------------------------------------------------------------------------------------------------
 # the plan
 # --------------------------------------------------------------------------------------------------
-def first_pass(args: argparse.Namespace) -> list[Cell]:
-    """Parts 1-3 and 5 (no power extension): the cells the grid runs with its first seeds."""
+def first_pass(args: argparse.Namespace) -> tuple[list[Cell], list[Cell]]:
+    """Parts 1-3 and, second, part 5: the cells the grid runs with its first seeds (no power extension)."""
     seeds = tuple(range(args.seeds))
     cells = [Cell(t, n, args.batch_size, seeds, "main") for n in args.noise for t in args.topologies]
     cells += [Cell(k_name(k), n, args.batch_size, seeds, "k") for n in args.k_noise for k in args.k_values]
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     p.add_argument("--dry-run", action="store_true", help="print the first-pass plan, train nothing")
     p.add_argument("--report-only", action="store_true", help="tables and plots from results.csv only")
+    p.add_argument("--docs-img", type=Path, help="also copy the plots here (docs/img/topologies-fast for the cpu "
+                   "profile's default output; none otherwise)")
     return p
 
 
@@ -318,9 +320,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                 "time_budget"):
         if getattr(args, key) is None:
             setattr(args, key, profile[key])
-    if args.output is None:
+    default_output = args.output is None
+    if default_output:
         args.output = DEFAULT_OUTPUT.with_name(DEFAULT_OUTPUT.name + ("" if args.profile == "cpu" else "-gpu"))
     args.output = args.output.resolve()
+    if args.docs_img is None and default_output and args.profile == "cpu":
+        args.docs_img = REPO / "docs" / "img" / "topologies-fast"
     if args.topologies is None:
         args.topologies = tuple(fast_topologies())
     unknown = [t for t in args.topologies if t not in bench.TOPOLOGIES]
@@ -358,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.report_only:
         execute(args)
     command = shlex.join(["python", "benchmarks/topologies.py", "--mode", "fast", *argv])
-    written = write_report(args.output, profile=args.profile, command=command)
+    written = write_report(args.output, profile=args.profile, command=command, images_to=args.docs_img)
     print(f"report -> {', '.join(p.name for p in written)}")
     return 0
 
