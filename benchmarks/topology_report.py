@@ -79,10 +79,6 @@ def setting(rows: list[dict[str, Any]]) -> str:
             f"seeds {seeds[0]}-{seeds[-1]}")
 
 
-def label(topology: str) -> str:
-    return topology
-
-
 # --------------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +139,15 @@ def table_paired(rows) -> list[str]:
             text = cell(diffs, sign=True)
             cells.append(text + (" **n.d.**" if verdict(diffs).startswith("no difference") else ""))
         out.append(f"| {topo} | " + " | ".join(cells) + " |")
+    wide = []
+    for topo in _topologies(rows):
+        for n in noises:
+            mean, half, count = bench.t_interval([100 * d for d in paired(rows, topo, grid.BASELINE, n)])
+            if topo != grid.BASELINE and count and not half <= grid.TARGET:
+                wide.append(f"{topo} at {n:g} (±{half:.1f}, {count} seeds, mean {mean:+.1f})")
+    total = (len(_topologies(rows)) - 1) * len(noises)
+    out += ["", f"{total - len(wide)} of {total} cells have a half-width of at most {grid.TARGET:g} points; "
+            + ("the others: " + "; ".join(wide) + "." if wide else "all do.")]
     return out + [""]
 
 
@@ -306,7 +311,9 @@ def claims(rows: list[dict[str, Any]]) -> list[str]:
 
     if {"sphere-none", "oblique-none", grid.BASELINE} <= have:
         sel = batch_rows(rows)
-        sizes = sorted({r["batch_size"] for r in sel})
+        # the largest N that all three topologies reached (the sweep's tail may be partly run)
+        sizes = sorted(n for n in {r["batch_size"] for r in sel}
+                       if all(values(sel, t, 0.0, batch=n) for t in grid.BATCH_TOPOLOGIES))
         lo_n, hi_n = sizes[0], sizes[-1]
         gap = lambda t, n: [x - grid.loss_floor(n) for x in values(sel, t, 0.0, "final_loss", n)]  # noqa: E731
         out.append(
@@ -511,8 +518,9 @@ def write_report(output: Path, *, profile: str, command: str, images_to: Optiona
         return []
     main = _main_rows(rows)
     lines = ["# Topology comparison, fast mode", "",
-             f"Produced by `{command}` on {bench.machine()}; recomputed from `results.csv` and "
-             "`trajectories.csv` by `--report-only`.", "",
+             f"Written by `{command}` on {bench.machine()}, from `results.csv` and `trajectories.csv` alone "
+             f"(the grid itself: `python benchmarks/topologies.py --mode fast --profile {profile}`; "
+             "`--report-only` rewrites this file and the plots).", "",
              f"Setting of the main grid: {setting(main)}. Every table below comes from the fast mode "
              "(fixed inputs, MLP towers; see docs/benchmarks-topologies.md). Cells: mean ± half-width of the "
              "95% Student-t interval (seeds in parentheses).", ""]
