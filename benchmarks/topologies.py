@@ -141,6 +141,18 @@ TOPOLOGIES: dict[str, Topology] = {t.name: t for t in (
     Topology("block-control", "oblique", 16, 32, {"name": "none"}, 16,
              "one 512-d class token split into 16 blocks of 32, each normalized: OB(32, 16) without "
              "extra tokens; no scale", class_tokens=1),
+    # EuCLIP and MERU use CLIP's learnable temperature; their scores are unbounded, so `blocks` only
+    # divides the gap by k for the gap plot
+    Topology("euclidean-k1", "euclidean", 1, 512, dict(_CLIP_TEMPERATURE), 1,
+             "EuCLIP: minus the squared Euclidean distance of one 512-d token, CLIP's learnable scale"),
+    Topology("euclidean-k16", "euclidean", 16, 32, dict(_CLIP_TEMPERATURE), 16,
+             "minus the squared distance summed over 16 tokens of 32 (the same score as k = 1 on the "
+             "flattened vector); CLIP's learnable scale"),
+    Topology("lorentz-k1", "lorentz", 1, 512, dict(_CLIP_TEMPERATURE), 1,
+             "MERU: one 512-d token on the hyperboloid, learnable curvature and modality scales, CLIP's scale"),
+    Topology("lorentz-k16", "lorentz", 16, 32, dict(_CLIP_TEMPERATURE), 16,
+             "16 tokens of 32, each on its own hyperboloid (shared curvature and scales), distances summed; "
+             "CLIP's scale"),
 )}
 
 #: topology whose k is swept (at fixed k * d); its k = 16 runs are shared with the main grid
@@ -657,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the same towers under each topology and compare zero-shot accuracy, retrieval, "
                     "temperature and similarity gap across caption noise levels; plus a sweep over k.",
     )
+    parser.add_argument("--mode", choices=MODES, default="full",
+                        help="full (default): the towers trained by `manifold-align train`; fast: fixed inputs "
+                             "and MLP towers, seconds per run (its flags: --mode fast --help)")
     parser.add_argument("--config", metavar="FILE.yaml", help="training configuration passed to every run "
                         f"(default: built-in defaults with data.dataset={DEFAULT_DATASET}, train.device=cpu)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -719,9 +734,36 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+MODES = ("full", "fast")
+
+
+def split_mode(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """``(mode, the other arguments)`` from ``--mode full|fast`` (or ``--mode=...``) anywhere in ``argv``."""
+    rest, mode, it = [], "full", iter(argv)
+    for item in it:
+        if item == "--mode":
+            mode = next(it, "")
+        elif item.startswith("--mode="):
+            mode = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    if mode not in MODES:
+        raise SystemExit(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode, rest
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point (``manifold-align bench topologies`` can delegate here); returns the exit status."""
+    """Entry point (``manifold-align bench topologies`` can delegate here); returns the exit status.
+
+    ``--mode fast`` hands the other arguments to the fast mode (``topology_grid.main``); ``--mode full``
+    (the default) trains the towers with ``manifold-align train``, one subprocess per run.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    mode, argv = split_mode(argv)
+    if mode == "fast":
+        import topology_grid
+
+        return topology_grid.main(argv)
     args = resolve_args(build_parser().parse_args(argv))
     seeds = list(range(args.seeds))
     specs = plan_runs(args.topologies, args.noise, seeds, args.k_values, args.k_noise)

@@ -56,9 +56,9 @@ def test_full_plan_counts_and_reuses_k16(bench):
     specs = bench.plan_runs(args.topologies, args.noise, range(args.seeds), args.k_values, args.k_noise)
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    # 8 topologies x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
-    assert len(specs) == 8 * 5 * 3 + 6 * 1 * 3
-    assert not any("-k16_" in n for n in names)
+    # 12 topologies x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
+    assert len(specs) == 12 * 5 * 3 + 6 * 1 * 3
+    assert not any(n.startswith("oblique-none-k16_") for n in names)
 
 
 def test_user_overrides_sit_between_defaults_and_topology(bench):
@@ -205,3 +205,146 @@ def test_quick_end_to_end_and_resume(bench, tmp_path, capsys):
     assert bench.main(argv) == 0
     assert "2 already done, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps
+
+
+# --------------------------------------------------------------------------------------------------
+# fast mode (benchmarks/topology_fast.py, topology_grid.py, topology_report.py)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fast(bench):
+    """The fast-mode engine, grid and report, loaded next to the script (benchmarks/ on sys.path)."""
+    import importlib
+
+    return (importlib.import_module("topology_fast"), importlib.import_module("topology_grid"),
+            importlib.import_module("topology_report"))
+
+
+def test_mode_flag_is_split_off(bench):
+    assert bench.split_mode(["--quick", "--mode", "fast", "--seeds", "2"]) == ("fast", ["--quick", "--seeds", "2"])
+    assert bench.split_mode(["--mode=full"]) == ("full", [])
+    assert bench.split_mode([]) == ("full", [])
+    with pytest.raises(SystemExit, match="--mode"):
+        bench.split_mode(["--mode", "slow"])
+
+
+def test_new_geometries_are_topologies_at_width_512(bench):
+    for name, sim, k in (("euclidean-k1", "euclidean", 1), ("euclidean-k16", "euclidean", 16),
+                         ("lorentz-k1", "lorentz", 1), ("lorentz-k16", "lorentz", 16)):
+        topo = bench.TOPOLOGIES[name]
+        assert (topo.similarity, topo.n_tokens, topo.n_tokens * topo.token_dim) == (sim, k, 512)
+        assert f"loss.similarity={sim}" in topo.overrides()  # the full mode selects them by name
+
+
+def test_bag_features_see_word_order(fast):
+    engine, _, _ = fast
+    a, b, a_again = engine.bag_features(["three then seven", "seven then three", "three then seven"])
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a, a_again)
+    assert a.norm() == pytest.approx(math.sqrt(engine.TEXT_DIM), rel=1e-5)
+
+
+def test_loss_floor(fast):
+    _, grid, _ = fast
+    assert grid.loss_floor(1) == 0.0
+    assert grid.loss_floor(32768) == pytest.approx(math.log(1 + 32767 / math.e))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(fast):
+    engine, _, _ = fast
+    return engine.build_data(0.4, (0, 1))
+
+
+@pytest.mark.parametrize("similarity,k,temperature", [
+    ("cosine", 1, {"name": "learnable", "init": 0.07, "max_scale": 100.0}),
+    ("lorentz", 4, {"name": "learnable", "init": 0.07, "max_scale": 100.0}),
+])
+def test_seeds_train_as_they_would_alone(fast, tiny_data, similarity, k, temperature):
+    """Seed 1 trained beside seed 0 ends where seed 1 trained alone ends (per-seed clip, elementwise AdamW)."""
+    engine, _, _ = fast
+    alone_data = engine.FastData(**{**tiny_data.__dict__, "train_captions": tiny_data.train_captions[1:]})
+    kwargs = dict(steps=6, batch_size=32, hidden=16, evals=2)
+    both, traj = engine.train(similarity, k, 512 // k, temperature, tiny_data, (0, 1), **kwargs)
+    alone, _ = engine.train(similarity, k, 512 // k, temperature, alone_data, (1,), **kwargs)
+    for key in ("zero_shot_top1", "retrieval_R@1", "final_loss", "scale"):
+        assert both[1][key] == pytest.approx(alone[0][key], rel=1e-4, abs=2e-3), key
+    assert [p["step"] for p in traj[0]] == [3, 6]
+    if similarity == "lorentz":
+        assert both[1]["curvature"] == pytest.approx(alone[0]["curvature"], rel=1e-4)
+
+
+def _fake_fast_rows(grid, topo, noise, seeds, acc, spread, batch=128):
+    return [{"profile": "cpu", "topology": topo, "noise": noise, "batch_size": batch, "steps": 300, "hidden": 128,
+             "seed": s, "zero_shot_top1": acc + spread * (-1) ** s * (s % 3)} for s in seeds]
+
+
+def test_power_extension_adds_seeds_only_where_needed(fast):
+    _, grid, _ = fast
+    args = grid.resolve_args(grid.build_parser().parse_args(["--topologies", "sphere-learnable,oblique-none,sphere-none",
+                                                             "--noise", "0"]))
+    rows = (_fake_fast_rows(grid, "sphere-learnable", 0.0, range(5), 0.7, 0.0)
+            + _fake_fast_rows(grid, "oblique-none", 0.0, range(5), 0.72, 0.05)     # noisy: half-width >> 1.5
+            + _fake_fast_rows(grid, "sphere-none", 0.0, range(5), 0.3, 0.001))     # tight: done
+    cells = grid.power_cells(rows, args)
+    assert {(c.topology, c.seeds) for c in cells} == {("oblique-none", (5, 6, 7, 8, 9)),
+                                                      ("sphere-learnable", (5, 6, 7, 8, 9))}
+    rows += _fake_fast_rows(grid, "oblique-none", 0.0, range(5, 20), 0.72, 0.05)
+    rows += _fake_fast_rows(grid, "sphere-learnable", 0.0, range(5, 20), 0.7, 0.0)
+    assert grid.power_cells(rows, args) == []  # max_seeds (20) reached
+
+
+def _fast_argv(out):
+    return ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2",
+            "--max-seeds", "2", "--noise", "0,0.4", "--k-values", "1,16", "--batch-sizes", "32,64",
+            "--cheap-batch", "32", "--topologies", "sphere-learnable,oblique-none,sphere-none,lorentz-k16,joint-control"]
+
+
+def test_fast_grid_resumes_and_report_only_reproduces(bench, fast, tmp_path, capsys):
+    _, grid, _ = fast
+    out = tmp_path / "fast"
+    assert bench.main(_fast_argv(out)) == 0
+    rows = grid.read_rows(out / "results.csv")
+    # 4 topologies x 2 noise + k = 1 at 0.4 + batch 32 and 64 for 3 topologies, 2 seeds each
+    assert len(rows) == 2 * (4 * 2 + 1 + 3 * 2)
+    assert {r["mode"] for r in rows} == {"fast"} and "joint-control" not in {r["topology"] for r in rows}
+    for r in rows:
+        assert 0 <= r["zero_shot_top1"] <= 1 and math.isfinite(r["final_loss"]) and r["scale"] > 0
+    lorentz = [r for r in rows if r["topology"] == "lorentz-k16"]
+    assert all(r["curvature"] > 0 and 0 < r["text_scale"] <= 1 for r in lorentz)
+    md = (out / "results.md").read_text()
+    assert "| joint-control | = sphere-learnable" in md and "## The six answers" in md
+    for name in ("accuracy_vs_noise.png", "paired_differences.png", "batch_sweep.png", "trajectories.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    tables = md[md.index("## The six answers"):]
+    (out / "results.md").unlink()
+    assert bench.main(_fast_argv(out) + ["--report-only"]) == 0
+    again = (out / "results.md").read_text()
+    assert again[again.index("## The six answers"):] == tables  # every number from results.csv alone
+
+    capsys.readouterr()
+    assert bench.main(_fast_argv(out)) == 0  # resume: nothing left to run
+    assert "0 cells in" in capsys.readouterr().out
+    lines = (out / "results.csv").read_text().splitlines()
+    kept = [line for line in lines if ",sphere-none," not in line or ",0.4," not in line]
+    (out / "results.csv").write_text("\n".join(kept) + "\n")  # as if killed during that cell
+    assert bench.main(_fast_argv(out)) == 0
+    assert "1 cells in" in capsys.readouterr().out
+    assert len(grid.read_rows(out / "results.csv")) == len(rows)
+
+
+def test_gpu_profile_plan_and_budget_on_cpu(bench, fast, tmp_path, capsys):
+    _, grid, _ = fast
+    args = grid.resolve_args(grid.build_parser().parse_args(["--profile", "gpu"]))
+    assert (args.device, args.hidden, args.batch_size, args.time_budget) == ("cuda", 1024, 512, 540.0)
+    assert args.output.name == "topologies-fast-gpu" and args.docs_img is None
+    assert bench.main(["--mode", "fast", "--profile", "gpu", "--dry-run"]) == 0
+    assert "cells, then seed chunks" in capsys.readouterr().out
+    out = tmp_path / "gpu"
+    argv = ["--mode", "fast", "--profile", "gpu", "--device", "cpu", "--output", str(out), "--steps", "2",
+            "--hidden", "8", "--seeds", "2", "--noise", "0", "--k-values", "", "--batch-sizes", "",
+            "--time-budget", "0.001", "--topologies", "sphere-learnable,oblique-none"]
+    assert bench.main(argv) == 0
+    assert "time budget of 0.001 s spent" in capsys.readouterr().out
+    rows = grid.read_rows(out / "results.csv")
+    assert {r["profile"] for r in rows} == {"gpu"} and len(rows) == 2  # the first cell, then the budget stops it
