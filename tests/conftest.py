@@ -17,6 +17,14 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
+@pytest.fixture(autouse=True)
+def no_flush_denormal():
+    """Leave subnormal floats on after every test: an in-process training run flushes them (a process-wide
+    CPU setting), and hypothesis refuses to draw floats when subnormals are flushed."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def restore_default_dtype():
     """Save torch's default dtype and restore it afterwards (geomstats' torch backend changes it)."""

@@ -251,7 +251,9 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
     if geometry == "lorentz" and k == 1:
         # MERU's initial scale 1/0.07, as the config's comment says for k = 1 (with scale 1: 29.7% at 100 steps)
         shape.append("loss.temperature.init=0.07")
-    sets = FAST + [f"train.steps={GEOMETRY_STEPS}", "train.warmup=10", "train.checkpoint_every=0", *shape]
+    # one thread: under pytest -n 2 two of these run at once, and 2 x 2 threads on 2 cores run far slower
+    sets = FAST + [f"train.steps={GEOMETRY_STEPS}", "train.warmup=10", "train.checkpoint_every=0",
+                   "train.threads=1", *shape]
     cmd = [sys.executable, "-m", "manifold_align_train", "train", "--config",
            str(REPO / "configs" / f"digits-{geometry}.yaml"), "--output", str(run),
            *[arg for item in sets for arg in ("--set", item)]]
@@ -295,3 +297,12 @@ def test_lorentz_resume_restores_the_geometry_and_logs_entailment(tmp_path):
     assert {"geometry.log_curvature", "geometry.log_image_scale"} <= expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_an_in_process_run_leaves_subnormal_floats_as_it_found_them(tmp_path):
+    """The trainer flushes subnormals while it runs on the CPU (fast Adam moments), then restores the
+    caller's setting: hypothesis, for one, refuses to draw floats in a process that flushes them."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny * 1.0) != 0.0
+    train(load_config(None, FAST + ["data.batch_size=16", "train.steps=2", "train.warmup=1"]), tmp_path / "run")
+    assert float(tiny * 1.0) != 0.0

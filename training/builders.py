@@ -33,8 +33,16 @@ __all__ = [
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def configure_torch(cfg: RunConfig, env: DistEnv) -> None:
-    """Threads and determinism, before any model is built."""
+def configure_torch(cfg: RunConfig, env: DistEnv) -> Callable[[], None]:
+    """Threads and determinism, before any model is built.
+
+    Returns
+    -------
+    callable
+        Undoes the process-wide float setting (subnormal flushing) once the run is over, so that a run
+        started in-process (a notebook, a test) leaves the caller's arithmetic as it found it.
+    """
+    flushing = _flushes_subnormals()
     if env.device.type == "cpu":
         # Adam's second moments of rarely used embedding rows underflow to subnormals, which are
         # orders of magnitude slower on x86 CPUs; flushing them to zero changes nothing measurable.
@@ -48,6 +56,12 @@ def configure_torch(cfg: RunConfig, env: DistEnv) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    return lambda: torch.set_flush_denormal(flushing)
+
+
+def _flushes_subnormals() -> bool:
+    """Whether the CPU flushes subnormal floats to zero now (torch has a setter but no getter)."""
+    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
 
 
 def build_model(cfg: RunConfig, device: torch.device):

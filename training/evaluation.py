@@ -103,12 +103,15 @@ def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any]) -> dict[str, floa
     env = init_distributed(cfg.train.device)
     if env.distributed:
         raise RuntimeError("`manifold-align eval` runs in one process; launch it without torchrun")
-    configure_torch(cfg, env)
-    model, tokenizer, transforms = build_model(cfg, env.device)
-    model.load_state_dict(state["model"])
-    data = build_data_bundle(cfg, env, tokenizer, transforms)
-    return evaluate(model, tokenizer, data, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
-                    autocast=autocast_for(cfg.train.precision, env.device))
+    restore_torch = configure_torch(cfg, env)
+    try:
+        model, tokenizer, transforms = build_model(cfg, env.device)
+        model.load_state_dict(state["model"])
+        data = build_data_bundle(cfg, env, tokenizer, transforms)
+        return evaluate(model, tokenizer, data, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
+                        autocast=autocast_for(cfg.train.precision, env.device))
+    finally:
+        restore_torch()
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -407,8 +407,8 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
     """
     start = time.perf_counter()
     env = init_distributed(cfg.train.device)
+    restore_torch = configure_torch(cfg, env)
     try:
-        configure_torch(cfg, env)
         output = _agree_output_dir(output_dir, cfg, env)
         ckpt.check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
         trainer = Trainer(cfg, output, env=env)
@@ -436,4 +436,5 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
             print(format_report(summary), flush=True)
         return summary
     finally:
+        restore_torch()
         cleanup_distributed()
