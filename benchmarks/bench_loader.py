@@ -18,7 +18,6 @@ import io
 import math
 import os
 import platform
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_model  # noqa: E402
+from machine_info import commit, cpu_model  # noqa: E402
 
 WORDS = ["red", "green", "blue", "square", "circle", "photo", "drawing", "small", "large", "of", "a", "the"]
 
@@ -98,14 +97,6 @@ def time_once(make, *args) -> tuple[float, int]:
     start = time.perf_counter()
     n = sum(make(*args))
     return time.perf_counter() - start, n
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_model  # noqa: E402
+from machine_info import commit, cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "trainer.md"
@@ -148,14 +148,6 @@ def step_flops(kind: str, k: int, batch_size: int) -> float:
     setting = dataclasses.replace(SETTINGS["tiny-cpu"], name=f"{MODEL}-k{k}", model=MODEL, n_tokens=k,
                                   token_dim=512 // k, batch=batch_size)
     return count_step(setting, kind)["gflop"]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:
