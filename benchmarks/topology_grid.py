@@ -40,7 +40,7 @@ DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "topologies-fast"
 
 #: per-profile defaults; the GPU profile is the same grid at a wider tower and larger batch and seed chunks
 PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": dict(device="cpu", hidden=128, steps=300, batch_size=128, seeds=5, max_seeds=20,
+    "cpu": dict(device="cpu", hidden=128, steps=300, batch_size=128, seeds=5, max_seeds=80,
                 batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096), cheap_batch=512, time_budget=None),
     "gpu": dict(device="cuda", hidden=1024, steps=300, batch_size=512, seeds=10, max_seeds=40,
                 batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096), cheap_batch=4096, time_budget=540.0),
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="towers' hidden width (cpu 128, gpu 1024)")
     p.add_argument("--batch-size", type=int, help="batch of the main grid and k sweep (cpu 128, gpu 512)")
     p.add_argument("--seeds", type=int, help="seeds per chunk (cpu 5, gpu 10)")
-    p.add_argument("--max-seeds", type=int, help="seeds the power extension may reach (cpu 20, gpu 40)")
+    p.add_argument("--max-seeds", type=int, help="seeds the power extension may reach (cpu 80, gpu 40)")
     p.add_argument("--target", type=float, default=TARGET, help="paired half-width target, points (1.5)")
     p.add_argument("--topologies", type=lambda s: tuple(x for x in s.split(",") if x),
                    help=f"comma list (default {','.join(fast_topologies())})")
