@@ -546,3 +546,13 @@ def test_items_are_seeded_on_the_cpu_generator_alone(small_dataset, monkeypatch)
     monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("torch.manual_seed called while loading"))
     for a, b in zip(expected, ResumableLoader(small_dataset, 16, seed=5).epoch_batches(0)):
         _same(a, b)
+
+
+def test_webdataset_worker_batches_are_stacked_in_shared_memory():
+    from manifold_align_train.data.webdataset_source import _stack
+
+    images = [torch.randn(3, 5, 5) for _ in range(4)]
+    shared = _stack(images, shared=True)
+    assert shared.is_shared() and shared.shape == (4, 3, 5, 5)
+    assert torch.equal(shared, torch.stack(images))
+    assert not _stack(images, shared=False).is_shared()
