@@ -67,6 +67,9 @@ LOG_EVERY = 5
 QUICK = {"steps": 20, "noise": (0.0, 0.6), "seeds": 1, "k_values": (1, 16, 64)}
 
 _CLIP_TEMPERATURE = {"name": "learnable", "init": 0.07, "max_scale": 100.0}
+#: what `--set loss.similarity=euclidean` trains with ("auto"): learnable from 1/20, written out here so
+#: that the grid's rows do not change meaning if the library's default does
+_EUCLIDEAN_OWN_TEMPERATURE = {"name": "learnable", "init": 20.0, "max_scale": 100.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +151,9 @@ TOPOLOGIES: dict[str, Topology] = {t.name: t for t in (
     Topology("euclidean-k16", "euclidean", 16, 32, dict(_CLIP_TEMPERATURE), 16,
              "minus the squared distance summed over 16 tokens of 32 (the same score as k = 1 on the "
              "flattened vector); CLIP's learnable scale"),
+    Topology("euclidean-k1-own", "euclidean", 1, 512, dict(_EUCLIDEAN_OWN_TEMPERATURE), 1,
+             "minus the squared distance of one 512-d token with the similarity's own temperature (learnable "
+             "from 1/20, the trainer's default for euclidean): squared distances are ~1000 at the start"),
     Topology("lorentz-k1", "lorentz", 1, 512, dict(_CLIP_TEMPERATURE), 1,
              "MERU: one 512-d token on the hyperboloid, learnable curvature and modality scales, CLIP's scale"),
     Topology("lorentz-k16", "lorentz", 16, 32, dict(_CLIP_TEMPERATURE), 16,

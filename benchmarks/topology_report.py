@@ -356,7 +356,7 @@ def claims(rows: list[dict[str, Any]]) -> list[str]:
             line += (f"; against the runner-up k = {second}: "
                      f"{_pd(ks, grid.k_name(best), grid.k_name(second), None)}")
         out.append(line + "; k = 1 " + f"{cell(values(ks, grid.k_name(1)))}%." if 1 in means else line + ".")
-    new = [t for t in ("euclidean-k1", "lorentz-k1", "lorentz-k16") if t in have]
+    new = [t for t in ("euclidean-k1", "euclidean-k1-own", "lorentz-k1", "lorentz-k16") if t in have]
     if new and grid.BASELINE in have:
         parts = []
         for t in new:

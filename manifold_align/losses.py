@@ -117,8 +117,8 @@ class ContrastiveLoss(nn.Module):
     similarity : str or Similarity, default "oblique"
         See :func:`manifold_align.similarity.get_similarity`.
     temperature : str, dict, Temperature or None, default None
-        See :func:`manifold_align.temperature.get_temperature`; None means scale 1. A Temperature instance
-        (for example the model's) is used as is and shared.
+        See :func:`manifold_align.temperature.get_temperature`; None means scale 1, ``"auto"`` the
+        similarity's own default. A Temperature instance (for example the model's) is used as is and shared.
     objective : {"softmax", "sigmoid"}, default "softmax"
     logit_bias : nn.Parameter, optional, keyword-only
         External bias (owned by the model) for ``sigmoid``. When None and ``objective == "sigmoid"`` the loss
@@ -189,7 +189,7 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"need integers world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, "
                              f"world_size={world_size!r}")
         self.similarity = get_similarity(similarity)
-        self.temperature = get_temperature(temperature)
+        self.temperature = get_temperature(temperature, similarity=self.similarity)
         self.objective = objective
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad

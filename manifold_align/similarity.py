@@ -106,9 +106,14 @@ class Similarity(abc.ABC):
     ----------
     name : str
         Registry name.
+    default_temperature : dict
+        The temperature this similarity trains with when the caller asks for ``"auto"`` (the trainer's
+        default, :func:`manifold_align.get_temperature`): a ``get_temperature`` spec. Scale 1 (``none``)
+        here; the subclasses that need another say why.
     """
 
     name: str = "abstract"
+    default_temperature: dict = {"name": "none"}
     #: shape text used in error messages
     expected_shape: str = "(N, k, d)"
     #: the manifold in words, used in error messages
@@ -339,6 +344,8 @@ class CosineSimilarity(Similarity):
     """
 
     name = "cosine"
+    # CLIP's: at scale 1 the logits of one sphere span only [-1, 1], too little for a softmax over a batch
+    default_temperature = {"name": "learnable", "init": 0.07, "max_scale": 100.0}
     expected_shape = "(N, D) or (N, k, d)"
     manifold_text = "the unit sphere S^(D-1), every (flattened) row of unit norm"
 
@@ -398,6 +405,8 @@ class ObliqueSimilarity(Similarity):
     """
 
     name = "oblique"
+    # the paper's: the range [-k, k] already spans enough nats for the softmax at scale 1
+    default_temperature = {"name": "none"}
 
     def project(self, features: torch.Tensor, *, geometry: Optional[nn.Module] = None,
                 modality: str = "image") -> torch.Tensor:
@@ -516,6 +525,11 @@ class EuclideanSimilarity(Similarity):
     """
 
     name = "euclidean"
+    # learnable from scale 1/20: squared distances between fresh towers' raw 512-d features are ~1000
+    # (std ~20 across pairs), so scale 1 (or CLIP's 14) starts with the softmax saturated. Measured with
+    # `manifold-align train --set loss.similarity=euclidean` (250 steps, one seed each): scale 1 10.3%
+    # zero-shot top-1 (chance), 1/3 17.5%, 1/6 75.3%, 1/10 72.8%, 1/20 88.1%, 1/50 43.9%
+    default_temperature = {"name": "learnable", "init": 20.0, "max_scale": 100.0}
 
     def __init__(self, squared: bool = True, precise: bool = True) -> None:
         self.squared = _flag(squared, "squared")
@@ -613,6 +627,9 @@ class LorentzSimilarity(Similarity):
     """
 
     name = "lorentz"
+    # learnable from scale 1, not MERU's 1/0.07: with k tokens the summed distances already span tens of
+    # units (configs/digits-lorentz.yaml gives the measurements)
+    default_temperature = {"name": "learnable", "init": 1.0, "max_scale": 100.0}
 
     def __init__(self, curvature_init: float = 1.0, learn_curvature: bool = True, curvature_range: float = 10.0,
                  max_radius: Optional[float] = math.asinh(2.0**15), precise: bool = True) -> None:

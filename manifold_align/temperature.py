@@ -12,6 +12,8 @@ learnable      ``exp(log_scale)`` clamped to [min_scale, max_scale]; log_scale =
 cosine         cosine anneal from ``start`` (step ``warmup``) to ``end`` (step ``steps``)
 linear         linear anneal, same end points
 exponential    geometric anneal ``start * (end / start) ** t``, same end points
+auto           the similarity's own default (:attr:`Similarity.default_temperature
+               <manifold_align.similarity.Similarity.default_temperature>`): needs ``similarity=``
 =============  =========================================================================
 
 Schedules hold ``start`` during warmup (steps 0 .. warmup) and ``end`` after ``steps``; their step lives in a
@@ -35,6 +37,7 @@ __all__ = [
     "Temperature",
     "get_temperature",
     "list_temperatures",
+    "resolve_auto",
 ]
 
 
@@ -281,9 +284,13 @@ _FACTORIES = {
 }
 
 
+#: the name that defers to the similarity's own default temperature
+AUTO = "auto"
+
+
 def list_temperatures() -> list[str]:
-    """Names accepted by :func:`get_temperature`."""
-    return list(_FACTORIES)
+    """Names accepted by :func:`get_temperature` (``"auto"`` needs its ``similarity``)."""
+    return [*_FACTORIES, AUTO]
 
 
 def _accepted_kwargs(factory) -> list[str]:
@@ -291,7 +298,7 @@ def _accepted_kwargs(factory) -> list[str]:
 
 
 def get_temperature(
-    name: Union[str, Mapping[str, Any], Temperature, None] = "none", **kwargs: Any
+    name: Union[str, Mapping[str, Any], Temperature, None] = "none", *, similarity: Any = None, **kwargs: Any
 ) -> Temperature:
     """Build a temperature.
 
@@ -299,7 +306,10 @@ def get_temperature(
     ----------
     name : str, dict, Temperature or None
         One of :func:`list_temperatures`; a dict ``{"name": ..., **kwargs}``; an existing
-        :class:`Temperature` (returned as is, no kwargs allowed); None means ``"none"``.
+        :class:`Temperature` (returned as is, no kwargs allowed); None means ``"none"``. ``"auto"``
+        builds ``similarity.default_temperature`` (no kwargs allowed).
+    similarity : Similarity, optional, keyword-only
+        Needed by ``"auto"`` only; ignored otherwise.
     **kwargs
         Arguments of the chosen temperature (``scale``; ``init``, ``max_scale``, ``min_scale``;
         ``start``, ``end``, ``steps``, ``warmup``).
@@ -323,11 +333,18 @@ def get_temperature(
     if isinstance(name, Mapping):
         cfg = dict(name)
         if "name" not in cfg:
-            raise ValueError(f"a temperature dict needs a 'name' key, one of {', '.join(_FACTORIES)}; got {cfg!r}")
+            raise ValueError(f"a temperature dict needs a 'name' key, one of {', '.join(list_temperatures())}; "
+                             f"got {cfg!r}")
         name = cfg.pop("name")
         kwargs = {**cfg, **kwargs}
+    if name == AUTO:
+        if kwargs:
+            raise ValueError(f"temperature '{AUTO}' takes no keyword arguments (it is the similarity's own "
+                             f"default), got {sorted(kwargs)}")
+        return get_temperature(resolve_auto(name, similarity))
     if name not in _FACTORIES:
-        raise ValueError(f"unknown temperature {name!r} for argument `name`; accepted: {', '.join(_FACTORIES)}")
+        raise ValueError(f"unknown temperature {name!r} for argument `name`; accepted: "
+                         f"{', '.join(list_temperatures())}")
     factory = _FACTORIES[name]
     accepted = _accepted_kwargs(factory)
     unknown = sorted(set(kwargs) - set(accepted))
@@ -339,3 +356,40 @@ def get_temperature(
         return factory(**kwargs)
     except TypeError as err:  # missing required keyword
         raise ValueError(f"temperature '{name}' needs arguments {accepted}: {err}") from None
+
+
+
+def resolve_auto(name: Any, similarity: Any = None) -> Any:
+    """``name`` with ``"auto"`` (or ``{"name": "auto"}``) replaced by ``similarity.default_temperature``.
+
+    Parameters
+    ----------
+    name : str, dict, Temperature or None
+        Anything :func:`get_temperature` accepts; returned unchanged unless it is ``"auto"``.
+    similarity : Similarity, optional
+        Needed when ``name`` is ``"auto"``.
+
+    Returns
+    -------
+    The concrete spec: a copy of the similarity's ``default_temperature`` dict, or ``name``.
+
+    Raises
+    ------
+    ValueError
+        ``"auto"`` without a similarity, with options, or with a similarity whose default is ``"auto"``.
+    """
+    if isinstance(name, Mapping) and name.get("name") == AUTO:
+        options = sorted(set(name) - {"name"})
+        if options:
+            raise ValueError(f"temperature '{AUTO}' takes no options (it is the similarity's own default), "
+                             f"got {options}")
+    elif not (isinstance(name, str) and name == AUTO):
+        return name
+    spec = getattr(similarity, "default_temperature", None)
+    if spec is None:
+        raise ValueError(f"temperature '{AUTO}' is the similarity's own default: pass `similarity` (a "
+                         f"Similarity), got {type(similarity).__name__}")
+    if spec == AUTO or isinstance(spec, Mapping) and spec.get("name") == AUTO:
+        raise ValueError(f"similarity {getattr(similarity, 'name', similarity)!r} declares "
+                         f"default_temperature '{AUTO}'; it must name a concrete temperature")
+    return dict(spec) if isinstance(spec, Mapping) else spec

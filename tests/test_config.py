@@ -82,7 +82,7 @@ def test_temperature_spec_only_passes_used_fields():
     cfg = load_config(None, ["loss.temperature.name=cosine", "loss.temperature.end=4"])
     assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 1.0, "end": 4.0,
                                                    "steps": 100, "warmup": 0}
-    assert RunConfig().loss.temperature.to_kwargs(100) == {"name": "none"}
+    assert RunConfig().loss.temperature.to_kwargs(100) == {"name": "auto"}
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_yaml_file_error_names_the_file(tmp_path):
 
 def test_config_to_dict_is_plain():
     values = config_to_dict(RunConfig())
-    assert values["loss"]["temperature"]["name"] == "none"
+    assert values["loss"]["temperature"]["name"] == "auto"
     assert config_from_dict(values) == RunConfig()
 
 

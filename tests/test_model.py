@@ -425,7 +425,7 @@ def test_multi_token_clip_is_built_directly():
 def test_block_control_is_one_token_split_into_normalized_blocks(images, tokens):
     """class_tokens=1: the raw output of a single-token model (same weights), reshaped into k blocks of d,
     each block normalized on its own sphere."""
-    single = create_model(tiny_cfg(), embed(1, 128, "cosine")).eval()
+    single = create_model(tiny_cfg(), embed(1, 128, "cosine", temperature="none")).eval()
     block = create_model(tiny_cfg(), embed(4, 32, class_tokens=1)).eval()
     block.load_state_dict(single.state_dict())
     with torch.no_grad():

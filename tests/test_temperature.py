@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from manifold_align.temperature import Temperature, get_temperature
+from manifold_align.temperature import Temperature, get_temperature, list_temperatures
 
 SCHEDULES = ["cosine", "linear", "exponential"]
 
@@ -134,3 +134,36 @@ def test_get_temperature_accepts_instances_dicts_none():
 def test_bad_arguments_raise(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_temperature(*args, **kwargs)
+
+
+# -- "auto": the similarity's own temperature ----------------------------------------------------------------
+@pytest.mark.parametrize("similarity, kind, scale", [
+    ("oblique", "NoTemperature", 1.0),  # the paper's: no scale on [-k, k]
+    ("cosine", "LearnableTemperature", 1 / 0.07),  # CLIP's
+    ("euclidean", "LearnableTemperature", 1 / 20),  # measured on the digits task (scale 1 stays at chance)
+    ("lorentz", "LearnableTemperature", 1.0),
+])
+def test_auto_is_the_similarity_s_own_temperature(similarity, kind, scale):
+    from manifold_align import get_similarity
+    from manifold_align.clip.embed_config import EmbedConfig
+    from manifold_align.losses import ContrastiveLoss
+
+    built = get_temperature("auto", similarity=get_similarity(similarity))
+    assert type(built).__name__ == kind and built.value() == pytest.approx(scale, rel=1e-6)
+    assert ContrastiveLoss(similarity, "auto").temperature.value() == pytest.approx(scale, rel=1e-6)
+    # a config names the temperature it resolved to, so that a saved model rebuilds the same module
+    resolved = EmbedConfig(similarity=similarity).temperature
+    assert isinstance(resolved, dict) and resolved["name"] != "auto"
+    assert type(get_temperature(resolved)).__name__ == kind
+
+
+def test_auto_needs_a_similarity_and_takes_no_options():
+    from manifold_align import get_similarity
+
+    with pytest.raises(ValueError, match="pass `similarity`"):
+        get_temperature("auto")
+    with pytest.raises(ValueError, match="takes no keyword arguments"):
+        get_temperature("auto", similarity=get_similarity("cosine"), init=0.5)
+    with pytest.raises(ValueError, match=r"takes no keyword arguments.*'init'"):
+        get_temperature({"name": "auto", "init": 0.5}, similarity=get_similarity("cosine"))
+    assert "auto" in list_temperatures()

@@ -56,8 +56,8 @@ def test_full_plan_counts_and_reuses_k16(bench):
     specs = bench.plan_runs(args.topologies, args.noise, range(args.seeds), args.k_values, args.k_noise)
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    # 12 topologies x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
-    assert len(specs) == 12 * 5 * 3 + 6 * 1 * 3
+    # 13 topologies x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
+    assert len(specs) == 13 * 5 * 3 + 6 * 1 * 3
     assert not any(n.startswith("oblique-none-k16_") for n in names)
 
 
@@ -229,6 +229,7 @@ def test_mode_flag_is_split_off(bench):
 
 def test_new_geometries_are_topologies_at_width_512(bench):
     for name, sim, k in (("euclidean-k1", "euclidean", 1), ("euclidean-k16", "euclidean", 16),
+                         ("euclidean-k1-own", "euclidean", 1),
                          ("lorentz-k1", "lorentz", 1), ("lorentz-k16", "lorentz", 16)):
         topo = bench.TOPOLOGIES[name]
         assert (topo.similarity, topo.n_tokens, topo.n_tokens * topo.token_dim) == (sim, k, 512)
@@ -288,9 +289,9 @@ def test_power_extension_adds_seeds_only_where_needed(fast):
     cells = grid.power_cells(rows, args)
     assert {(c.topology, c.seeds) for c in cells} == {("oblique-none", (5, 6, 7, 8, 9)),
                                                       ("sphere-learnable", (5, 6, 7, 8, 9))}
-    rows += _fake_fast_rows(grid, "oblique-none", 0.0, range(5, 20), 0.72, 0.05)
-    rows += _fake_fast_rows(grid, "sphere-learnable", 0.0, range(5, 20), 0.7, 0.0)
-    assert grid.power_cells(rows, args) == []  # max_seeds (20) reached
+    rows += _fake_fast_rows(grid, "oblique-none", 0.0, range(5, 80), 0.72, 0.05)
+    rows += _fake_fast_rows(grid, "sphere-learnable", 0.0, range(5, 80), 0.7, 0.0)
+    assert grid.power_cells(rows, args) == []  # target met or max_seeds (80) reached
 
 
 def _fast_argv(out):
@@ -348,3 +349,9 @@ def test_gpu_profile_plan_and_budget_on_cpu(bench, fast, tmp_path, capsys):
     assert "time budget of 0.001 s spent" in capsys.readouterr().out
     rows = grid.read_rows(out / "results.csv")
     assert {r["profile"] for r in rows} == {"gpu"} and len(rows) == 2  # the first cell, then the budget stops it
+
+
+def test_euclidean_own_topology_is_the_trainer_s_auto_temperature(bench):
+    from manifold_align import get_similarity
+
+    assert bench.TOPOLOGIES["euclidean-k1-own"].temperature == get_similarity("euclidean").default_temperature

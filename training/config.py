@@ -167,10 +167,12 @@ class TemperatureConfig:
     uses are passed to ``manifold_align.get_temperature``: ``fixed`` -> ``scale``; ``learnable`` ->
     ``init`` (a temperature: the scale starts at ``1/init``) and ``max_scale``;
     ``cosine``/``linear``/``exponential`` -> ``start``, ``end`` (scales), ``steps`` (``None``:
-    ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1).
+    ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1); ``auto`` (the default) -> the
+    similarity's own (``manifold_align.Similarity.default_temperature``: none for ``oblique``, CLIP's
+    learnable one for ``cosine``, learnable from 1/50 for ``euclidean``, from 1 for ``lorentz``).
     """
 
-    name: str = checked("none", check=_one_of(_temperature_names))
+    name: str = checked("auto", check=_one_of(_temperature_names))
     scale: float = checked(1.0, check=_positive("number"))
     init: float = checked(0.07, check=_positive("number"))
     max_scale: float = checked(100.0, check=_positive("number"))
@@ -189,7 +191,7 @@ class TemperatureConfig:
             steps = self.steps if self.steps is not None else default_steps
             return {"name": self.name, "start": self.start, "end": self.end, "steps": steps,
                     "warmup": self.warmup}
-        return {"name": "none"}
+        return {"name": self.name}
 
 
 @dataclass

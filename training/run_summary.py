@@ -25,6 +25,8 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "final_step": trainer.step,
         "final_loss": trainer.last_metrics.get("loss"),
         "final_temperature": trainer.model.temperature.value(),
+        # the temperature the model was built with ("auto" resolved to the similarity's own)
+        "temperature": trainer.model.embed_cfg.temperature,
         "final_geometry": trainer.model.geometry_values(),
         "final_entailment_loss": trainer.last_metrics.get("entailment_loss"),
         "wall_time_seconds": wall,
@@ -60,6 +62,17 @@ def _bad_text(bad: dict[str, Any]) -> str:
     return f"{bad['distinct']}" + (f" ({shown}{more})" if shown else "")
 
 
+def _temperature_text(summary: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The temperature's name; for ``auto``, the one the similarity chose, e.g. ``learnable from 1/20, auto``."""
+    asked = cfg["loss"]["temperature"]["name"]
+    spec = summary.get("temperature")
+    if asked != "auto" or not isinstance(spec, dict):
+        return asked
+    if spec.get("name") == "learnable":
+        return f"learnable from 1/{spec['init']:g}, auto"
+    return f"{spec.get('name')}, auto"
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The lines printed at the end of ``manifold-align train`` (from a :func:`run_summary`)."""
     cfg = summary["config"]
@@ -75,7 +88,7 @@ def format_report(summary: dict[str, Any]) -> str:
         f"{f', caption noise {noise}' if noise is not None else ''}) for {summary['final_step']} steps",
         format_metrics(summary["final_metrics"]),
         f"  final temperature scale {summary['final_temperature']:.4g} "
-        f"({cfg['loss']['temperature']['name']})   final loss {_loss_text(summary['final_loss'])}",
+        f"({_temperature_text(summary, cfg)})   final loss {_loss_text(summary['final_loss'])}",
         _geometry_text(summary, cfg),
         f"  bad training samples {_bad_text(bad)}, met {summary['skipped_samples']} time(s) in all and "
         f"replaced; bad validation samples {_bad_text(bad_val)}, left out",

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Union
 
 from manifold_align.losses import OBJECTIVES
 from manifold_align.similarity import Similarity, get_similarity, list_similarities
-from manifold_align.temperature import get_temperature
+from manifold_align.temperature import get_temperature, resolve_auto
 
 __all__ = ["EmbedConfig", "EmbedConfigError"]
 
@@ -45,7 +45,9 @@ class EmbedConfig:
         instance.
     temperature : str, dict or Temperature
         Anything :func:`manifold_align.get_temperature` accepts, e.g. ``{"name": "learnable",
-        "init": 0.07, "max_scale": 100.0}``.
+        "init": 0.07, "max_scale": 100.0}``. ``"auto"`` (the default) is replaced, when the config is
+        built, by the similarity's own (``Similarity.default_temperature``: none for ``oblique``, CLIP's
+        for ``cosine``), so that a saved config names the temperature it trained with.
     objective : str
         ``"softmax"`` (InfoNCE) or ``"sigmoid"`` (SigLIP; the model then owns a ``logit_bias``).
     bias_init : float
@@ -68,7 +70,7 @@ class EmbedConfig:
     token_dim: int = 32
     similarity: Union[str, Similarity] = "oblique"
     similarity_options: dict[str, Any] = field(default_factory=dict)
-    temperature: Any = field(default_factory=lambda: {"name": "none"})
+    temperature: Any = "auto"
     objective: str = "softmax"
     bias_init: float = -10.0
     embed_dim: Optional[int] = None
@@ -95,6 +97,7 @@ class EmbedConfig:
             raise EmbedConfigError("objective",
                                    f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
         try:
+            self.temperature = resolve_auto(self.temperature, self.make_similarity())
             get_temperature(self.temperature)
         except ValueError as exc:
             raise EmbedConfigError("temperature", f"`embed_cfg.temperature`: {exc}") from None
