@@ -133,25 +133,28 @@ def _chord_dist(q: torch.Tensor, sqrt_c: torch.Tensor) -> torch.Tensor:
 class _Acosh(torch.autograd.Function):
     """``acosh(z) = log(z + sqrt(z^2 - 1))`` for ``z`` clamped to >= 1; gradient 0 (not inf) where ``z <= 1``.
 
-    Written out because torch's CPU ``acosh`` is not vectorized (~9x slower than these five passes on a
+    Written out because torch's CPU ``acosh`` is not vectorized (~9x slower than these passes on a
     (16, 256, 256) grid). ``z^2 - 1`` loses relative accuracy as ``z -> 1``, where the rounding of ``z``
     itself already dominates (the near pairs ``space_cdist`` recomputes); it overflows float32 only for
-    ``z > 1.8e19``. ``z`` is clamped IN PLACE (callers pass a temporary of their own); safe under autograd
-    because the op that made ``z`` (a matmul) does not need its output for its backward.
+    ``z > 1.8e19``. ``z`` is clamped and overwritten with the result IN PLACE (callers pass a temporary of
+    their own; ``mark_dirty``): safe under autograd because the op that made ``z`` (a matmul) does not need
+    its output for its backward. One new grid-sized tensor in the forward (the saved root) and one in the
+    backward: on a CPU each fresh grid-sized tensor costs page faults worth several arithmetic passes.
     """
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        z = z.clamp_(min=1)
-        root = torch.addcmul(torch.tensor(-1.0, dtype=z.dtype, device=z.device), z, z).sqrt_()  # sqrt(z^2 - 1)
+        z.clamp_(min=1)
+        root = torch.mul(z, z).sub_(1).sqrt_()  # sqrt(z^2 - 1)
         ctx.save_for_backward(root)
-        return torch.add(root, z).log_()
+        ctx.mark_dirty(z)
+        return z.add_(root).log_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (root,) = ctx.saved_tensors
-        inside = root > 0
-        return torch.where(inside, grad / torch.where(inside, root, torch.ones_like(root)), 0)
+        # 1 / root, with 0 (not inf) where z <= 1 (root = +-0); a NaN stays NaN
+        return torch.reciprocal(root).nan_to_num_(nan=math.nan, posinf=0.0, neginf=0.0).mul_(grad)
 
 
 # An entry of the (k, n, m) grid whose float32 acosh error would exceed ~2 eps / _NEAR
@@ -289,6 +292,26 @@ def _gathered_chords(xs, ys, cc, flat, n, m):
     return _chord(xs[i, b].unsqueeze(-2), ys[j, b].unsqueeze(-2), cc).squeeze(-1)
 
 
+def _near_pairs(z: torch.Tensor, cc: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor) -> Optional[torch.Tensor]:
+    """Flat indices into the (k, n, m) grid ``z = -c <x, y>_L`` of the pairs ``_NEAR`` selects, or None.
+
+    ``x0`` (n, k, 1) and ``y0`` (m, k, 1) are the times.
+    """
+    _, n, m = z.shape
+    # cheap bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, so only z below this bound
+    # can be a near pair; one reduction pass (no temporary) usually finds none
+    t_max = cc * x0.amax(0) * y0.amax(0)  # (k, 1)
+    bound = torch.sqrt(1 + (_NEAR * t_max) ** 2).unsqueeze(-1)  # (k, 1, 1)
+    if not bool((z.amin(dim=(1, 2), keepdim=True) < bound).any()):
+        return None
+    flat = torch.nonzero((z < bound).view(-1)).squeeze(1)
+    b, i, j = flat // (n * m), flat // m % n, flat % m
+    t = cc * x0[i, b, 0] * y0[j, b, 0]
+    zf = z.view(-1)[flat].clamp(min=1)
+    flat = flat[(zf - 1) * (zf + 1) < (_NEAR * t) ** 2]
+    return flat if flat.numel() else None
+
+
 def _scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, cc: torch.Tensor, precise: bool) -> torch.Tensor:
     """``sqrt(c) * dist`` per factor, shape (k, n, m), for space components (n, k, d) and (m, k, d).
 
@@ -301,22 +324,10 @@ def _scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, cc: torch.Tensor, precise:
         xa = torch.cat([x0, xs], dim=-1) * cc
         ya = torch.cat([y0, -ys], dim=-1)
         z = torch.bmm(xa.transpose(0, 1), ya.permute(1, 2, 0))  # (k, n, m)
-    zd = z.detach()
-    out = _Acosh.apply(z)  # clamps z (and zd, a view of it) at 1 in place: no candidate is lost
-    if not precise or z.device.type == "meta":
-        return out
-    # cheap bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, so only z below this bound
-    # can be a near pair; one reduction pass (no temporary) usually finds none
-    t_max = cc * x0.detach().amax(0) * y0.detach().amax(0)  # (k, 1)
-    bound = torch.sqrt(1 + (_NEAR * t_max) ** 2).unsqueeze(-1)  # (k, 1, 1)
-    if not bool((zd.amin(dim=(1, 2), keepdim=True) < bound).any()):
-        return out
-    flat = torch.nonzero((zd < bound).view(-1)).squeeze(1)
-    b, i, j = flat // (n * m), flat // m % n, flat % m
-    t = cc * x0.detach()[i, b, 0] * y0.detach()[j, b, 0]
-    zf = zd.view(-1)[flat]
-    flat = flat[(zf - 1) * (zf + 1) < (_NEAR * t) ** 2]
-    if flat.numel() == 0:
+    # near pairs are found before _Acosh overwrites z with its result
+    flat = _near_pairs(z.detach(), cc, x0.detach(), y0.detach()) if precise and z.device.type != "meta" else None
+    out = _Acosh.apply(z)
+    if flat is None:
         return out
     chunk = max(1, _PAIR_CHUNK // xs.shape[-1])
     sqrt_c = torch.sqrt(cc)
