@@ -159,7 +159,7 @@ def table_scale(rows) -> list[str]:
     """Final scale per learnable topology x noise, and the paired change from noise 0 to each level."""
     noises = _noises(rows)
     out = table_metric([r for r in rows if r["topology"] in learnable(rows)], "scale",
-                       "Final learned scale (multiplier of the similarity)", 1.0, 2)
+                       "Final learned scale (multiplier of the similarity)", 1.0, 3)
     out = [line for line in out if "identical in fast mode" not in line]
     out += ["### Learned scale: change from noise 0, paired by seed (%)", "",
             "| topology | " + " | ".join(f"noise {n:g}" for n in noises[1:]) + " | monotone in noise |",
