@@ -338,10 +338,7 @@ def get_temperature(
         name = cfg.pop("name")
         kwargs = {**cfg, **kwargs}
     if name == AUTO:
-        if kwargs:
-            raise ValueError(f"temperature '{AUTO}' takes no keyword arguments (it is the similarity's own "
-                             f"default), got {sorted(kwargs)}")
-        return get_temperature(resolve_auto(name, similarity))
+        return get_temperature(resolve_auto({"name": AUTO, **kwargs}, similarity))
     if name not in _FACTORIES:
         raise ValueError(f"unknown temperature {name!r} for argument `name`; accepted: "
                          f"{', '.join(list_temperatures())}")
@@ -356,7 +353,6 @@ def get_temperature(
         return factory(**kwargs)
     except TypeError as err:  # missing required keyword
         raise ValueError(f"temperature '{name}' needs arguments {accepted}: {err}") from None
-
 
 
 def resolve_auto(name: Any, similarity: Any = None) -> Any:

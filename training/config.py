@@ -169,7 +169,7 @@ class TemperatureConfig:
     ``cosine``/``linear``/``exponential`` -> ``start``, ``end`` (scales), ``steps`` (``None``:
     ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1); ``auto`` (the default) -> the
     similarity's own (``manifold_align.Similarity.default_temperature``: none for ``oblique``, CLIP's
-    learnable one for ``cosine``, learnable from 1/50 for ``euclidean``, from 1 for ``lorentz``).
+    learnable one for ``cosine``, learnable from 1/20 for ``euclidean``, from 1 for ``lorentz``).
     """
 
     name: str = checked("auto", check=_one_of(_temperature_names))
