@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
-import platform
 import sys
 import tarfile
 import tempfile
@@ -30,7 +28,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import commit, cpu_model  # noqa: E402
+from machine_info import header_lines  # noqa: E402
 
 WORDS = ["red", "green", "blue", "square", "circle", "photo", "drawing", "small", "large", "of", "a", "the"]
 
@@ -134,13 +132,10 @@ def main(argv=None) -> int:
             print(f"workers {workers}: " + "   ".join(f"{name} {rates[name]:.0f} samples/s" for name in PIPELINES)
                   + f"   ours / open_clip {rates['ours'] / rates['open_clip']:.2f}x", flush=True)
 
-    command = "python benchmarks/bench_loader.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Webdataset loader alone: ours against open_clip's pipeline (samples/s, CPU)",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores visible (shared with other jobs: figures are noisy); "
-        f"torch {torch.__version__}, Python {platform.python_version()}; commit {commit()}  ",
+        *header_lines("bench_loader.py", argv),
         f"Shards: {args.samples} JPEG samples of {args.source_size} px in {args.shards} shards, captions of 8 words; "
         f"transform: open_clip's training transform to {args.image_size} px; tokenizer: open_clip's "
         f"SimpleTokenizer (77 tokens); batch {args.batch_size}; best of {args.repeats} runs each, worker start-up "

@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -46,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import commit, cpu_model  # noqa: E402
+from machine_info import header_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "trainer.md"
@@ -192,19 +191,15 @@ def main(argv=None) -> int:
 
 def report(times: dict, flops: dict, args, argv) -> str:
     """The Markdown table: per run the best and median wall time, CPU time, their ratios to open_clip's."""
-    import torch
 
     def stats(name, column):
         values = [run[column] for run in times[name]]
         return min(values), statistics.median(values)
 
-    command = "python benchmarks/bench_trainer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Whole training runs: our trainer against open_clip's (`open_clip_train.main`), CPU",
         "",
-        f"Command: `{command.strip()}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores visible (shared with other jobs: figures are noisy); "
-        f"torch {torch.__version__}, Python {platform.python_version()}; commit {commit()}  ",
+        *header_lines("bench_trainer.py", argv),
         f"Setting: `{MODEL}` towers, {args.samples} PNG images of 32 px in a CSV, batch {args.batch_size}, "
         f"{args.workers} loader workers, fp32, {args.steps} steps ({args.steps * args.batch_size // args.samples} "
         f"epochs), AdamW lr {LR} with {WARMUP} warmup steps and cosine decay, no evaluation. Whole-process wall "

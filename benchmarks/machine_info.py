@@ -23,3 +23,23 @@ def commit() -> str:
                               cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def header_lines(script: str, argv) -> list[str]:
+    """The ``Command:`` and ``Machine:`` lines (Markdown, hard breaks) of a results file written by ``script``.
+
+    ``argv`` is the script's arguments (None: ``sys.argv[1:]``); the machine line names the CPU, the cores,
+    torch, Python and the checkout's commit.
+    """
+    import os
+    import sys
+
+    import torch
+
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python", f"benchmarks/{script}", *args])
+    return [
+        f"Command: `{command}`  ",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores visible (shared with other jobs: figures are noisy); "
+        f"torch {torch.__version__}, Python {platform.python_version()}; commit {commit()}  ",
+    ]

@@ -660,11 +660,13 @@ def write_plots(rows: list[dict[str, Any]], output: Path, *, topologies: Sequenc
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
-def _floats(text: str) -> tuple[float, ...]:
+def comma_floats(text: str) -> tuple[float, ...]:
+    """``"0,0.2"`` -> ``(0.0, 0.2)``; empty items are skipped (``""`` -> ``()``). Also the fast mode's."""
     return tuple(float(x) for x in text.split(",") if x.strip())
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def comma_ints(text: str) -> tuple[int, ...]:
+    """``"1,16"`` -> ``(1, 16)``; empty items are skipped (``""`` -> ``()``). Also the fast mode's."""
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
@@ -684,16 +686,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override passed to every run (before the topology's own keys); repeatable")
     parser.add_argument("--topologies", type=lambda s: tuple(x for x in s.split(",") if x),
                         default=tuple(TOPOLOGIES), help=f"comma list (default all: {','.join(TOPOLOGIES)})")
-    parser.add_argument("--noise", type=_floats, help="caption noise levels, comma list "
+    parser.add_argument("--noise", type=comma_floats, help="caption noise levels, comma list "
                         f"(default {','.join(map(str, DEFAULT_NOISE))})")
     parser.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--steps", type=int, help=f"optimizer steps per run (default {DEFAULT_STEPS}; "
                         "with --config: the file's)")
     parser.add_argument("--batch-size", type=int, help=f"batch size (default {DEFAULT_BATCH}; with --config: "
                         "the file's)")
-    parser.add_argument("--k-values", type=_ints, help="k sweep at k * d = 512, comma list "
+    parser.add_argument("--k-values", type=comma_ints, help="k sweep at k * d = 512, comma list "
                         f"(default {','.join(map(str, DEFAULT_K_VALUES))}; empty string: no sweep)")
-    parser.add_argument("--k-noise", type=_floats, help="caption noise of the k sweep "
+    parser.add_argument("--k-noise", type=comma_floats, help="caption noise of the k sweep "
                         f"(default {','.join(map(str, DEFAULT_K_NOISE))})")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each (default 2)")
     parser.add_argument("--quick", action="store_true",

@@ -273,14 +273,6 @@ def execute(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the fast mode."""
     p = argparse.ArgumentParser(prog="benchmarks/topologies.py --mode fast",
@@ -300,10 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=TARGET, help="paired half-width target, points (1.5)")
     p.add_argument("--topologies", type=lambda s: tuple(x for x in s.split(",") if x),
                    help=f"comma list (default {','.join(fast_topologies())})")
-    p.add_argument("--noise", type=_floats, default=NOISE, help="caption noise levels (0,0.2,0.4,0.6,0.8)")
-    p.add_argument("--k-values", type=_ints, default=K_VALUES, help="k sweep (1,2,4,8,16,32,64; '' none)")
-    p.add_argument("--k-noise", type=_floats, default=K_NOISE, help="noise of the k sweep (0.4)")
-    p.add_argument("--batch-sizes", type=_ints, help="batch sweep (32,...,4096; '' none)")
+    p.add_argument("--noise", type=bench.comma_floats, default=NOISE, help="caption noise levels (0,0.2,0.4,0.6,0.8)")
+    p.add_argument("--k-values", type=bench.comma_ints, default=K_VALUES, help="k sweep (1,2,4,8,16,32,64; '' none)")
+    p.add_argument("--k-noise", type=bench.comma_floats, default=K_NOISE, help="noise of the k sweep (0.4)")
+    p.add_argument("--batch-sizes", type=bench.comma_ints, help="batch sweep (32,...,4096; '' none)")
     p.add_argument("--cheap-batch", type=int, help="batch sizes above this run last (cpu 512, gpu 4096)")
     p.add_argument("--time-budget", type=float, help="seconds after which no new cell starts (gpu 540)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
