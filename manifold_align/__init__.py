@@ -7,7 +7,7 @@ contrastive losses for CLIP-style image-text training. The multi-token CLIP mode
 
 from . import _geoopt  # noqa: F401  (first: geoopt without its import-time FutureWarning)
 from . import optim
-from .entailment import entailment_loss
+from .manifolds.lorentz.cone import entailment_loss
 from .geometries import LorentzGeometry
 from .losses import ContrastiveLoss, ContrastiveLossOutput
 from .manifolds import Hyperboloid, HyperboloidExact, Oblique, ObliqueExact

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_gather_with_grad, gather_features, is_distributed
-from .entailment import entailment_loss
+from .manifolds.lorentz.cone import entailment_loss
 from .similarity import Similarity, get_similarity
 from .temperature import Temperature, get_temperature
 from .validation import check_floating, check_nonempty, check_on_manifold, check_rank, describe_shape

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import geoopt
+import mpmath
 import pytest
 import torch
 from hypothesis import given, settings
@@ -59,6 +60,21 @@ def ref_dist(xs, ys, c):
     """acosh(-c <x, y>_L) / sqrt(c) per row in float64: accurate away from the diagonal."""
     z = -c * ref_inner(ref_full(xs, c), ref_full(ys, c))
     return torch.acosh(z.clamp(min=1)) / math.sqrt(c)
+
+
+def mp_dist(x, y, c):
+    """acosh(-c <x, y>_L) / sqrt(c) of one pair of (float32 or float64) space vectors, in 40-digit arithmetic."""
+    with mpmath.workdps(40):
+        xs, ys, cm = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y], mpmath.mpf(float(c))
+        x0 = mpmath.sqrt(1 / cm + sum(v * v for v in xs))
+        y0 = mpmath.sqrt(1 / cm + sum(v * v for v in ys))
+        return float(mpmath.acosh(cm * (x0 * y0 - sum(a * b for a, b in zip(xs, ys)))) / mpmath.sqrt(cm))
+
+
+def at_radius(r, c, d, seed):
+    """A float64 space vector at scaled distance r from the origin (|x_s| = sinh(r) / sqrt(c)), random direction."""
+    u = torch.randn(d, generator=gen(seed), dtype=torch.float64)
+    return math.sinh(r) / math.sqrt(c) * u / u.norm()
 
 
 def geoopt_lorentz(c):
@@ -175,6 +191,45 @@ def test_distance_near_the_diagonal_is_accurate_in_float32():
     torch.testing.assert_close(grid.double(), ref, atol=2e-7, rtol=1e-5)
     naive = torch.acosh((-lorentz_inner(Hyperboloid().lift(xs), Hyperboloid().lift(ys))).clamp(min=1))
     assert float((naive.double() - ref).abs().max()) > 1e-4  # the cancellation the test is about
+
+
+def test_space_dist_far_pair_float32_issue_case():
+    # c = 1, x = [sinh 0.3, 0], y = [0, sinh 11]: the Minkowski chord put space_dist 8.5e-5 off (11.0434017)
+    x = torch.tensor([[[math.sinh(0.3), 0.0]]])
+    y = torch.tensor([[[0.0, math.sinh(11.0)]]])
+    ref = mp_dist(x[0, 0], y[0, 0], 1.0)  # 11.044340748 for the float64 inputs; these are float32
+    assert abs(ref - 11.044340748) < 1e-6
+    got = space_dist(x, y)
+    assert got.dtype == torch.float32 and abs(float(got) - ref) <= 1e-6 * ref
+    M = Hyperboloid()
+    assert abs(float(M.dist(M.lift(x), M.lift(y))) - ref) <= 1e-6 * ref
+    assert abs(float(space_cdist(x, y)) - ref) <= 1e-6 * ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.0, 2.0), st.floats(3.0, 12.0), st.integers(1, 6), curvatures, seeds)
+def test_space_dist_float32_near_far_pairs_within_1e_6(r_near, r_far, d, c, seed):
+    """A point near the origin and one far out, float32, against the exact distance of the same float32 inputs."""
+    x, y = at_radius(r_near, c, d, seed).float(), at_radius(r_far, c, d, seed + 1).float()
+    ref = mp_dist(x, y, c)
+    for a, b in ((x, y), (y, x)):
+        got = float(space_dist(a[None, None], b[None, None], c))
+        assert abs(got - ref) <= 1e-6 * ref
+        assert abs(float(space_cdist(a[None, None], b[None, None], c)) - ref) <= 2e-6 * ref
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims, curvatures, seeds, st.sampled_from([0.1, 1.0, 3.0]))
+def test_space_dist_is_the_diagonal_of_space_cdist_in_float32(kd, c, seed, scale):
+    k, d = kd
+    xs = space_points((6, k, d), seed, scale, torch.float32)
+    ys = torch.cat([xs[:2] + space_points((2, k, d), seed + 2, 1e-3 * scale, torch.float32),
+                    space_points((4, k, d), seed + 1, scale, torch.float32)])
+    ref = torch.tensor([[mp_dist(xs[i, b], ys[i, b], c) for b in range(k)] for i in range(6)], dtype=torch.float64)
+    pair = space_dist(xs, ys, c).double()
+    diag = space_cdist(xs, ys, c).diagonal(dim1=1, dim2=2).T.double()
+    torch.testing.assert_close(pair, ref, atol=1e-30, rtol=1e-6)
+    torch.testing.assert_close(diag, pair, atol=1e-30, rtol=3e-6)
 
 
 # ---------------------------------------------------------------------------------------------
