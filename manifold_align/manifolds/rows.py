@@ -18,6 +18,7 @@ Conventions: 16-bit inputs are computed in float32 (:func:`upcast`); reductions 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -85,10 +86,12 @@ def row_norm(a: torch.Tensor) -> torch.Tensor:
 
 
 def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """``sqrt(max(t, 0))`` with gradient 0 (not inf, which times 0 gives NaN) where ``t <= 0``.
+    """``sqrt(max(t, 0))`` for finite ``t``, with gradient 0 (not inf, which times 0 gives NaN) where ``t <= 0``.
 
-    The one NaN rule of the manifolds: NaN in, NaN out. The mask is ``t <= 0`` (False for NaN), never
-    ``not t > 0`` (True for NaN), which would score a NaN input as 0.
+    The one NaN rule of the manifolds: a non-finite input never comes out finite. NaN gives NaN (the mask
+    is ``t <= 0``, False for NaN, never ``not t > 0``, which would score a NaN as 0), +Inf gives +Inf, and
+    -Inf (an overflowed negative form, such as the Lorentz norm of a vector with an infinite time) gives
+    NaN, as ``sqrt`` does, not 0.
 
     Parameters
     ----------
@@ -98,7 +101,7 @@ def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor, same shape and dtype
     """
-    zero = t <= 0
+    zero = (t <= 0) & (t != -math.inf)
     return torch.where(zero, torch.zeros_like(t), torch.sqrt(torch.where(zero, torch.ones_like(t), t)))
 
 

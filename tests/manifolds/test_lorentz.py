@@ -354,3 +354,100 @@ def test_riemannian_adam_converges_to_a_target():
         opt.step()
     assert float(M.dist(p, target).max()) < 1e-3
     M.assert_check_point_on_manifold(p.detach(), atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and Inf propagate through every entry point (issue 19: NaN was scored as distance 0)
+# ---------------------------------------------------------------------------------------------
+def _full_points(seed):
+    M = Hyperboloid(c=0.7)
+    x = M.lift(space_points((3, 2, 4), seed, dtype=torch.float32))
+    u = M.proju(x, space_points((3, 2, 5), seed + 1, 0.3, torch.float32))
+    return M, x, u
+
+
+# name -> (function of (x, y, u) with x, y points and u a tangent vector at x, in full coordinates, the
+# arguments it reads, and how row 0 of factor 0 shows in the output: "row" (..., k, w), "factor" (..., k),
+# "batch" (...), "grid" (n, m) or (k, n, m) with x's row first)
+HYPERBOLOID_ENTRY_POINTS = {
+    "lift": (lambda M, x, y, u: M.lift(x[..., 1:]), "x", "row"),
+    "proju": (lambda M, x, y, u: M.proju(x, u), "xu", "row"),
+    "egrad2rgrad": (lambda M, x, y, u: M.egrad2rgrad(x, u), "xu", "row"),
+    "inner": (lambda M, x, y, u: M.inner(x, u, y), "uy", "batch"),
+    "norm": (lambda M, x, y, u: M.norm(x, u), "u", "batch"),
+    "expmap": (lambda M, x, y, u: M.expmap(x, u), "xu", "row"),
+    "retr": (lambda M, x, y, u: M.retr(x, u), "xu", "row"),
+    "exact_retr": (lambda M, x, y, u: HyperboloidExact(c=M.c).retr(x, u), "xu", "row"),
+    "logmap": (lambda M, x, y, u: M.logmap(x, y), "xy", "row"),
+    "dist": (lambda M, x, y, u: M.dist(x, y), "xy", "batch"),
+    "dist2": (lambda M, x, y, u: M.dist2(x, y), "xy", "batch"),
+    "cdist": (lambda M, x, y, u: M.cdist(x, y), "x", "grid"),
+    "expmap0": (lambda M, x, y, u: M.expmap0(u), "u", "row"),
+    "logmap0": (lambda M, x, y, u: M.logmap0(x), "x", "row"),
+    "dist0": (lambda M, x, y, u: M.dist0(x), "x", "factor"),
+    "transp": (lambda M, x, y, u: M.transp(y, x, u), "xu", "row"),
+    "lorentz_inner": (lambda M, x, y, u: lorentz_inner(x, y), "xy", "factor"),
+    "space_dist": (lambda M, x, y, u: space_dist(x[..., 1:], y[..., 1:], M.c), "xy", "factor"),
+    "space_dist0": (lambda M, x, y, u: space_dist0(x[..., 1:], M.c), "x", "factor"),
+    "space_expmap0": (lambda M, x, y, u: space_expmap0(u[..., 1:], M.c), "u", "row"),
+    "space_logmap0": (lambda M, x, y, u: space_logmap0(x[..., 1:], M.c), "x", "row"),
+    "space_cdist": (lambda M, x, y, u: space_cdist(x[..., 1:], y[..., 1:], M.c), "x", "grid"),
+    "space_cdist_summed": (lambda M, x, y, u: space_cdist(x[..., 1:], y[..., 1:], M.c, sum_factors=True), "x",
+                           "grid"),
+}
+
+
+def assert_row_zero_non_finite(out, layout, name):
+    """The output for factor 0 of point 0 is not finite (a row: not all finite; a score: non-finite); the other
+    points' outputs are finite."""
+    if layout in ("grid", "grid_y"):
+        out = out if out.dim() == 3 else out[None]  # (k, n, m)
+        if layout == "grid_y":
+            out = out.transpose(1, 2)
+        # factor 0 of x (or y) row 0 against every other row; the product distance mixes the factors
+        hit, rest = out[0, 0], out[:, 1:]
+    elif layout == "batch":
+        hit, rest = out[0], out[1:]
+    else:
+        hit, rest = out[0, 0], out[1:]
+    # a row (a point or vector) must not come out finite; a distance or inner product must be non-finite
+    finite = torch.isfinite(hit).all() if layout == "row" else torch.isfinite(hit).any()
+    assert not bool(finite), f"{name}: non-finite input, {hit} out"
+    assert bool(torch.isfinite(rest).all()), f"{name}: other rows became non-finite"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("coordinate", [0, 2], ids=["time", "space"])
+@pytest.mark.parametrize("name", sorted(HYPERBOLOID_ENTRY_POINTS))
+def test_non_finite_input_propagates_through_every_entry_point(name, coordinate, bad):
+    fn, reads, layout = HYPERBOLOID_ENTRY_POINTS[name]
+    for arg in reads:
+        M, x, u = _full_points(0)
+        y = M.lift(space_points((3, 2, 4), 9, dtype=torch.float32))
+        tensors = {"x": x, "y": y, "u": u}
+        if coordinate == 0 and (name == "lift" or name.startswith("space_")):
+            continue  # these read space components only
+        if arg == "u" and name in ("expmap0", "space_expmap0") and coordinate == 0:
+            continue  # a tangent vector at the origin has no time part: documented as ignored
+        tensors[arg] = tensors[arg].clone()
+        tensors[arg][0, 0, coordinate] = bad
+        out = fn(M, tensors["x"], tensors["y"], tensors["u"])
+        assert_row_zero_non_finite(out, layout if arg != "y" or layout != "grid" else "grid_y", f"{name}({arg})")
+
+
+def test_projx_refuses_non_finite_input():
+    M = Hyperboloid()
+    x = torch.randn(2, 3, 4)
+    x[0, 0, 1] = math.nan
+    with pytest.raises(ValueError, match="`x` must be finite"):
+        M.projx(x)
+
+
+def test_space_dist_with_one_nan_token_is_nan_as_cdist_is():
+    # the issue's reproduction: space_dist scored the NaN token as distance 0
+    x = torch.randn(2, 3, 4, generator=gen(0))
+    y = torch.randn(2, 3, 4, generator=gen(1))
+    y[0, 0] = math.nan
+    out = space_dist(x, y)
+    assert bool(torch.isnan(out[0, 0])) and bool(torch.isfinite(out.flatten()[1:]).all())
+    assert bool(torch.isnan(space_cdist(x, y)[0, 0, 0]))

@@ -768,3 +768,60 @@ def test_optimizers_keep_iterates_on_manifold_to_rounding_and_reach_optimum(mani
         worst = max(worst, float((x.detach().double().norm(dim=-1) - 1).abs().max()))
     assert worst <= ON_MANIFOLD[dtype]
     assert float(M.dist(x.detach().double(), target.double())) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and Inf propagate through every entry point
+# ---------------------------------------------------------------------------------------------
+# name -> (function of (x, y, u, v) with x, y points, u, v tangent at x; the arguments it reads; "row" for a
+# (..., k, d) output, "batch" for (...), "grid" for cdist's (n, m))
+OBLIQUE_ENTRY_POINTS = {
+    "proju": (lambda x, y, u, v: M.proju(x, u), "xu", "row"),
+    "egrad2rgrad": (lambda x, y, u, v: M.egrad2rgrad(x, u), "xu", "row"),
+    "ehess2rhess": (lambda x, y, u, v: M.ehess2rhess(x, u, v, u), "xuv", "row"),
+    "inner": (lambda x, y, u, v: M.inner(x, u, v), "uv", "batch"),
+    "component_inner": (lambda x, y, u, v: M.component_inner(x, u, v), "uv", "row"),
+    "norm": (lambda x, y, u, v: M.norm(x, u), "u", "batch"),
+    "retr": (lambda x, y, u, v: M.retr(x, u), "xu", "row"),
+    "expmap": (lambda x, y, u, v: M.expmap(x, u), "xu", "row"),
+    "exact_expmap": (lambda x, y, u, v: ObliqueExact().expmap(x, u), "xu", "row"),
+    "retr_transp": (lambda x, y, u, v: torch.cat(M.retr_transp(x, u, v), -1), "xuv", "row"),
+    "logmap": (lambda x, y, u, v: M.logmap(x, y), "xy", "row"),
+    "dist": (lambda x, y, u, v: M.dist(x, y), "xy", "batch"),
+    "dist2": (lambda x, y, u, v: M.dist2(x, y), "xy", "batch"),
+    "cdist": (lambda x, y, u, v: M.cdist(x, y), "xy", "grid"),
+    "cdist_fast": (lambda x, y, u, v: M.cdist(x, y, precise=False), "xy", "grid"),
+    "transp": (lambda x, y, u, v: M.transp(y, x, u), "xu", "row"),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", sorted(OBLIQUE_ENTRY_POINTS))
+def test_non_finite_input_propagates_through_every_entry_point(name, bad):
+    fn, reads, layout = OBLIQUE_ENTRY_POINTS[name]
+    for arg in reads:
+        x = ref_points((3, 2, 5), 60, torch.float32)
+        y = torch.cat([x[:1], ref_points((2, 2, 5), 61, torch.float32)])  # a coincident pair: the precise path
+        u = M.proju(x, ref_points((3, 2, 5), 62, torch.float32))
+        v = M.proju(x, ref_points((3, 2, 5), 63, torch.float32))
+        tensors = {"x": x, "y": y, "u": u, "v": v}
+        tensors[arg] = tensors[arg].clone()
+        tensors[arg][0, 0, 1] = bad
+        out = fn(tensors["x"], tensors["y"], tensors["u"], tensors["v"])
+        if layout == "grid":
+            hit, rest = (out[0], out[1:, 1:]) if arg == "x" else (out[:, 0], out[1:, 1:])
+        elif layout == "batch":
+            hit, rest = out[0], out[1:]
+        else:
+            hit, rest = out[0, 0], out[1:]
+        # a row (point or vector) must not come out finite; a distance or inner product must be non-finite
+        finite = torch.isfinite(hit).all() if layout == "row" else torch.isfinite(hit).any()
+        assert not bool(finite), f"{name}({arg}): {bad} in, {hit} out"
+        assert bool(torch.isfinite(rest).all()), f"{name}({arg}): other points became non-finite"
+
+
+def test_projx_refuses_non_finite_input():
+    x = ref_points((2, 3, 4), 64, torch.float32)
+    x[0, 0, 1] = math.nan
+    with pytest.raises(ValueError, match="`x`"):
+        M.projx(x)

@@ -263,7 +263,7 @@ class Hyperboloid(RowManifold):
         xc, uc = upcast(x), upcast(u)
         r = _pymath.sqrt(self.c) * safe_sqrt(lorentz_inner(uc, uc, keepdim=True))
         out = torch.addcmul(xc * torch.cosh(r), uc, sinhc(r))
-        return self.lift(out[..., 1:]).to(torch.result_type(x, u))
+        return self.lift(_space(out)).to(torch.result_type(x, u))
 
     def logmap(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Logarithmic map, per row ``d_b w_b / |w_b|_L`` with ``w_b = y_b + c <x_b, y_b>_L x_b``.
