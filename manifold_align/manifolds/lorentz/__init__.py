@@ -16,7 +16,7 @@ Accuracy and the distance formula are in :mod:`.math`.
 from __future__ import annotations
 
 import math as _pymath
-from typing import Optional, Tuple
+from typing import Optional
 
 import geoopt
 import torch
