@@ -23,6 +23,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 from geoopt.manifolds.base import Manifold
+from geoopt.utils import size2shape
 from torch.utils.checkpoint import checkpoint
 
 from ..dtypes import autocast_disabled, compute_dtype
@@ -31,6 +32,8 @@ from ..validation import check_finite, check_floating, describe_shape
 __all__ = [
     "PAIR_CHUNK",
     "RowManifold",
+    "clamped_acos",
+    "clamped_asin",
     "flat_indices",
     "recompute_pairs",
     "result_dtype",
@@ -103,6 +106,34 @@ def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
     """
     zero = (t <= 0) & (t != -math.inf)
     return torch.where(zero, torch.zeros_like(t), torch.sqrt(torch.where(zero, torch.ones_like(t), t)))
+
+
+class _ClampedArc(torch.autograd.Function):
+    """``asin`` or ``acos`` of ``v`` clamped to [-1, 1]; gradient 0 (not inf) where ``|v| >= 1``."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, use_acos: bool) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(v)
+        ctx.sign = -1.0 if use_acos else 1.0
+        v = v.clamp(-1, 1)  # NaN passes through clamp, asin and acos
+        return torch.acos(v) if use_acos else torch.asin(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (v,) = ctx.saved_tensors
+        h = 1 - v * v
+        inside = h > 0
+        return torch.where(inside, ctx.sign * grad * torch.rsqrt(torch.where(inside, h, torch.ones_like(h))), 0), None
+
+
+def clamped_acos(v: torch.Tensor) -> torch.Tensor:
+    """``acos(v)`` with ``v`` clamped to [-1, 1] (rounding past 1), gradient 0 (not inf) at ``|v| >= 1``; NaN stays NaN."""
+    return _ClampedArc.apply(v, True)
+
+
+def clamped_asin(v: torch.Tensor) -> torch.Tensor:
+    """``asin(v)`` with ``v`` clamped to [-1, 1], gradient 0 (not inf) at ``|v| >= 1``; NaN stays NaN."""
+    return _ClampedArc.apply(v, False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +274,14 @@ class RowManifold(Manifold):
         if not ok:
             raise ValueError(reason)
         check_floating(tensor, name)
+
+    def _checked_size(self, *size) -> Tuple[int, ...]:
+        """``size`` (ints or one tuple) as a shape, refused with the reason unless it is a point's shape."""
+        shape = size2shape(*size)
+        ok, reason = self._check_shape(shape, "size")
+        if not ok:
+            raise ValueError(reason)
+        return shape
 
     def check_point(self, x: torch.Tensor, *, explain=False) -> Union[Tuple[bool, Optional[str]], bool]:
         """Check shape and finiteness of ``x`` (not the manifold's constraint; see ``check_point_on_manifold``)."""

@@ -24,6 +24,8 @@ from manifold_align.manifolds.lorentz import (
     space_logmap0,
 )
 
+from .contract import assert_point_zero_non_finite
+
 SETTINGS = settings(max_examples=20, deadline=None)
 dims = st.tuples(st.integers(1, 5), st.integers(1, 8))  # (k, d)
 curvatures = st.sampled_from([0.1, 0.7, 1.0, 3.0])
@@ -397,25 +399,6 @@ HYPERBOLOID_ENTRY_POINTS = {
 }
 
 
-def assert_row_zero_non_finite(out, layout, name):
-    """The output for factor 0 of point 0 is not finite (a row: not all finite; a score: non-finite); the other
-    points' outputs are finite."""
-    if layout in ("grid", "grid_y"):
-        out = out if out.dim() == 3 else out[None]  # (k, n, m)
-        if layout == "grid_y":
-            out = out.transpose(1, 2)
-        # factor 0 of x (or y) row 0 against every other row; the product distance mixes the factors
-        hit, rest = out[0, 0], out[:, 1:]
-    elif layout == "batch":
-        hit, rest = out[0], out[1:]
-    else:
-        hit, rest = out[0, 0], out[1:]
-    # a row (a point or vector) must not come out finite; a distance or inner product must be non-finite
-    finite = torch.isfinite(hit).all() if layout == "row" else torch.isfinite(hit).any()
-    assert not bool(finite), f"{name}: non-finite input, {hit} out"
-    assert bool(torch.isfinite(rest).all()), f"{name}: other rows became non-finite"
-
-
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("coordinate", [0, 2], ids=["time", "space"])
 @pytest.mark.parametrize("name", sorted(HYPERBOLOID_ENTRY_POINTS))
@@ -432,7 +415,7 @@ def test_non_finite_input_propagates_through_every_entry_point(name, coordinate,
         tensors[arg] = tensors[arg].clone()
         tensors[arg][0, 0, coordinate] = bad
         out = fn(M, tensors["x"], tensors["y"], tensors["u"])
-        assert_row_zero_non_finite(out, layout if arg != "y" or layout != "grid" else "grid_y", f"{name}({arg})")
+        assert_point_zero_non_finite(out, "grid_y" if layout == "grid" and arg == "y" else layout, f"{name}({arg})")
 
 
 def test_projx_refuses_non_finite_input():

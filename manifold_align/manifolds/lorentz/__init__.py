@@ -21,7 +21,6 @@ from typing import Optional
 import geoopt
 import torch
 from geoopt.manifolds.base import Manifold, ScalingInfo
-from geoopt.utils import size2shape
 
 from ...dtypes import compute_dtype
 from ...validation import check_finite
@@ -388,10 +387,7 @@ class Hyperboloid(RowManifold):
         -------
         geoopt.ManifoldTensor, shape (..., k, d + 1), ``manifold=self``
         """
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         u = std * torch.randn(*shape[:-1], shape[-1] - 1, dtype=dtype, device=device)
         return geoopt.ManifoldTensor(self.lift(space_expmap0(u, self.c)).to(u.dtype), manifold=self)
 
@@ -406,10 +402,7 @@ class Hyperboloid(RowManifold):
         """
         if seed is not None:
             return super().origin(*size, dtype=dtype, device=device, seed=seed)
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         x = torch.zeros(*shape, dtype=dtype, device=device)
         x[..., 0] = 1 / _pymath.sqrt(self.c)
         return geoopt.ManifoldTensor(x, manifold=self)

@@ -21,26 +21,10 @@ import torch
 
 from ...dtypes import autocast_disabled
 from ...validation import describe_shape
-from ..rows import row_dot, row_norm, upcast
+from ..rows import clamped_asin, row_dot, row_norm, upcast
 from .math import Curvature, as_curvature, direction, half_sinh2, time_of, tiny_norm
 
 __all__ = ["entailment_loss", "exterior_angle", "half_aperture"]
-
-
-class _ClampedAsin(torch.autograd.Function):
-    """``asin`` of ``v`` clamped to [-1, 1], gradient 0 (not inf) where ``|v| >= 1``; NaN stays NaN."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(v)
-        return torch.asin(v.clamp(-1, 1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        (v,) = ctx.saved_tensors
-        h = 1 - v * v
-        inside = h > 0
-        return torch.where(inside, grad * torch.rsqrt(torch.where(inside, h, torch.ones_like(h))), 0)
 
 
 def _prepare(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -69,7 +53,7 @@ def half_aperture(x: torch.Tensor, c: Curvature = 1.0, *, min_radius: float = 0.
     zero = n == 0  # NaN is not 0: NaN in, NaN out
     ratio = torch.where(zero, torch.ones_like(n), 2 * min_radius / torch.where(zero, torch.ones_like(n), n))
     # an Inf norm gives ratio 0 (angle 0): 0 * n puts the NaN back (0 * Inf), adding 0 elsewhere
-    return _ClampedAsin.apply(ratio) + 0 * n
+    return clamped_asin(ratio) + 0 * n
 
 
 def exterior_angle(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import geoopt
 import torch
 from geoopt.manifolds.base import Manifold, ScalingInfo
-from geoopt.utils import broadcast_shapes, size2shape
+from geoopt.utils import broadcast_shapes
 
 from ...dtypes import compute_dtype
 from ...validation import check_broadcastable, check_finite, describe_shape
@@ -482,10 +482,7 @@ class Oblique(RowManifold):
         -------
         geoopt.ManifoldTensor, shape (..., k, d), ``manifold=self``
         """
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         x = torch.randn(*shape, dtype=dtype, device=device)
         return geoopt.ManifoldTensor(unit_rows(upcast(x)).to(x.dtype), manifold=self)
 
@@ -508,10 +505,7 @@ class Oblique(RowManifold):
         """
         if seed is not None:
             return super().origin(*size, dtype=dtype, device=device, seed=seed)
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         x = torch.zeros(*shape, dtype=dtype, device=device)
         x[..., 0] = 1
         return geoopt.ManifoldTensor(x, manifold=self)

@@ -14,13 +14,12 @@ from typing import Optional
 import torch
 
 from ...dtypes import autocast_disabled
-from ..rows import flat_indices, recompute_pairs, row_dot, row_norm
+from ..rows import clamped_acos, flat_indices, recompute_pairs, row_dot, row_norm
 
 __all__ = [
     "NEAR_COSINE",
     "angle_grid",
     "chord_row_angle",
-    "cosine_angle",
     "expmap",
     "logmap",
     "proju",
@@ -119,27 +118,6 @@ def chord_row_angle(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _ChordAngle.apply(torch.linalg.vector_norm(x - y, dim=-1))
 
 
-class _CosineAngle(torch.autograd.Function):
-    """``acos(c)`` with ``c`` clamped to [-1, 1]; gradient 0 (not inf) where ``|c| >= 1``."""
-
-    @staticmethod
-    def forward(ctx, c: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(c)
-        return torch.acos(c.clamp(-1, 1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        (c,) = ctx.saved_tensors
-        h = 1 - c * c
-        inside = h > 0
-        return torch.where(inside, -grad * torch.rsqrt(torch.where(inside, h, torch.ones_like(h))), 0)
-
-
-def cosine_angle(c: torch.Tensor) -> torch.Tensor:
-    """``acos(c)``, ``c`` clamped to [-1, 1], gradient 0 (not inf) at ``|c| >= 1``; NaN stays NaN."""
-    return _CosineAngle.apply(c)
-
-
 def _row_angle_pair(xr: torch.Tensor, yr: torch.Tensor) -> torch.Tensor:
     # (P, d), (P, d) -> (P,): the exact formula for recompute_pairs
     return row_angle(xr, yr)
@@ -166,7 +144,7 @@ def angle_grid(xu: torch.Tensor, yu: torch.Tensor, *, precise: bool = True) -> t
     # autocast would run the matmul in 16 bits: cosines with ~3 significant digits
     with autocast_disabled(xu.device):
         cos = torch.bmm(xu.transpose(0, 1), yu.permute(1, 2, 0))  # (k, n, m)
-    theta = cosine_angle(cos)
+    theta = clamped_acos(cos)
     if not precise or cos.device.type == "meta":
         return theta
     low, high = torch.aminmax(cos.detach())  # one pass, no temporary: usually nothing to do
