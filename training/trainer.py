@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from manifold_align.clip import caption_length
+from manifold_align.clip import trim_padding
 
 from . import checkpoint as ckpt
 from .builders import (
@@ -119,9 +119,7 @@ class Trainer:
 
     def _micro_step(self, batch, n_micro: int, sync: bool, validate: bool):
         images = batch.images.to(self.device, non_blocking=True)
-        # the caption length is read on the CPU (no sync); the whole (pinned) tensor moves asynchronously
-        length = caption_length(batch.texts)
-        texts = batch.texts.to(self.device, non_blocking=True)[:, :length]
+        texts = batch.texts.to(self.device, non_blocking=True)
         no_sync = getattr(self.forward_model, "no_sync", None)
         context = no_sync() if (not sync and no_sync is not None) else nullcontext()
         with context:
@@ -280,8 +278,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self) -> Iterator:
+        """Training batches, forever, with the padding columns no caption uses cut off (exact, and short captions
+        run fewer positions); the length is read on the CPU, where the loader leaves the tokens, not on the device."""
         while True:  # the loader advances its epoch at the end of each pass
-            yield from self.data.train
+            for batch in self.data.train:
+                yield batch._replace(texts=trim_padding(batch.texts))
 
     def _nonfinite(self, metrics: dict[str, Any]) -> None:
         if not self.cfg.train.skip_nonfinite:
