@@ -297,9 +297,25 @@ def _check_cross_field(cfg: RunConfig) -> None:
         )
 
 
+# keys of configurations (and checkpoints) written before the geometry had its own home, and where they went
+_MOVED_KEYS = {"similarity": "model.geometry", "similarity_options": "model.geometry_options",
+               "entailment_weight": "model.geometry_options.entailment_weight"}
+
+
+def _refuse_moved_keys(values: dict[str, Any] | None) -> None:
+    loss = (values or {}).get("loss")
+    moved = sorted(set(loss) & set(_MOVED_KEYS)) if isinstance(loss, dict) else []
+    if moved:
+        raise ConfigError(f"configuration keys {', '.join(f'loss.{key}' for key in moved)} are from manifold-align "
+                          f"before geometries had their own section; this version reads "
+                          f"{', '.join(_MOVED_KEYS[key] for key in moved)} instead (a checkpoint of that format "
+                          f"cannot be resumed: retrain, or rename the keys in its YAML)")
+
+
 def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     """Build and validate a :class:`RunConfig` from nested plain data (missing keys: defaults); ``auto``
     temperatures come back resolved."""
+    _refuse_moved_keys(values)
     cfg = build_dataclass(RunConfig, values)
     _check_cross_field(cfg)
     _resolve_auto_temperature(cfg)
