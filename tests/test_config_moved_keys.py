@@ -19,7 +19,7 @@ def test_an_old_config_is_refused_with_where_its_keys_went():
         assert before in message and after in message
 
 
-def test_auto_is_resolved_once_into_the_saved_config():
+def test_auto_is_resolved_once_into_the_saved_config(monkeypatch):
     cfg = load_config(None, ["model.geometry=euclidean"])
     saved = config_to_dict(cfg)["loss"]["temperature"]
     assert saved["name"] == "learnable"  # not "auto": a resumed run rebuilds exactly this temperature
@@ -27,5 +27,7 @@ def test_auto_is_resolved_once_into_the_saved_config():
 
     spec = geometry_class("euclidean").default_temperature
     assert {key: saved[key] for key in spec} == spec
-    # resuming from the saved config keeps it even if the geometry's default changed since
+    # resuming from the saved config keeps it even after the geometry's default changed
+    monkeypatch.setattr(geometry_class("euclidean"), "default_temperature", {"name": "fixed", "scale": 3.0})
     assert config_to_dict(config_from_dict(config_to_dict(cfg)))["loss"]["temperature"] == saved
+    assert config_to_dict(load_config(None, ["model.geometry=euclidean"]))["loss"]["temperature"]["name"] == "fixed"
