@@ -127,7 +127,8 @@ class _ClampedArc(torch.autograd.Function):
 
 
 def clamped_acos(v: torch.Tensor) -> torch.Tensor:
-    """``acos(v)`` with ``v`` clamped to [-1, 1] (rounding past 1), gradient 0 (not inf) at ``|v| >= 1``; NaN stays NaN."""
+    """``acos(v)`` with ``v`` clamped to [-1, 1] (rounding past 1), gradient 0 (not inf) at ``|v| >= 1``; NaN
+    stays NaN."""
     return _ClampedArc.apply(v, True)
 
 

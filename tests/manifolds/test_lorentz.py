@@ -326,6 +326,28 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, cc: space_expmap0(a, cc), (xs, c))
 
 
+def test_gradcheck_float64_with_a_learnable_curvature_and_second_derivatives():
+    xs = space_points((3, 2, 3), 2).requires_grad_()
+    ys = space_points((3, 2, 3), 3, 2.0).requires_grad_()
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, cc: space_dist(a, b, cc), (xs, ys, c))
+    assert torch.autograd.gradgradcheck(lambda a, b, cc: space_dist(a, b, cc), (xs, ys, c))
+    assert torch.autograd.gradcheck(lambda a, b, cc: space_cdist(a, b, cc), (xs, ys, c))
+
+
+def test_gradient_at_the_origin_is_the_true_one():
+    """The distance is smooth in x at the origin (for y elsewhere): the gradient there is that of the acosh
+    formula, not a subgradient of the |x| kinks in the law-of-cosines terms."""
+    ys = space_points((4, 2, 3), 4, 1.5)
+    for c in (0.5, 2.0):
+        xs = torch.zeros(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(space_dist(xs, ys, c).sum(), xs)
+        xr = torch.zeros(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        (ref,) = torch.autograd.grad(ref_dist(xr, ys, c).sum(), xr)
+        torch.testing.assert_close(grad, ref, atol=1e-12, rtol=1e-10)
+        assert float(ref.abs().min()) > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # errors and optimizer integration
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,21 @@ import torch
 from ...dtypes import autocast_disabled
 from ...validation import describe_shape
 from ..rows import clamped_asin, row_dot, row_norm, upcast
-from .math import Curvature, as_curvature, direction, half_sinh2, time_of, tiny_norm
+from .math import Curvature, as_curvature, half_sinh2, time_of
 
 __all__ = ["entailment_loss", "exterior_angle", "half_aperture"]
+
+
+def _tiny_norm(dtype: torch.dtype) -> float:
+    """Rows shorter than this count as the origin in ``_direction``: ``tiny ** (1/4)`` of the dtype
+    (1e-10 in float32), so that ``1 / |x|^2`` in a backward pass stays finite."""
+    return torch.finfo(dtype).tiny ** 0.25
+
+
+def _direction(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``x / |x|`` per row (``norm = row_norm(x)``); a row shorter than ``_tiny_norm`` is returned as it
+    is (about 0), without a division that would overflow in backward. NaN stays NaN."""
+    return x / torch.where(norm < _tiny_norm(x.dtype), torch.ones_like(norm), norm)
 
 
 def _prepare(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -65,8 +77,8 @@ def exterior_angle(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0) -> torc
     factor, which cancels. No ``z^2 - 1`` and no ``acos``, so the angle keeps float32 accuracy between a
     point near the origin and one far out (MERU's acos form is accurate there too; a Minkowski-chord form was
     3e-3 rad off at radii 0.3 and 11) and near 0 and pi. ``sin(theta) = |X^ - Y^| |X^ + Y^| / 2``.
-    Where the angle is undefined (``x`` at the origin, within :func:`.math.tiny_norm`, or ``y = x``) it is pi/2 with gradient 0, as MERU's
-    clamped cosine 0 gives.
+    Where the angle is undefined (``x`` at the origin, within ``_tiny_norm``, or ``y = x``) it is pi/2 with
+    gradient 0, as MERU's clamped cosine 0 gives.
 
     Parameters
     ----------
@@ -83,11 +95,11 @@ def exterior_angle(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0) -> torc
     sqrt_c = torch.sqrt(cc)
     with autocast_disabled(xc.device):
         nx, ny = row_norm(xc), row_norm(yc)  # (..., 1)
-        ux, uy = direction(xc, nx), direction(yc, ny)
+        ux, uy = _direction(xc, nx), _direction(yc, ny)
         sine = (sqrt_c * ny * row_norm(ux - uy) * row_norm(ux + uy) / 2).squeeze(-1)  # |Y| sin(theta)
         cosine = (cc * (time_of(xc, cc) * row_dot(ux, yc) - nx * time_of(yc, cc))).squeeze(-1)
         # x at the origin, or y = x (s^2 = 0 exactly, half_sinh2): atan2(0, 0) would be arbitrary
-        undefined = (nx.squeeze(-1) < tiny_norm(xc.dtype)) | (half_sinh2(xc, yc, cc) == 0)
+        undefined = (nx.squeeze(-1) < _tiny_norm(xc.dtype)) | (half_sinh2(xc, yc, cc) == 0)
     ones = torch.ones_like(sine)
     angle = torch.atan2(torch.where(undefined, ones, sine), torch.where(undefined, ones, cosine))
     return torch.where(undefined, torch.full_like(angle, _pymath.pi / 2), angle)

@@ -12,13 +12,15 @@ theta the angle between ``X`` and ``Y`` at the origin, the hyperbolic law of cos
     s^2 = sinh^2((r_x - r_y) / 2) + |X| |Y| sin^2(theta / 2)
 
 a sum of two non-negative terms, each computed without cancellation (:func:`half_sinh2`):
-``sinh(r_x - r_y) = <X - Y, X + Y> / (|X| Y_0 + |Y| X_0)`` and ``2 sin(theta / 2) = |X^ - Y^|``
-for the unit directions. The distance ``2 asinh(s) / sqrt(c)`` is then accurate to a few float32
-ulps everywhere: near the diagonal (exactly 0 with gradient 0 at ``x = y``), far from the origin, and
-between a point near the origin and one far out, where the Minkowski chord
-``|x_s - y_s|^2 - (x_0 - y_0)^2`` cancels (it put the distance 8.5e-5 off at radii 0.3 and 11 in float32). The pairwise
+``sinh(r_x - r_y) = <X - Y, X + Y> / (|X| Y_0 + |Y| X_0)``, and the angular term from the directions or
+from the Euclidean chord, whichever rounds less. The distance ``2 asinh(s) / sqrt(c)`` keeps float32 accuracy
+(measured within 1e-7 relative of 40-digit references, tests/manifolds/test_lorentz.py) near the diagonal
+(exactly 0 with gradient 0 at ``x = y``), for points far apart and between a point near the origin and
+one far out, where the Minkowski chord ``|x_s - y_s|^2 - (x_0 - y_0)^2`` cancels (it put the distance 8.5e-5
+off at radii 0.3 and 11). Two far points on almost the same ray are ill-conditioned in float32 whatever the
+formula: rounding the direction of a point at radius r by eps moves it by ~eps sinh(r). The pairwise
 :func:`space_cdist` takes the fast matmul route, ``acosh(-c <x, y>_L)``, which is accurate away from the
-diagonal, and recomputes the near pairs with this formula
+diagonal, and recomputes the pairs it cannot resolve with this formula
 (:func:`~manifold_align.manifolds.rows.recompute_pairs`).
 
 NaN or Inf in a row gives NaN (or Inf) for that row in every function here, never a finite value.
@@ -33,7 +35,7 @@ import torch
 
 from ...dtypes import autocast_disabled, compute_dtype
 from ...validation import describe_shape
-from ..rows import flat_indices, recompute_pairs, row_dot, row_norm, safe_sqrt, upcast
+from ..rows import flat_indices, recompute_pairs, row_dot, safe_sqrt, upcast
 
 __all__ = [
     "NEAR",
@@ -52,8 +54,6 @@ __all__ = [
     "space_expmap0",
     "space_logmap0",
     "time_of",
-    "direction",
-    "tiny_norm",
 ]
 
 Curvature = Union[float, torch.Tensor]
@@ -121,16 +121,58 @@ def time_of(xs: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(1 / c + row_dot(xs, xs))
 
 
-def tiny_norm(dtype: torch.dtype) -> float:
-    """Rows shorter than this count as the origin in :func:`direction`: ``tiny ** (1/4)`` of the dtype
-    (1e-10 in float32), so that ``1 / |x|^2`` in a backward pass stays finite."""
-    return torch.finfo(dtype).tiny ** 0.25
+def _half_sinh2_value(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The value of :func:`half_sinh2`, shape (..., 1) (no autograd: :class:`_HalfSinh2` supplies the gradient)."""
+    nx2, ny2 = row_dot(xs, xs), row_dot(ys, ys)
+    nx, ny = torch.sqrt(nx2), torch.sqrt(ny2)
+    diff = xs - ys
+    squares = row_dot(diff, xs + ys)  # |x|^2 - |y|^2, exact for nearby rows
+    # sinh(r_x - r_y) = <X - Y, X + Y> / (|X| Y_0 + |Y| X_0); the sqrt(c) factors cancel
+    denom = nx * torch.sqrt(1 / c + ny2) + ny * torch.sqrt(1 / c + nx2)
+    w = squares / torch.where(denom == 0, torch.ones_like(denom), denom)  # 0/0 only with both at the origin
+    radial = w * w / (2 * (1 + torch.sqrt(1 + w * w)))  # sinh^2(t / 2) = sinh^2 t / (2 (1 + cosh t))
+    # the angular term |x| |y| sin^2(theta / 2), the better of two ways
+    chord2 = row_dot(diff, diff)
+    both = nx + ny
+    gap = squares / torch.where(both == 0, torch.ones_like(both), both)  # |x| - |y|
+    by_chord = ((chord2 - gap * gap) / 4).clamp(min=0)  # Euclidean law of cosines
+    turn = xs * ny - ys * nx  # |x| |y| (x^ - y^), no division
+    turn2 = row_dot(turn, turn)
+    norms = nx * ny
+    by_direction = turn2 / (4 * torch.where(norms == 0, torch.ones_like(norms), norms))
+    angular = torch.where(chord2 <= torch.sqrt(turn2), by_chord, by_direction)
+    return radial + c * angular
 
 
-def direction(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """``x / |x|`` per row (``norm = row_norm(x)``); a row shorter than :func:`tiny_norm` is returned as it
-    is (about 0), without a division that would overflow in backward. NaN stays NaN."""
-    return x / torch.where(norm < tiny_norm(x.dtype), torch.ones_like(norm), norm)
+class _HalfSinh2(torch.autograd.Function):
+    """:func:`half_sinh2` with the gradient of ``s^2 = (z - 1) / 2``, ``z = c (x_0 y_0 - <x_s, y_s>)``.
+
+    The accurate forward splits ``s^2`` into terms with kinks at the origin (``|x_s|``) that cancel in the
+    sum; autograd through them would give the kinks' subgradients there. The gradient of the smooth sum is
+    short: ``d s^2 / d x_s = c (y_0 / x_0 x_s - y_s) / 2`` (and symmetrically), ``d s^2 / d c =
+    (x_0 y_0 - <x_s, y_s> - (y_0 / x_0 + x_0 / y_0) / (2 c)) / 2``; written with differentiable ops on the
+    inputs, so second derivatives work too.
+    """
+
+    @staticmethod
+    def forward(ctx, xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(xs, ys, c)
+        return _half_sinh2_value(xs, ys, c).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        xs, ys, c = ctx.saved_tensors
+        g = grad.unsqueeze(-1) / 2
+        x0, y0 = time_of(xs, c), time_of(ys, c)
+        grad_x = grad_y = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (c * g * (y0 / x0 * xs - ys)).sum_to_size(xs.shape)
+        if ctx.needs_input_grad[1]:
+            grad_y = (c * g * (x0 / y0 * ys - xs)).sum_to_size(ys.shape)
+        if ctx.needs_input_grad[2]:
+            dz = x0 * y0 - row_dot(xs, ys) - (y0 / x0 + x0 / y0) / (2 * c)
+            grad_c = (g * dz).sum().reshape(c.shape)
+        return grad_x, grad_y, grad_c
 
 
 def half_sinh2(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -138,40 +180,30 @@ def half_sinh2(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor) -> torch.Ten
 
     ``s^2 = sinh^2((r_x - r_y) / 2) + |X| |Y| sin^2(theta / 2)`` with ``X = sqrt(c) x_s`` (module
     docstring). The radial term comes from ``sinh(r_x - r_y) = <X - Y, X + Y> / (|X| Y_0 + |Y| X_0)``. The
-    angular term is taken the better of two ways: from the directions, ``|X| |Y| |X^ - Y^|^2 / 4``, whose
-    rounding is ~eps |X| |Y| theta (right for a point near the origin and one far out), or from the chord,
-    ``(|X - Y|^2 - (|X| - |Y|)^2) / 4`` (Euclidean law of cosines), whose rounding is ~eps |X - Y|^2 (right
-    for nearby points): the first where ``|X - Y|^2 > |X| |Y| |X^ - Y^|``. Both terms have kinks at the
-    origin (``|X|``) that cancel in their sum, so where a row is within :func:`tiny_norm` of the origin the
-    smooth form ``2 s^2 = z - 1 = a b + a + b - <X, Y>``, ``a = X_0 - 1 = |X|^2 / (X_0 + 1)``, takes over:
-    exact there, with the true gradient.
+    angular term is taken the better of two ways: from the directions, ``|X^ - Y^|^2 |X| |Y| / 4`` (computed
+    as ``| |Y| X - |X| Y |^2 / (4 |X| |Y|)``), whose rounding is ~eps |X| |Y| theta (right for a point near
+    the origin and one far out), or from the chord, ``(|X - Y|^2 - (|X| - |Y|)^2) / 4`` (Euclidean law of
+    cosines), whose rounding is ~eps |X - Y|^2 (right for nearby points): the first where
+    ``|X - Y|^2 > |X| |Y| |X^ - Y^|``. The gradient is that of the smooth ``(z - 1) / 2`` (:class:`_HalfSinh2`),
+    exact at the origin too.
 
     ``s^2`` equals ``c q / 4`` for the Minkowski squared chord ``q = <x - y, x - y>_L`` and ``(z - 1) / 2``
     for ``z = -c <x, y>_L``; exactly 0 at ``x_s = y_s``, with finite gradients there. NaN or Inf in a row
     gives NaN.
+
+    Parameters
+    ----------
+    xs, ys : torch.Tensor, shape (..., d)
+        Space components, broadcastable, one compute dtype.
+    c : torch.Tensor, 0-dim
+        Minus the curvature, in the same dtype (:func:`as_curvature`).
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
     """
-    nx, ny = row_norm(xs), row_norm(ys)  # (..., 1)
-    x0, y0 = time_of(xs, c), time_of(ys, c)
-    origin = torch.minimum(nx, ny) < tiny_norm(xs.dtype)  # False for NaN: NaN in, NaN out
-    ones = torch.ones_like(nx)
-    diff = xs - ys
-    squares = row_dot(diff, xs + ys)  # |x|^2 - |y|^2
-    # sinh(r_x - r_y) = <X - Y, X + Y> / (|X| Y_0 + |Y| X_0); the sqrt(c) factors cancel
-    w = squares / torch.where(origin, ones, nx * y0 + ny * x0)
-    radial = w * w / (2 * (1 + torch.sqrt(1 + w * w)))  # sinh^2(t / 2) = sinh^2 t / (2 (1 + cosh t))
-    chord2 = row_dot(diff, diff)
-    norms = nx * ny
-    gap = squares / torch.where(origin, ones, nx + ny)  # |x| - |y|
-    by_chord = ((chord2 - gap * gap) / 4).clamp(min=0)
-    turn = direction(xs, nx) - direction(ys, ny)
-    turn2 = row_dot(turn, turn)
-    by_direction = norms * turn2 / 4
-    angular = c * torch.where(chord2 <= norms * torch.sqrt(turn2), by_chord, by_direction)
-    sqrt_c = torch.sqrt(c)
-    a = c * row_dot(xs, xs) / (sqrt_c * x0 + 1)
-    b = c * row_dot(ys, ys) / (sqrt_c * y0 + 1)
-    smooth = (a * b + a + b - c * row_dot(xs, ys)) / 2
-    return torch.where(origin, smooth, radial + angular).squeeze(-1)
+    with autocast_disabled(xs.device):
+        return _HalfSinh2.apply(xs, ys, c)
 
 
 def _scaled_dist_from_half_sinh2(s2: torch.Tensor) -> torch.Tensor:
@@ -305,9 +337,9 @@ def space_dist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0) -> torch.Te
     -------
     torch.Tensor, shape (..., k)
         Compute dtype. ``space_dist(x, x)`` is exactly 0 with gradient 0 (a subgradient: the distance
-        has a kink there). Float32 relative error of a few ulps (measured <= 4e-7 over radii 0 to 12,
-        tests/manifolds/test_lorentz.py), equal to the diagonal of :func:`space_cdist` to float32
-        rounding. NaN or Inf in a row gives NaN for that factor.
+        has a kink there). Float32 relative error within 1e-6 for a point near the origin and one far out
+        (tested on radii 0 to 12; measured ~1e-7) and near the diagonal, equal to the diagonal of
+        :func:`space_cdist` to its ~1e-6. NaN or Inf in a row gives NaN for that factor.
     """
     check_space(x, "x")
     check_space(y, "y")

@@ -17,7 +17,16 @@ import torch
 
 from ..rows import row_dot
 
-__all__ = ["InplaceSteps", "OBLIQUE_STEPS", "STEP_DTYPES", "can_step_in_place", "adam_step_", "riemannian_grad", "retract_", "transport_"]
+__all__ = [
+    "OBLIQUE_STEPS",
+    "STEP_DTYPES",
+    "InplaceSteps",
+    "adam_step_",
+    "can_step_in_place",
+    "retract_",
+    "riemannian_grad",
+    "transport_",
+]
 
 
 def riemannian_grad(point: torch.Tensor, grad: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
