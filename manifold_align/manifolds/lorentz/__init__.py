@@ -86,11 +86,10 @@ class Hyperboloid(RowManifold):
     returned in their dtype. Like :class:`Oblique`, finiteness is checked where data enters
     (:meth:`projx`, :meth:`check_point`), not on the hot path.
 
-    For a learnable curvature use the ``space_*`` functions, which take ``c`` as a tensor (the
-    ``lorentz`` similarity does). See ``docs/geometries.md``.
+    For a learnable curvature use the ``space_*`` functions of :mod:`.math`, which take ``c`` as a tensor
+    (the ``lorentz`` geometry does). See ``docs/geometries.md``.
     """
 
-    ndim = 2
     name = "Hyperboloid"
     row_width_name = "d + 1"
     row_offset = 1

@@ -431,7 +431,7 @@ def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise
         Recompute the near pairs. Costs one (k, n, m) comparison pass and one device sync; the gather
         of ``2 P d`` values for P near pairs (none for points far apart) in chunks of 2^20 values.
     sum_factors : bool, keyword-only
-        Return ``sum_b d_b``, shape (n, m) (what the ``lorentz`` similarity scores), dividing by
+        Return ``sum_b d_b``, shape (n, m) (what the ``lorentz`` geometry scores), dividing by
         ``sqrt(c)`` after the sum: one (k, n, m) pass fewer than summing the result.
 
     Returns
