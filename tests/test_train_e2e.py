@@ -100,23 +100,54 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(ckpt.find_latest_checkpoint(run / "checkpoints"))["model"]
 
 
+# ``manifold-align train`` that freezes itself (SIGSTOP) once it has logged the train row of step STOP_AT,
+# so that the test's SIGKILL lands at that step whatever the machine's speed: a kill timed by the clock
+# races the run. The process is otherwise the CLI's own.
+STOP_AT = 10  # logged (log.every=5) past the last checkpoint (8): the resumed run repeats steps 9-10
+_FREEZE_AT_STEP = f"""
+import os, signal, sys
+from manifold_align_train import metrics_log
+from manifold_align_train.cli import main
+
+log = metrics_log.MetricsLog.log
+
+def log_then_freeze(self, step, metrics, *, kind="train"):
+    log(self, step, metrics, kind=kind)
+    if kind == "train" and step == {STOP_AT}:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+metrics_log.MetricsLog.log = log_then_freeze
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _sigkill_once_stopped(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for ``proc`` to freeze itself, then SIGKILL it (a stopped process dies without running again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)  # reaps only an exited child
+        assert not pid or os.WIFSTOPPED(status), f"the run ended (wait status {status}) before step {STOP_AT}"
+        if pid or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert pid, f"the run did not reach step {STOP_AT} in {timeout} s"
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_cli(straight), check=True, env=env, cwd=tmp_path, capture_output=True)
 
-    proc = subprocess.Popen(_cli(killed), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while ckpt.find_latest_checkpoint(killed / "checkpoints") is None:
-        assert proc.poll() is None, "the run ended before writing its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", _FREEZE_AT_STEP, *_cli(killed)[3:]], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _sigkill_once_stopped(proc, timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    assert [row["step"] for row in _rows(killed, "train")] == [5, 10]
     killed_at = ckpt.list_checkpoints(killed / "checkpoints")[-1][0]
-    assert killed_at < 16, "the kill came too late to test anything"
+    assert killed_at == 8
 
     subprocess.run(_cli(killed, "--resume", "latest"), check=True, env=env, cwd=tmp_path,
                    capture_output=True)
@@ -126,9 +157,9 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
-    # the resumed run's log has each step once
-    steps = [row["step"] for row in _rows(killed, "train")]
-    assert steps == sorted(set(steps))
+    # the resumed run's log has each step once: the killed run's row of step 10 (past checkpoint 8) was
+    # dropped and written again
+    assert [row["step"] for row in _rows(killed, "train")] == [5, 10, 15, 16]
 
 
 # -- non-finite losses and bad samples ---------------------------------------------------------
