@@ -25,7 +25,6 @@ from manifold_align_train.data import (
     make_digit_pairs,
     make_digits,
     make_synthetic,
-    make_transforms,
 )
 from manifold_align_train.data.digit_pairs import (
     PAIR_RETRIEVAL_PHRASING,
@@ -41,7 +40,13 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def transforms():
-    return make_transforms(IMAGE_SIZE, context_length=16)
+    """``(preprocess_train, preprocess_val, tokenizer)``: open_clip's, as the trainer builds them for digits-fast."""
+    import open_clip
+
+    from manifold_align.clip import get_tokenizer
+
+    return (open_clip.image_transform(IMAGE_SIZE, is_train=True),
+            open_clip.image_transform(IMAGE_SIZE, is_train=False), get_tokenizer("digits-fast"))
 
 
 def held_out(source, batch_size: int = 4):
