@@ -521,13 +521,15 @@ def test_lorentz_geometry_survives_the_state_dict_and_pretrained_loading(tmp_pat
 
 
 def test_clamp_puts_temperature_and_geometry_back_in_range():
-    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0}))
+    # the ranges given here, not the defaults: c in [2 / 4, 2 * 4], modality scales <= 1, temperature scale <= 10
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0},
+                                           similarity_options={"curvature_init": 2.0, "curvature_range": 4.0}))
     with torch.no_grad():
         model.geometry.log_curvature.fill_(10.0)
         model.geometry.log_image_scale.fill_(1.0)
         model.temperature.log_scale.fill_(5.0)
     model.clamp_()
-    assert float(model.geometry.log_curvature) == pytest.approx(math.log(10.0))
+    assert float(model.geometry.log_curvature) == pytest.approx(math.log(2.0 * 4.0))
     assert float(model.geometry.log_image_scale) == 0.0
     assert float(model.temperature.scale()) == pytest.approx(10.0)
     create_model(tiny_cfg(), embed(2, 16)).clamp_()  # no geometry: the temperature alone
