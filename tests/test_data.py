@@ -492,6 +492,32 @@ def small_dataset(transforms):
     return InMemoryImageText(task.train_images, task.train_captions, transforms[0], transforms[2])
 
 
+class _PlainPairs(torch.utils.data.Dataset):
+    """``n`` items ``(image, tokens)`` made without transforms (torchvision's random crops read tensors)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        return torch.full((3, 2, 2), float(index)), torch.tensor([index, 1, 0])
+
+
+def test_the_loader_reads_no_tensor_per_sample(host_reads):
+    """The epoch order is indexed without tensor reads: at most one per epoch (the DataLoader's base
+    seed, drawn with ``.item()`` when its iterator starts), whatever the number of samples."""
+    loader = ResumableLoader(_PlainPairs(64), 8, seed=0)
+    host_reads.clear()
+    batches = list(loader.epoch_batches(0))
+    assert sum(host_reads.values()) <= 1, host_reads
+    assert len(batches) == 8
+    indices = torch.cat([b.texts[:, 0] for b in batches])
+    assert sorted(indices.tolist()) == list(range(64))
+    assert torch.equal(indices, torch.tensor([i for b in range(8) for i in loader.batch_indices(0, b)]))
+
+
 def _same(a: Batch, b: Batch):
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
     torch.testing.assert_close(a.texts, b.texts, rtol=0, atol=0)

@@ -206,6 +206,18 @@ def test_caption_length_keeps_every_column_up_to_the_last_end_of_text():
     assert caption_length(torch.tensor([[49406, 0, 0, 49407, 0, 0], [49406, 49407, 0, 0, 0, 0]])) == 4
 
 
+def test_caption_length_of_a_cpu_batch_reads_no_tensor(host_reads):
+    """The trainer calls it on every micro-batch: it reads the CPU tokens without a tensor read."""
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    rows = text.tolist()
+    last_eot = max(row.index(max(row)) for row in rows)
+    strided = text.T.contiguous().T  # the same values in a column-major (non-contiguous) layout
+    host_reads.clear()
+    lengths = [caption_length(text), caption_length(strided), caption_length(torch.zeros(3, 5, dtype=torch.long))]
+    assert sum(host_reads.values()) == 0, host_reads
+    assert lengths == [last_eot + 1, last_eot + 1, 1]
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(24, dtype=torch.long), torch.zeros(2, 24),
                                  torch.zeros(0, 24, dtype=torch.long)])
 def test_caption_length_rejects_what_is_not_a_batch_of_token_ids(bad):
