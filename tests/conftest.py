@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import os
 import sys
 import types
@@ -54,25 +53,3 @@ def geomstats_numpy(restore_default_dtype):
     import geomstats.geometry.nfold_manifold as nfold_manifold
 
     return types.SimpleNamespace(gs=gs, Hypersphere=hypersphere.Hypersphere, NFoldManifold=nfold_manifold.NFoldManifold)
-
-
-# the ways a tensor's value reaches Python; on a GPU each one is a host-device sync
-HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-
-
-@pytest.fixture
-def host_reads(monkeypatch):
-    """Count the reads of tensor values into Python (:data:`HOST_READS`) during the test: a Counter by name.
-
-    Tensors on any device count, so a CPU test sees the reads that would be syncs on a GPU.
-    """
-    counts = collections.Counter()
-    for name in HOST_READS:
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _name=name, _original=original, **kwargs):
-            counts[_name] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    return counts

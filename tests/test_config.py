@@ -46,7 +46,7 @@ def test_shipped_configs_load(name):
 
 def test_sphere_baseline_is_clip_like():
     cfg = load_config(CONFIGS / "digits-sphere.yaml")
-    assert (cfg.loss.similarity, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
+    assert (cfg.model.geometry, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
     temperature = cfg.loss.temperature
     clip = clip_temperature()  # open_clip's initial temperature and cap
     assert (temperature.name, temperature.init, temperature.max_scale) == pytest.approx(
@@ -89,8 +89,8 @@ def test_temperature_spec_only_passes_used_fields():
     cfg = load_config(None, ["loss.temperature.name=cosine", *scheduled])
     assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 2.0, "end": 4.0,
                                                    "steps": 100, "warmup": 3}
-    assert load_config(None, ["loss.temperature.name=auto", *scheduled]).loss.temperature.to_kwargs(100) == {
-        "name": "auto"}
+    assert load_config(None, ["loss.temperature.name=none", *scheduled]).loss.temperature.to_kwargs(100) == {
+        "name": "none"}
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -175,10 +175,11 @@ def test_yaml_file_error_names_the_file(tmp_path):
 
 
 def test_config_to_dict_is_plain():
-    values = config_to_dict(RunConfig())
+    cfg = load_config(None, [])
+    values = config_to_dict(cfg)
     assert type(values["loss"]["temperature"]) is dict
     json.loads(json.dumps(values))  # plain containers and scalars only
-    assert config_from_dict(values) == RunConfig()
+    assert config_from_dict(values) == cfg
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from manifold_align import get_similarity
+from manifold_align.geometries import geometry_class
 import manifold_align_train.builders as builders_module
 from manifold_align_train import checkpoint as ckpt
 from manifold_align_train.cli import main
@@ -282,7 +282,7 @@ GEOMETRY_MIN_TOP1 = 0.5
 def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, k):
     run = tmp_path / "run"
     shape = [] if k == 16 else ["model.n_tokens=1", "model.token_dim=512"]  # the same width, k = 1
-    sets = [f"loss.similarity={geometry}", *shape, "train.checkpoint_every=0", "train.threads=1",
+    sets = [f"model.geometry={geometry}", *shape, "train.checkpoint_every=0", "train.threads=1",
             "log.progress=false", "log.tensorboard=false"]
     cmd = [sys.executable, "-m", "manifold_align_train", "train", "--output", str(run),
            *[arg for item in sets for arg in ("--set", item)]]
@@ -290,14 +290,14 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
                           text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["config"]["loss"]["similarity"] == geometry and summary["config"]["model"]["n_tokens"] == k
+    assert summary["config"]["model"]["geometry"] == geometry and summary["config"]["model"]["n_tokens"] == k
     assert summary["final_metrics"]["zero_shot_top1"] >= GEOMETRY_MIN_TOP1, summary["final_metrics"]
     if geometry == "euclidean":
         assert summary["final_geometry"] == {} and "curvature" not in done.stdout
-        # "auto": the report and summary.json name the temperature the similarity chose
-        chosen = get_similarity("euclidean").default_temperature
-        assert summary["temperature"] == chosen
-        assert re.search(rf"\({chosen['name']}[^)]*, auto\)", done.stdout), done.stdout
+        # "auto": the report and summary.json name the temperature the geometry chose
+        chosen = geometry_class("euclidean").default_temperature
+        assert {key: summary["temperature"].get(key) for key in chosen} == chosen  # (plus the config's min_scale)
+        assert re.search(rf"final temperature scale \S+ \({chosen['name']}\b", done.stdout), done.stdout
         return
     # the geometry's parameters: in summary.json, the report, metrics.jsonl and the checkpoint, all the same
     values = summary["final_geometry"]
