@@ -107,10 +107,10 @@ class MetricsLog:
 class Progress:
     """Progress over optimizer steps (rank 0): a tqdm bar on a terminal, plain lines elsewhere.
 
-    On a terminal (or in a notebook) a tqdm bar shows loss, temperature scale and samples/s. When the
-    stream is not a terminal (a scheduler's log file, ``| tee``), a bar would write one carriage-return
-    update per step into a single line, so each log step writes one plain line instead, as open_clip's
-    trainer logs::
+    On a terminal (or in a notebook) a tqdm bar shows loss, learning rate, temperature scale and
+    samples/s. When the stream is not a terminal (a scheduler's log file, ``| tee``), a bar would write
+    one carriage-return update per step into a single line, so each log step writes one plain line
+    instead, as open_clip's trainer logs::
 
         train step 20/100 (20%) loss 2.3026 lr 1.000e-03 scale 14.3 samples/s 812 elapsed 00:12 eta 00:48
 

@@ -44,8 +44,8 @@ def caption_length(tokens: torch.Tensor, pad_id: int = 0) -> int:
     ----------
     tokens : torch.Tensor, shape (B, L), integer
         Token ids, B >= 1; on the CPU, where they are read through numpy without any tensor read (the
-        trainer calls this once per micro-batch, before the batch moves to the device). On another
-        device the read is a device sync.
+        trainer trims every batch it draws, before the batch moves to the device). On another device the
+        read is a device sync.
     pad_id : int
         The tokenizer's padding id (0 for open_clip's BPE tokenizer).
 
