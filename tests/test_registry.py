@@ -3,6 +3,7 @@ other installed packages found through entry points (a real distribution on sys.
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -211,7 +212,7 @@ def test_the_contract_suite_covers_a_geometry_registered_before_collection(tmp_p
 
     (tmp_path / "toy_geometry_plugin.py").write_text(_TOY.format(broken="+ 1e-3" if broken else ""))
     contract = Path(__file__).parent / "geometries" / "test_contract.py"
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "pytest", str(contract), "-q", "-p", "toy_geometry_plugin",
                            "-k", "toy-half-oblique", "-p", "no:cacheprovider"],
                           capture_output=True, text=True, env=env, timeout=300)
