@@ -262,7 +262,7 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
         assert summary["final_geometry"] == {} and "curvature" not in done.stdout
         # "auto": the report, summary.json and the saved config name the temperature the geometry chose
         assert summary["temperature"] == {"name": "learnable", "init": 20.0, "max_scale": 100.0, "min_scale": 0.0}
-        assert "(learnable from 1/20, auto)" in done.stdout
+        assert "(learnable from 1/20)" in done.stdout
         assert summary["config"]["loss"]["temperature"]["name"] == "learnable"
         assert summary["config"]["loss"]["temperature"]["init"] == 20.0
         return
