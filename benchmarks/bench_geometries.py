@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 
 import numpy as np
 import torch
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
 NAMES = ("oblique", "geodesic", "chordal", "euclidean", "euclidean (unsquared)", "lorentz")
 
@@ -44,16 +42,6 @@ def _inputs(name, sim, geometry, b, k, d, device, seed):
         a = sim.project(raw[0], modality="image", **kwargs)
         t = sim.project(raw[1], modality="text", **kwargs)
     return a, t, kwargs
-
-
-def median_s(fn, min_run_time: float, device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run():
-        fn()
-        sync()
-
-    return tb.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time).median
 
 
 def settings(quick: bool, device) -> list[tuple[int, int, int]]:
@@ -93,19 +81,19 @@ def main() -> None:
             base = make("oblique")
             for n in NAMES[1:]:
                 fn = make(n)
-                pairs = [(median_s(base, t_min, device), median_s(fn, t_min, device)) for _ in range(args.repeat)]
+                cuda = device.type == "cuda"
+                pairs = [(median_s(base, t_min, sync_cuda=cuda), median_s(fn, t_min, sync_cuda=cuda))
+                         for _ in range(args.repeat)]
                 rows.append((n, mode, k, d, b, float(np.median([p[0] for p in pairs])),
                              float(np.median([p[1] for p in pairs])), float(np.median([o / r for r, o in pairs]))))
                 print(f"[geometries] {rows[-1]}", file=sys.stderr, flush=True)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{cpu_model()}; {torch.get_num_threads()} threads")
     lines = [
         "# Logits of each similarity against `oblique`",
         "",
         f"Command: `python benchmarks/bench_geometries.py{' --quick' if args.quick else ''}"
         f"{'' if args.repeat == 5 else f' --repeat {args.repeat}'}"
         f"{'' if args.device == 'cpu' else f' --device {args.device}'}`  ",
-        f"Machine: {machine}; torch {torch.__version__}; python {platform.python_version()}  ",
+        f"Machine: {machine()}; timed on {device}  ",
         "`similarity.pairwise(a, b)` on projected float32 features (B, k, d), B x B logits. Times: median over",
         f"{args.repeat} alternating repeats of the blocked_autorange median; ratio: median of the per-repeat",
         "ratios (similarity / oblique: lower is faster, the target for lorentz and euclidean is <= 1.2x).",

@@ -22,24 +22,16 @@ What is measured (k = 16, d = 32, so k * d = 512; torch.utils.benchmark medians,
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
 RESULTS = Path(__file__).parent / "results" / "gpu.md"
 K, D = 16, 32
-
-
-def median_s(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median seconds per call (``blocked_autorange``; it synchronizes CUDA around each block)."""
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
 def tokens(b: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -140,12 +132,11 @@ def manifold_rows(device, batches, min_run_time) -> list[dict]:
 
 
 def render(device, peaks, peak_n, logits, losses, manifold, command) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_model()}"
     lines = [
         "# GPU rows: logits against the matrix peak, loss against open_clip, manifold ops against geoopt",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {name}; torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {machine()}; timed on {device}  ",
         f"k = {K}, d = {D} (k * d = {K * D}). Times: torch.utils.benchmark medians (CUDA synchronized).",
         "",
         f"Matrix peak measured in this run ({peak_n} x {peak_n} x {peak_n} product): "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine  # benchmarks/ is on sys.path: scripts run from there
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "vit-b-16-webdataset.yaml"
@@ -112,7 +111,7 @@ def render(results: dict, args, device_name: str, command: str) -> str:
         "# ViT-B-16 recipe through the trainer: multi-token against stock-equivalent",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {device_name}; CPU {cpu_model()}; torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {machine()}; trained on {device_name}  ",
         f"Config: `configs/vit-b-16-webdataset.yaml` with model {args.model}, global batch {args.batch_size}, "
         f"{args.steps} steps, {args.workers} loader workers, on webdataset shards of scikit-learn's digits "
         "(PNG, 8x8 upscaled to the model's 224 by open_clip's transform; 4 caption templates). "
