@@ -163,9 +163,8 @@ def render(sections: Sequence[Section], *, quick: bool, argv: Sequence[str], gpu
     return "\n".join(lines) + "\n"
 
 
-def build_parser(prog: str = "benchmarks/speed.py") -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog,
         description="Run the manifold, model and optimizer speed benchmarks (each in its own process) and "
                     "collect their tables in one markdown file.",
     )
@@ -182,10 +181,10 @@ def build_parser(prog: str = "benchmarks/speed.py") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, *, prog: str = "benchmarks/speed.py") -> int:
-    """Entry point (``manifold-align bench speed`` delegates here); returns the exit status."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point (``manifold-align bench speed`` runs this script); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser().parse_args(argv)
     gpu = gpu_name()
     if args.only is None:
         args.only = [n for n in BENCHMARKS if gpu or n not in GPU_ONLY]
