@@ -133,9 +133,7 @@ def table_alias_check(rows: Rows) -> list[str]:
         if diffs:
             out.append(f"- {alias} against {target}: {len(diffs)} runs paired by seed and noise, largest "
                        f"difference in zero-shot top-1 {100 * max(abs(d) for d in diffs):.2f} points.")
-    if out:
-        out = ["### Aliases run anyway", ""] + out
-    return out + [""]
+    return ["### Aliases run anyway", "", *out, ""] if out else []
 
 
 def table_paired(rows: Rows) -> list[str]:
@@ -312,8 +310,9 @@ def table_k(rows: Rows) -> list[str]:
 
 
 def table_time(rows: Rows) -> list[str]:
-    out = ["### Wall time per run (seconds per seed: a cell's wall time over its seeds)", "",
-           "| topology | batch | mean s/run |", "|---|---:|---:|"]
+    per = ("seconds per seed: a cell's wall time over its seeds" if mode_of(rows) == "fast"
+           else "seconds, each run's own")
+    out = [f"### Wall time per run ({per})", "", "| topology | batch | mean s/run |", "|---|---:|---:|"]
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["topology"], r["batch_size"]), []).append(r["wall_time_seconds"])
@@ -536,6 +535,7 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
         ax.errorbar(kk, [m for m, _, _ in points], yerr=[0 if math.isnan(h) else h for _, h, _ in points],
                     marker="o", capsize=3)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(kk, [str(k) for k in kk])
         ax.set(xlabel=f"k (d = {spec.WIDTH} / k)", ylabel="zero-shot top-1 (%)",
                title=f"Zero-shot accuracy against k at k * d = {spec.WIDTH}")
         ax.grid(alpha=0.3)
