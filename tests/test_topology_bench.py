@@ -74,7 +74,7 @@ def test_only_the_adapter_touches_the_geometry_api():
                      for a in node.names if a.name.startswith("manifold_align")}
         library = {m for m in imported if m.split(".")[0] == "manifold_align"}
         if module == "geometry":
-            assert library == {"manifold_align"}
+            assert library <= {"manifold_align", "manifold_align.geometries"}
         else:
             assert library <= {"manifold_align.optim"}, f"{module}.py imports {library}"
         assert ".name ==" not in source and 'similarity == "' not in source, module
@@ -93,7 +93,7 @@ def test_topology_overrides_build_valid_configs():
 
     for topo in spec.TOPOLOGIES.values():
         cfg = load_config(None, topo.overrides())
-        assert cfg.loss.similarity == topo.geometry
+        assert cfg.model.geometry == topo.geometry
         assert (cfg.model.n_tokens, cfg.model.token_dim) == (topo.n_tokens, topo.token_dim)
         assert cfg.loss.temperature.name == topo.temperature["name"]
         assert cfg.model.class_tokens == topo.class_tokens
@@ -109,16 +109,16 @@ def test_geometry_options_reach_the_run_config():
     from manifold_align_train.config import load_config
 
     topo = spec.Topology("lorentz-c2", "lorentz", 1, 512, {"name": "none"}, options={"curvature_init": 2.0})
-    assert load_config(None, topo.overrides()).loss.similarity_options == {"curvature_init": 2.0}
+    assert load_config(None, topo.overrides()).model.geometry_options == {"curvature_init": 2.0}
 
 
 def test_registered_geometries_are_topologies_by_name():
-    from manifold_align import list_similarities
+    from manifold_align import list_geometries
 
     defaults = spec.default_topologies()
     assert defaults[:len(spec.TOPOLOGIES)] == list(spec.TOPOLOGIES)
     used = {t.geometry for t in spec.TOPOLOGIES.values()}
-    assert set(defaults[len(spec.TOPOLOGIES):]) == set(list_similarities()) - used  # each other one, once
+    assert set(defaults[len(spec.TOPOLOGIES):]) == set(list_geometries()) - used  # each other one, once
     geodesic = spec.topology("geodesic-k8")
     assert (geodesic.geometry, geodesic.n_tokens, geodesic.token_dim, geodesic.blocks) == ("geodesic", 8, 64, 8)
     with pytest.raises(ValueError, match="registered: .*lorentz"):
@@ -137,12 +137,12 @@ def test_full_plan_counts_and_reuses_k16():
 
 def test_user_overrides_sit_between_defaults_and_topology():
     args = cli.resolve_args(cli.build_parser().parse_args(["--quick", "--set", "train.lr=0.001", "--set",
-                                                           "loss.similarity=chordal"]))
+                                                           "model.geometry=chordal"]))
     run = full.RunSpec(spec.TOPOLOGIES["oblique-none"], 0.4, 1)
     items = full.run_overrides(run, args)
     assert items.index("train.lr=0.001") > items.index("train.steps=20")
     # the topology wins over a user override of its own keys
-    assert items.index("loss.similarity=oblique") > items.index("loss.similarity=chordal")
+    assert items.index("model.geometry=oblique") > items.index("model.geometry=chordal")
     assert items[-3:] == ["data.caption_noise=0.4", "seed=1", f"name={run.name}"]
 
 
@@ -483,25 +483,42 @@ def test_fast_grid_resumes_and_report_only_reproduces(tmp_path, capsys):
 
 
 def test_a_registered_geometry_runs_by_name(tmp_path):
-    """A geometry registered from outside the benchmark is a topology by its name: trained and reported."""
-    from manifold_align import register_similarity
-    from manifold_align.similarity import ChordalSimilarity, _REGISTRY
+    """A geometry registered from outside the benchmark (here: by this test) is a topology by its name, trained,
+    its learned value recorded and reported, with no file of the benchmark naming it."""
+    from manifold_align import register_geometry
+    from manifold_align.geometries import GEOMETRIES
+    from manifold_align.geometries.oblique import ObliqueGeometry
 
-    class Outside(ChordalSimilarity):
-        name = "outside-test"
+    @register_geometry("outside-test")
+    class Outside(ObliqueGeometry):
+        """Oblique with one learned factor on the scores."""
 
-    register_similarity("outside-test", Outside)
+        def __init__(self, *, n_tokens: int, token_dim: int) -> None:
+            super().__init__(n_tokens=n_tokens, token_dim=token_dim)
+            self.log_weight = torch.nn.Parameter(torch.zeros(()))
+
+        def _pairwise(self, a, b):
+            return super()._pairwise(a, b) * self.log_weight.exp()
+
+        def _paired(self, a, b):
+            return super()._paired(a, b) * self.log_weight.exp()
+
+        def values(self):
+            return {"weight": self.log_weight.detach().exp()}
+
     try:
         out = tmp_path / "fast"
-        argv = ["--mode", "fast", "--output", str(out), "--steps", "2", "--hidden", "8", "--seeds", "2",
-                "--max-seeds", "2", "--noise", "0", "--k-values", "", "--batch-sizes", "",
+        argv = ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2",
+                "--max-seeds", "2", "--noise", "0,0.4", "--k-values", "", "--batch-sizes", "",
                 "--topologies", "sphere-learnable,outside-test-k4"]
         assert cli.main(argv) == 0
-        rows = results.read_csv(out / "results.csv")
-        assert {(r["topology"], r["geometry"], r["k"]) for r in rows} >= {("outside-test-k4", "outside-test", 4)}
-        assert "| outside-test-k4 |" in (out / "results.md").read_text()
+        rows = [r for r in results.read_csv(out / "results.csv") if r["topology"] == "outside-test-k4"]
+        assert {(r["geometry"], r["k"], r["d"], r["temperature"]) for r in rows} == {("outside-test", 4, 128, "none")}
+        assert all(r["weight"] != 1.0 for r in rows)  # it trained, and its values() reached the results
+        md = (out / "results.md").read_text()
+        assert "| outside-test-k4 |" in md and "| outside-test-k4 | weight |" in md
     finally:
-        _REGISTRY.pop("outside-test")
+        GEOMETRIES._factories.pop("outside-test", None)
 
 
 def test_gpu_profile_plan_and_budget_on_cpu(tmp_path, capsys):

@@ -199,6 +199,14 @@ class FastModel(nn.Module):
         """Seed ``s``'s raw features (N, k, d) on its geometry's space."""
         return self.geometry[s].project(raw, modality=modality)
 
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Every seed's temperature and geometry parameters into their ranges, as the trainer does after each
+        optimizer step (``MultiTokenCLIP.clamp_``)."""
+        for s in range(self.n_seeds):
+            self.temperature[s].clamp_()
+            self.geometry[s].clamp_()
+
     def geometry_values(self) -> list[dict[str, float]]:
         """Per seed: the temperature's ``scale`` and the geometry's learned ``values()`` (none for most)."""
         out = []
@@ -322,6 +330,7 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
         total.backward()
         _per_seed_clip_(model, GRAD_CLIP)
         optimizer.step()
+        model.clamp_()
         if step + 1 in eval_at:
             metrics, values = evaluate(model, data), model.geometry_values()
             for s in range(S):

@@ -1,20 +1,20 @@
 """The benchmark's one link to the library's geometry API: every other module of the package goes through here.
 
-A geometry is named by its registry name and options. :func:`build` returns an ``nn.Module`` with the
-library's geometry interface, which the fast mode trains and evaluates without knowing which geometry it is:
+A geometry is named by its registry name and options (``manifold_align.list_geometries()``: the built-in ones
+and those other installed packages declare). :func:`build` returns the library's ``Geometry``, an ``nn.Module``
+that the fast mode trains and evaluates without knowing which geometry it is:
 
 - ``project(features, modality="image"|"text")``: raw features (N, k, d) onto the geometry's space;
 - ``pairwise(a, b)`` (Na, Nb) and ``paired(a, b)`` (N,): scores;
-- ``mean(features, dim=1)``: the mean of points over an axis (the zero-shot class prototype);
+- ``mean(points, dim=1)``: the mean of points over an axis (the zero-shot class prototype);
 - ``values()``: its learned 0-dim values by name (``{}`` for a parameter-free geometry);
 - ``default_temperature``: the ``get_temperature`` spec it trains with by default;
-- its parameters (``.parameters()``), trained with the towers.
+- ``clamp_()``: its parameters projected into their ranges after an optimizer step;
+- its parameters (``.parameters()``), trained with the towers, and its extra loss terms, which
+  :func:`contrastive_loss` adds.
 
-:func:`temperature` builds a temperature from its spec, :func:`contrastive_loss` is the library's loss for one such geometry. The full mode selects the geometry of a
-``manifold-align train`` run with the configuration keys :data:`CONFIG_KEY` and :data:`OPTIONS_KEY`.
-
-Today's library spells this API as a ``Similarity`` (formula and registry) plus the module its
-``make_geometry`` builds (learned parameters); :class:`_SimilarityGeometry` joins the two into one module.
+The full mode selects the geometry of a ``manifold-align train`` run with the configuration keys
+:data:`CONFIG_KEY` and :data:`OPTIONS_KEY`.
 """
 
 from __future__ import annotations
@@ -25,29 +25,30 @@ import torch
 from torch import nn
 
 #: run-configuration key naming the geometry of a ``manifold-align train`` run
-CONFIG_KEY = "loss.similarity"
+CONFIG_KEY = "model.geometry"
 #: run-configuration section of the geometry's options (``OPTIONS_KEY.<option>=<value>``)
-OPTIONS_KEY = "loss.similarity_options"
+OPTIONS_KEY = "model.geometry_options"
 
 
 def list_geometries() -> list[str]:
     """Names of the registered geometries: built in, and registered by other packages."""
-    from manifold_align import list_similarities
+    from manifold_align import list_geometries as registered
 
-    return list(list_similarities())
+    return list(registered())
 
 
 def default_temperature(name: str, **options: Any) -> dict:
-    """The ``get_temperature`` spec geometry ``name`` trains with by default (a copy).
+    """The ``get_temperature`` spec geometry ``name`` trains with by default (a copy; nothing is built).
 
     Raises
     ------
     ValueError
         For an unknown name (the message lists the registered ones) or options it does not take.
     """
-    from manifold_align import get_similarity
+    from manifold_align.geometries import check_geometry_options, geometry_class
 
-    return dict(get_similarity(name, **options).default_temperature)
+    check_geometry_options(name, options)
+    return dict(geometry_class(name).default_temperature)
 
 
 def build(name: str, *, n_tokens: int, token_dim: int, **options: Any) -> nn.Module:
@@ -64,10 +65,11 @@ def build(name: str, *, n_tokens: int, token_dim: int, **options: Any) -> nn.Mod
 
     Returns
     -------
-    nn.Module
-        With ``project``, ``pairwise``, ``paired``, ``mean``, ``values`` and ``default_temperature``.
+    manifold_align.Geometry
     """
-    return _SimilarityGeometry(name, n_tokens=n_tokens, token_dim=token_dim, **options)
+    from manifold_align import get_geometry
+
+    return get_geometry(name, n_tokens=n_tokens, token_dim=token_dim, **options)
 
 
 def temperature(spec: dict) -> nn.Module:
@@ -79,52 +81,17 @@ def temperature(spec: dict) -> nn.Module:
 
 
 def contrastive_loss(geometry: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The library's contrastive loss scored by ``geometry``: ``loss(image, text, logit_scale) -> 0-dim tensor``.
+    """The library's contrastive loss scored by ``geometry`` (its extra terms included):
+    ``loss(image, text, logit_scale) -> 0-dim tensor``.
 
     ``image`` and ``text`` are projected features (``geometry.project``), matched by row; ``logit_scale``
     is the temperature's multiplicative scale (0-dim tensor).
     """
     from manifold_align import ContrastiveLoss
 
-    loss = ContrastiveLoss(geometry.similarity)
+    loss = ContrastiveLoss(geometry)
 
     def call(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-        return loss(image, text, logit_scale=logit_scale, geometry=geometry.parameters_module).loss
+        return loss(image, text, logit_scale).loss
 
     return call
-
-
-class _SimilarityGeometry(nn.Module):
-    """Today's ``Similarity`` and the parameter module of its ``make_geometry``, as one geometry module."""
-
-    def __init__(self, name: str, *, n_tokens: int, token_dim: int, **options: Any) -> None:
-        super().__init__()
-        from manifold_align import get_similarity
-
-        self.name, self.n_tokens, self.token_dim = name, n_tokens, token_dim
-        self.similarity = get_similarity(name, **options)
-        # registered as a child (or None), so that .parameters() and .to() reach the learned values
-        self.parameters_module = self.similarity.make_geometry(d=token_dim)
-        self.default_temperature = dict(self.similarity.default_temperature)
-
-    def project(self, features: torch.Tensor, modality: str = "image") -> torch.Tensor:
-        """Raw features (N, k, d) onto the geometry's space (cosine: (N, k * d))."""
-        return self.similarity.project(features, geometry=self.parameters_module, modality=modality)
-
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Scores of every row of ``a`` with every row of ``b``, shape (Na, Nb)."""
-        return self.similarity.pairwise(a, b, geometry=self.parameters_module)
-
-    def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Scores of row i of ``a`` with row i of ``b``, shape (N,)."""
-        return self.similarity.paired(a, b, geometry=self.parameters_module)
-
-    def mean(self, features: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """The geometry's mean of projected points over axis ``dim`` (removed), a point of its space."""
-        return self.similarity.mean(features, dim=dim, geometry=self.parameters_module)
-
-    def values(self) -> dict[str, torch.Tensor]:
-        """Learned values by name, 0-dim tensors (``{}`` without learned parameters)."""
-        if self.parameters_module is None:
-            return {}
-        return {key: torch.tensor(value) for key, value in self.parameters_module.values().items()}

@@ -199,7 +199,7 @@ def table_scale(rows: Rows) -> list[str]:
         return []
     levels = noises(rows)
     out = table_metric([r for r in rows if r["topology"] in learn], "scale",
-                       "Final learned scale (multiplier of the similarity)", 1.0, 3)
+                       "Final learned scale (multiplier of the scores)", 1.0, 3)
     out = [line for line in out if "identical in fast mode" not in line]
     out += [f"### Learned scale: change from noise {levels[0]:g}, paired by seed (%)", "",
             "| topology | " + " | ".join(f"noise {n:g}" for n in levels[1:]) + " | monotone in noise |",

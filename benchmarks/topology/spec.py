@@ -20,7 +20,7 @@ from . import geometry as geometries
 WIDTH = 512
 
 _CLIP_TEMPERATURE = {"name": "learnable", "init": 0.07, "max_scale": 100.0}
-#: what `--set loss.similarity=euclidean` trains with ("auto"): learnable from 1/20, written out here so
+#: what `--set model.geometry=euclidean` trains with ("auto"): learnable from 1/20, written out here so
 #: that the grid's rows do not change meaning if the library's default does
 _EUCLIDEAN_OWN_TEMPERATURE = {"name": "learnable", "init": 20.0, "max_scale": 100.0}
 
