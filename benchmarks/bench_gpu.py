@@ -49,9 +49,9 @@ def matrix_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, min_run
 
 def logits_rows(device, batches, peaks, min_run_time) -> list[dict]:
     """One row per (B, implementation): time, TFLOP/s, fraction of the dtype's peak, ratio to ours."""
-    from manifold_align.similarity import get_similarity
+    from manifold_align import get_geometry
 
-    oblique = get_similarity("oblique")
+    oblique = get_geometry("oblique", n_tokens=K, token_dim=D)
     rows = []
     for b in batches:
         x, y = tokens(b, device, torch.bfloat16, 0), tokens(b, device, torch.bfloat16, 1)
@@ -77,9 +77,10 @@ def loss_rows(device, batches, min_run_time) -> list[dict]:
     """Forward + backward of our loss against open_clip's ClipLoss, same bf16 features, autocast on."""
     from open_clip.loss import ClipLoss
 
-    from manifold_align.losses import ContrastiveLoss
+    from manifold_align import ContrastiveLoss, get_geometry, get_temperature
 
-    ours_loss = ContrastiveLoss("oblique", {"name": "learnable", "init": 0.07, "max_scale": 100.0}).to(device)
+    ours_loss = ContrastiveLoss(get_geometry("oblique", n_tokens=K, token_dim=D))
+    temperature = get_temperature({"name": "learnable", "init": 0.07, "max_scale": 100.0}).to(device)
     clip_loss = ClipLoss()
     logit_scale = torch.nn.Parameter(torch.tensor(1 / 0.07, device=device).log())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
@@ -92,7 +93,7 @@ def loss_rows(device, batches, min_run_time) -> list[dict]:
 
         def ours():
             with autocast:
-                loss = ours_loss(x, y).loss
+                loss = ours_loss(x, y, temperature.scale()).loss
             loss.backward()
 
         def theirs():

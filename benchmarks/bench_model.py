@@ -143,13 +143,13 @@ def _build(setting: Setting, kind: str, *, trim: bool = True):
             text = F.normalize(model.encode_text(texts), dim=-1)
             return _symmetric_ce(model.logit_scale.exp() * image.float() @ text.float().T)
     else:
-        embed = {"n_tokens": setting.n_tokens, "token_dim": setting.token_dim, "similarity": "oblique",
+        embed = {"n_tokens": setting.n_tokens, "token_dim": setting.token_dim, "geometry": "oblique",
                  "temperature": {"name": "learnable"}}
         model = create_model(cfg, embed)
 
         def loss_fn(images, texts):
             out = model(images, texts)
-            scores = model.similarity.pairwise(out["image_features"], out["text_features"])
+            scores = model.geometry.pairwise(out["image_features"], out["text_features"])
             return _symmetric_ce(model.temperature(scores))
 
     model.to(device).train()

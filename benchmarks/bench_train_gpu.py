@@ -5,7 +5,7 @@ loader, checkpoints) for a few hundred steps on webdataset shards written from t
 that ship with scikit-learn (no download), twice:
 
 - *recipe*: the config as shipped, k = 16 tokens of d = 32 on OB(32, 16), learnable scale capped at 3.95;
-- *stock-equivalent*: the same run with ``model.n_tokens=1 model.token_dim=512 loss.similarity=cosine`` and
+- *stock-equivalent*: the same run with ``model.n_tokens=1 model.token_dim=512 model.geometry=cosine`` and
   CLIP's learnable scale capped at 100, which is open_clip's ``CLIP`` architecture (the k = 1 model equals
   stock open_clip to 1e-6, tested in tests/test_model.py), trained by the same loop.
 
@@ -44,7 +44,7 @@ CAPTIONS = ("a photo of the digit {}.", "a handwritten {}.", "the number {}, wri
 
 VARIANTS = {
     "recipe": [],
-    "stock-equivalent": ["model.n_tokens=1", "model.token_dim=512", "loss.similarity=cosine",
+    "stock-equivalent": ["model.n_tokens=1", "model.token_dim=512", "model.geometry=cosine",
                          "loss.temperature.max_scale=100.0"],
 }
 

@@ -48,7 +48,7 @@ CPU_OVERRIDES = [
     "log.progress=false", "log.tensorboard=false",
 ]
 
-STOCK = ["model.n_tokens=1", "model.token_dim=512", "loss.similarity=cosine"]
+STOCK = ["model.n_tokens=1", "model.token_dim=512", "model.geometry=cosine"]
 
 #: name -> (overrides, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -91,7 +91,7 @@ def collapse(model, batch) -> dict[str, float]:
     model.train()
     u, v, s = out["image_features"], out["text_features"], float(out["logit_scale"])
     n = u.shape[0]
-    z = s * model.similarity.pairwise(u, v)
+    z = s * model.geometry.pairwise(u, v)
     negatives = (z.sum() - z.diagonal().sum()) / (n * n - n)
     return {
         "img": _mean_offdiag(torch.einsum("ikd,jkd->kij", u, u)),
