@@ -347,7 +347,12 @@ def _answer_range(rows: Rows, main: Rows) -> str:
         f"top-1 at N = {hi_n}: sphere-none {cell(values(sel, 'sphere-none', 0.0, batch=hi_n))}%, oblique-none "
         f"{cell(values(sel, 'oblique-none', 0.0, batch=hi_n))}%, CLIP sphere "
         f"{cell(values(sel, spec.BASELINE, 0.0, batch=hi_n))}%; sphere-none minus CLIP sphere at N = {hi_n}: "
-        f"{compared([a - b for a, b in zip(values(sel, 'sphere-none', 0.0, batch=hi_n), values(sel, spec.BASELINE, 0.0, batch=hi_n))])}.")
+        f"{compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}, minus oblique-none: "
+        f"{compared(_paired_at(sel, 'sphere-none', 'oblique-none', hi_n))}.")
+
+
+def _paired_at(rows: Rows, a: str, b: str, batch: int) -> list[float]:
+    return paired([r for r in rows if r["batch_size"] == batch], a, b, 0.0)
 
 
 #: the topologies answers 1 to 5 are about; answer 6 takes every other one (other geometries, any registered one)
