@@ -408,9 +408,8 @@ def claims(rows: Rows) -> list[str]:
         parts = []
         for t in new:
             vs_sphere = ", ".join(f"{_pd(main, t, spec.BASELINE, n)} at {n:g}" for n in (0.0, hi))
-            vs_obl = (_pd(main, t, 'oblique-none', 0.0) if "oblique-none" in have else "--")
-            parts.append(f"{t} {cell(values(main, t, 0.0))}% at noise 0, minus CLIP sphere {vs_sphere}, "
-                         f"minus oblique-none {vs_obl} at 0")
+            vs_obl = f", minus oblique-none {_pd(main, t, 'oblique-none', 0.0)} at 0" if "oblique-none" in have else ""
+            parts.append(f"{t} {cell(values(main, t, 0.0))}% at noise 0, minus CLIP sphere {vs_sphere}{vs_obl}")
         out.append("6. **Other geometries.** " + "; ".join(parts) + ".")
     return out + [""]
 
