@@ -521,6 +521,20 @@ def test_a_registered_geometry_runs_by_name(tmp_path):
         GEOMETRIES._factories.pop("outside-test", None)
 
 
+def test_a_geometry_of_another_installed_package_runs_by_name(tmp_path):
+    """The example package of tests/plugins/packages declares `weighted-oblique` under the entry points (conftest
+    puts it on the path): the benchmark lists it among its default topologies and trains and reports it by name."""
+    assert "weighted-oblique" in spec.default_topologies()
+    out = tmp_path / "fast"
+    argv = ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2", "--max-seeds",
+            "2", "--noise", "0", "--k-values", "", "--batch-sizes", "", "--topologies",
+            "sphere-learnable,weighted-oblique-k16"]
+    assert cli.main(argv) == 0
+    rows = [r for r in results.read_csv(out / "results.csv") if r["topology"] == "weighted-oblique-k16"]
+    assert len(rows) == 2 and all(r["geometry"] == "weighted-oblique" and r["largest_weight"] > 1.0 for r in rows)
+    assert "| weighted-oblique-k16 | largest_weight |" in (out / "results.md").read_text()
+
+
 def test_gpu_profile_plan_and_budget_on_cpu(tmp_path, capsys):
     args = cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--profile", "gpu"]))
     assert (args.device, args.hidden, args.batch_size, args.time_budget) == ("cuda", 1024, 512, 540.0)
