@@ -315,6 +315,22 @@ def test_results_file_gains_a_column_for_a_new_geometry_value(tmp_path):
     assert results.value_columns(rows) == ["curvature"]
 
 
+def test_appending_to_an_older_file_keeps_its_rows_as_written(tmp_path):
+    path = tmp_path / "trajectories.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["topology", "similarity", "noise", "seed", "step", "scale"],
+                                      ["sphere-none", "cosine", "0.2", "3", "5", "1.0"]])
+    new = {"mode": "fast", "topology": "lorentz-k1", "geometry": "lorentz", "noise": 0.0, "seed": 0, "step": 5,
+           "scale": 14.0, "curvature": 0.9}
+    results.append_rows(path, [new], ("topology", "noise", "seed", "step", "scale"))
+    assert results.header(path) == ["topology", "geometry", "noise", "seed", "step", "scale", "curvature"]
+    old, added = results.read_csv(path, mode="fast")
+    assert (old["geometry"], old["seed"], math.isnan(old["curvature"])) == ("cosine", 3, True)
+    assert (added["geometry"], added["curvature"]) == ("lorentz", 0.9)
+    results.append_rows(path, [dict(new, seed=1)], ("topology", "noise", "seed", "step", "scale"))  # plain append
+    assert [r["seed"] for r in results.read_csv(path)] == [3, 0, 1]
+
+
 def test_older_files_name_the_geometry_similarity(tmp_path):
     path = tmp_path / "results.csv"
     with path.open("w", newline="") as handle:

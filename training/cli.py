@@ -189,7 +189,7 @@ def _cmd_bench(name: str, argv: list[str]) -> int:
     code = compile(script.read_bytes(), str(script), "exec")
     module = types.ModuleType("__main__")
     module.__file__ = str(script)
-    saved = sys.argv, list(sys.path), sys.modules["__main__"]
+    saved = sys.argv, list(sys.path), sys.modules.get("__main__")
     sys.argv = [f"manifold-align bench {name}", *argv]
     sys.path.insert(0, str(script.parent))
     sys.modules["__main__"] = module  # dataclasses look their module up while the script runs
@@ -200,7 +200,11 @@ def _cmd_bench(name: str, argv: list[str]) -> int:
             return exc.code or 0
         raise  # a message: printed by the interpreter with exit status 1, as when the script runs alone
     finally:
-        sys.argv, sys.path[:], sys.modules["__main__"] = saved
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        if saved[2] is None:
+            sys.modules.pop("__main__", None)
+        else:
+            sys.modules["__main__"] = saved[2]
     return 0
 
 

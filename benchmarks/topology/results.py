@@ -203,23 +203,29 @@ def header(path: Path) -> list[str]:
 def append_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Append ``rows`` to a CSV, flushed to disk before returning.
 
-    ``columns`` orders a new file; a row with a column the file lacks (a geometry's learned value not seen
-    before) rewrites the file with that column added, atomically. The file's ``similarity`` column of older
-    runs is read as ``geometry``.
+    ``columns`` are the file's own columns (those of a new file, in order; other keys of the rows are left
+    out), followed by the geometries' learned values (keys that are not :data:`OWN_COLUMNS`). A learned value
+    the file has no column for yet (a geometry not seen before) rewrites the file with that column added,
+    atomically; its older rows leave it empty. An older file's ``similarity`` column becomes ``geometry``.
     """
     existing = header(path)
-    wanted = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))
-    if existing and set(wanted) <= set(existing):
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in OWN_COLUMNS and k not in columns]
+    if existing and set(extra) <= set(existing):
         with path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=existing, extrasaction="ignore")
-            writer.writerows({c: _cell_text(r.get(c)) for c in existing} for r in rows)
+            # an older file names the geometry column `similarity`
+            writer.writerows({c: _cell_text(r.get("geometry") if c == "similarity" else r.get(c)) for c in existing}
+                             for r in rows)
             handle.flush()
             os.fsync(handle.fileno())
         return
-    old = read_csv(path)
+    if not existing:
+        _write_atomic(path, rows, [*columns, *extra])
+        return
+    with path.open(newline="") as handle:  # the old rows as written, renamed, not reparsed
+        old = [{("geometry" if k == "similarity" else k): v for k, v in raw.items()} for raw in csv.DictReader(handle)]
     renamed = ["geometry" if c == "similarity" else c for c in existing]
-    merged = list(dict.fromkeys([*renamed, *wanted])) if existing else wanted
-    _write_atomic(path, [*old, *rows], merged)
+    _write_atomic(path, [*old, *rows], list(dict.fromkeys([*renamed, *extra])))
 
 
 def value_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
