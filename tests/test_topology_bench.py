@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clip_reference import clip_temperature
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -97,12 +98,13 @@ def test_topology_overrides_build_valid_configs():
         assert (cfg.model.n_tokens, cfg.model.token_dim) == (topo.n_tokens, topo.token_dim)
         assert cfg.loss.temperature.name == topo.temperature["name"]
         assert cfg.model.class_tokens == topo.class_tokens
+    reference = clip_temperature()  # open_clip's initial temperature and cap
     clip = load_config(None, spec.TOPOLOGIES["sphere-learnable"].overrides()).loss.temperature
-    assert (clip.init, clip.max_scale) == (0.07, 100.0)
+    assert (clip.init, clip.max_scale) == pytest.approx((reference["init"], reference["max_scale"]))
     capped = load_config(None, spec.TOPOLOGIES["oblique-learnable-3.95"].overrides()).loss.temperature
     assert capped.max_scale == 3.95
     fixed = load_config(None, spec.TOPOLOGIES["sphere-fixed"].overrides()).loss.temperature
-    assert fixed.name == "fixed" and fixed.scale == pytest.approx(1 / 0.07)
+    assert fixed.name == "fixed" and fixed.scale == pytest.approx(1 / reference["init"])
 
 
 def test_geometry_options_reach_the_run_config():
@@ -553,7 +555,9 @@ def test_a_geometry_of_another_installed_package_runs_by_name(tmp_path):
 
 def test_gpu_profile_plan_and_budget_on_cpu(tmp_path, capsys):
     args = cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--profile", "gpu"]))
-    assert (args.device, args.hidden, args.batch_size, args.time_budget) == ("cuda", 1024, 512, 540.0)
+    profile = spec.PROFILES["gpu"]
+    assert {key: getattr(args, key) for key in ("device", "hidden", "batch_size", "time_budget")} == {
+        key: profile[key] for key in ("device", "hidden", "batch_size", "time_budget")}
     assert args.output.name == "topologies-fast-gpu" and args.docs_img is None
     assert cli.main(["--mode", "fast", "--profile", "gpu", "--dry-run"]) == 0
     assert "cells, then seed chunks" in capsys.readouterr().out
@@ -588,7 +592,8 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     assert by_topo["block-control"]["geometry"] == "oblique"
     assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
     assert by_topo["block-control"]["final_temperature"] == 1.0
-    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= 100.0
+    cap = spec.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
+    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
     assert by_topo["sphere-learnable"]["temperature_trajectory"]
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
