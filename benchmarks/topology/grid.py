@@ -15,7 +15,8 @@ an interrupted grid loses at most the cell in progress and resumes where it stop
 twice: before each cell the grid rereads ``results.csv`` and trains only the seeds that have no row there (same
 profile, topology, noise, batch size, steps, hidden width and seed), one grid at a time holds the folder (a
 lock file), and a row whose run is already in the file is refused. ``--time-budget`` stops starting new
-cells after that many seconds (the GPU profile's default keeps the whole command under 10 minutes).
+cells after that many seconds, the first excepted (the GPU profile's default keeps the whole command under 10
+minutes).
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def execute(args: argparse.Namespace) -> int:
         nonlocal ran
         todo = [c for c in (cell.missing(done(), args) for cell in cells) if c is not None]
         for i, planned in enumerate(todo, 1):
-            if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
+            # the first cell always runs, so that every launch makes progress however small the budget
+            if args.time_budget is not None and ran and time.perf_counter() - start > args.time_budget:
                 print(f"time budget of {args.time_budget:g} s spent; stopping (run again to resume)", flush=True)
                 return False
             cell = planned.missing(done(), args)  # reread: never train a run that has a row
