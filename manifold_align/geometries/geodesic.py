@@ -29,7 +29,8 @@ class GeodesicGeometry(ObliqueGeometry):
         return (-math.pi * math.sqrt(self.n_tokens), 0.0)
 
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return -_OBLIQUE.cdist(a, b)
+        # sync-free near pairs: a training step does not wait for their count
+        return -_OBLIQUE.cdist(a, b, sync_free=True)
 
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         chord = torch.linalg.vector_norm(a - b, dim=-1)
