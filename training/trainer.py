@@ -36,7 +36,9 @@ from .builders import (
 from .config import RunConfig, config_to_dict, dump_config
 from .distributed_env import DistEnv, cleanup_distributed, init_distributed
 from .evaluation import evaluate
+from .faults import claim_failure, explain, FailureReport
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
+from .preemption import Preempted, StopRequest
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_summary import format_report, run_summary, write_json
 
@@ -90,6 +92,8 @@ class Trainer:
         self.counters = Counters()
         self.last_metrics: dict[str, Any] = {}
         self._skipped_here = 0  # this rank's bad-sample encounters not yet in counters.skipped_samples
+        self.stop_request = StopRequest(cfg.train.preempt_signal)  # installed by train() around fit()
+        self.stop_agreed = False  # some rank was signalled: every rank stops after this step (_all_finite)
         # Different ranks draw different dropout/augmentation noise; model init was already equal.
         seed_everything(cfg.seed + 1000 * self.env.rank + 1)
 
@@ -133,11 +137,16 @@ class Trainer:
 
     def _all_finite(self, *values: float) -> bool:
         finite = all(math.isfinite(v) for v in values)
+        stop = self.stop_request.pending
         if self.env.distributed:
-            # Every rank must take the same branch, or the next collective deadlocks.
-            flag = torch.tensor(float(finite), device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item())
+            # Every rank must take the same branch, or the next collective deadlocks. The stop request rides
+            # in the same all-reduce (as "not stopping", so that MIN is "any rank stops"): all ranks stop
+            # after the same step without a collective of its own.
+            flags = torch.tensor([float(finite), float(not stop)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            finite, keep_going = (bool(v) for v in flags.tolist())
+            stop = not keep_going
+        self.stop_agreed = stop
         return finite
 
     def train_step(self, batches: list) -> dict[str, Any]:
@@ -330,6 +339,8 @@ class Trainer:
                 log.log(self.step, self.evaluate(), kind="eval")
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self.stop_agreed:
+                self._stop_preempted()
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
         self._sync_bad_samples()
@@ -337,6 +348,15 @@ class Trainer:
         final = self.evaluate()
         log.log(self.step, final, kind="eval")
         return final
+
+    def _stop_preempted(self) -> None:
+        """Write the checkpoint of this step (unless it was just written) and raise :class:`Preempted`."""
+        path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        if self.counters.last_checkpoint != str(path):
+            self.save_checkpoint()  # collective: every rank is here, after the same step
+        if self.env.distributed:
+            dist.barrier()  # no rank exits (and closes its connections) before rank 0's file is complete
+        raise Preempted(self.stop_request.received or "a stop signal to another process", self.step, path)
 
     def _sync_skipped(self) -> None:
         """Add the bad-sample encounters of every rank since the last call to ``counters.skipped_samples``.
@@ -406,8 +426,9 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         The summary written to ``summary.json``.
     """
     start = time.perf_counter()
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, timeout=cfg.train.collective_timeout)
     restore_torch = configure_torch(cfg, env)
+    trainer = None
     try:
         output = _agree_output_dir(output_dir, cfg, env)
         ckpt.check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
@@ -426,7 +447,8 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         log.truncate_after(trainer.step)  # a killed run may have logged past its last checkpoint
         progress = Progress(cfg.train.steps, trainer.step, enabled=env.is_main and cfg.log.progress)
         try:
-            final = trainer.fit(log, progress)
+            with trainer.stop_request:  # SIGTERM and train.preempt_signal stop at a step boundary
+                final = trainer.fit(log, progress)
         finally:
             progress.close()
             log.close()
@@ -435,6 +457,19 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
             write_json(summary, output / "summary.json")
             print(format_report(summary), flush=True)
         return summary
+    except Preempted:
+        raise
+    except Exception as error:
+        # before the process group goes (finally): the ranks whose collectives fail because of this one
+        # must find the failure claimed (manifold_align_train.faults)
+        failure = explain(error, step=None if trainer is None else trainer.step,
+                          last_checkpoint=None if trainer is None else trainer.counters.last_checkpoint)
+        if env.distributed:
+            failure.failure_report = FailureReport(env.rank, env.world_size, None if trainer is None else trainer.step,
+                                                   first=claim_failure(env))
+        if failure is error:
+            raise
+        raise failure from error
     finally:
         restore_torch()
         cleanup_distributed()
