@@ -8,6 +8,7 @@ the stop, nothing would be saved before the end).
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -22,18 +23,9 @@ from manifold_align_train.preemption import PREEMPTED_EXIT_CODE, StopRequest
 STEPS = 16
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted one-process run."""
-    folder = tmp_path_factory.mktemp("straight")
-    done = run(train_cmd(folder / "run", *sets()), cwd=folder)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "run"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_a_signal_between_checkpoints_stops_with_a_checkpoint_and_resume_matches(tmp_path, straight, sig):
+def test_a_signal_between_checkpoints_stops_with_a_checkpoint_and_resume_matches(tmp_path, straight_runs, sig):
     stopped = tmp_path / "run"
     proc = start(train_cmd(stopped, *sets()), cwd=tmp_path)
     wait_for_step(stopped, 3, proc)
@@ -51,23 +43,18 @@ def test_a_signal_between_checkpoints_stops_with_a_checkpoint_and_resume_matches
 
     done = run(train_cmd(stopped, "--resume", "latest", *sets()), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_weights(stopped, straight)
+    assert_same_weights(stopped, straight_runs(1))
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_torchrun_job_stops_both_ranks_at_one_step_and_resume_matches(tmp_path):
+def test_sigterm_to_a_torchrun_job_stops_both_ranks_at_one_step_and_resume_matches(tmp_path, straight_runs):
     """SIGTERM to every process of the job, as SLURM sends it: each worker gets it twice (from the scheduler and
     forwarded by torchrun), possibly at different steps; both stop after the same one."""
     job = lambda run_dir, *extra: torchrun_cmd("-m", "manifold_align_train", "train", "--output", str(run_dir),
                                                *extra, *sets())
-    done = run(job(tmp_path / "straight"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-
     stopped = tmp_path / "stopped"
     proc = start(job(stopped), cwd=tmp_path)
     wait_for_step(stopped, 3, proc)
-    import os
-
     os.killpg(proc.pid, signal.SIGTERM)
     status, _, err = finish(proc)
     found = ckpt.list_checkpoints(stopped / "checkpoints")
@@ -79,7 +66,7 @@ def test_sigterm_to_a_torchrun_job_stops_both_ranks_at_one_step_and_resume_match
 
     done = run(job(stopped, "--resume", "latest"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_weights(stopped, tmp_path / "straight")
+    assert_same_weights(stopped, straight_runs(2))
 
 
 def test_a_stop_request_records_the_first_signal_and_restores_the_handlers():

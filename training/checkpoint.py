@@ -200,12 +200,24 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, *, 
     try:
         atomic_write(path, write)
         atomic_write(sums, lambda handle: handle.write(f"{writer[0].digest.hexdigest()}  {path.name}\n".encode()))
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as error:
+        if not _disk_full(error):
             raise
         raise CheckpointSpaceError(_space_message(state, Path(directory), path)) from error
     prune_checkpoints(directory, keep)
     return path
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or an error it was raised during is ENOSPC or EDQUOT: torch's zip writer, failing to
+    close the archive after the write failed, raises a RuntimeError of its own ("unexpected pos")."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _tensor_bytes(value: Any) -> int:

@@ -25,8 +25,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DEFAULT_GLOO_TIMEOUT", "DistEnv", "cleanup_distributed", "init_distributed", "job_store",
-           "resolve_device"]
+__all__ = ["DEFAULT_GLOO_TIMEOUT", "DistEnv", "cleanup_distributed", "collective_timeout", "init_distributed",
+           "job_store", "resolve_device"]
 
 #: seconds a gloo collective waits for the other processes by default (``train.collective_timeout``): torch's
 #: own 30 minutes would keep a job whose rank hangs alive for half an hour

@@ -24,6 +24,7 @@ from .distributed_env import DistEnv, job_store
 __all__ = ["FailureReport", "LoaderWorkerDied", "claim_failure", "explain", "write_elastic_error_file"]
 
 _FAILED_KEY = "failed_rank"
+_TIMED_OUT = re.compile(r"[Tt]imed out|[Tt]imeout")
 # torch's messages (torch/utils/data/dataloader.py and DataLoader.cpp) for a worker that died
 _LOADER_DEATH = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (exited unexpectedly|is killed by "
                            r"signal: ([^.]+))")
@@ -32,8 +33,8 @@ _LOADER_DEATH = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (ex
 class LoaderWorkerDied(RuntimeError):
     """A data-loading worker process died (the out-of-memory killer, a crash in an image decoder).
 
-    The training state is that of a step boundary (the batch had not been used), the checkpoints on disk are
-    untouched, and ``--resume latest`` continues from the newest.
+    Nothing is written from the interrupted step; the checkpoints on disk are untouched, and ``--resume latest``
+    continues from the newest.
     """
 
 
@@ -48,18 +49,26 @@ class FailureReport:
         Optimizer steps done when it failed (None: before the trainer was built).
     first : bool
         This rank claimed the failure first (:func:`claim_failure`): it reports it; the others only exit.
+    timeout : float or None
+        The process group's timeout in seconds (None: torch's default), named when a collective timed out.
     """
 
     rank: int
     world_size: int
     step: Optional[int]
     first: bool
+    timeout: Optional[float] = None
 
     def line(self, error: BaseException) -> str:
-        """``rank R of N failed at step S: Type: message`` (the message's first line)."""
+        """``rank R of N failed at step S: Type: message`` (the message's first line); for a collective that
+        timed out, what that means."""
+        timeout = self.timeout
         where = "" if self.step is None else f" at step {self.step}"
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"rank {self.rank} of {self.world_size} failed{where}: {type(error).__name__}: {text}"
+        line = f"rank {self.rank} of {self.world_size} failed{where}: {type(error).__name__}: {text}"
+        if _TIMED_OUT.search(text) and timeout is not None:
+            line += f" (no answer from the other processes within train.collective_timeout = {timeout:g} s)"
+        return line
 
 
 def claim_failure(env: DistEnv) -> bool:

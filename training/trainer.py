@@ -34,9 +34,9 @@ from .builders import (
     lr_factor,
 )
 from .config import RunConfig, config_to_dict, dump_config
-from .distributed_env import DistEnv, cleanup_distributed, init_distributed
+from .distributed_env import DistEnv, cleanup_distributed, collective_timeout, init_distributed
 from .evaluation import evaluate
-from .faults import claim_failure, explain, FailureReport
+from .faults import FailureReport, claim_failure, explain
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .preemption import Preempted, StopRequest
 from .rng import rng_state, seed_everything, set_rng_state
@@ -465,8 +465,10 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         failure = explain(error, step=None if trainer is None else trainer.step,
                           last_checkpoint=None if trainer is None else trainer.counters.last_checkpoint)
         if env.distributed:
+            wait = collective_timeout(cfg.train.collective_timeout, "nccl" if env.device.type == "cuda" else "gloo")
             failure.failure_report = FailureReport(env.rank, env.world_size, None if trainer is None else trainer.step,
-                                                   first=claim_failure(env))
+                                                   first=claim_failure(env),
+                                                   timeout=None if wait is None else wait.total_seconds())
         if failure is error:
             raise
         raise failure from error
