@@ -8,6 +8,7 @@ the stop, nothing would be saved before the end).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -39,6 +40,8 @@ def test_a_signal_between_checkpoints_stops_with_a_checkpoint_and_resume_matches
     assert last_line(err) == (f"manifold-align train: stopped by {sig.name} at step {step}; checkpoint {path} "
                               f"written; continue with --resume latest (exit status {PREEMPTED_EXIT_CODE})")
     assert ckpt.load_checkpoint(path)["step"] == step  # matches its SHA-256: not corrupted by the later signals
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1] == {"step": step, "kind": "stop", "signal": sig.name, "checkpoint": str(path)}
     assert not list((stopped / "checkpoints").glob(".*.tmp"))
 
     done = run(train_cmd(stopped, "--resume", "latest", *sets()), cwd=tmp_path)

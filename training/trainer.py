@@ -244,13 +244,18 @@ class Trainer:
         self.step = int(state["step"])
         self.counters = Counters(**state["counters"])
         rng = state["rng"]
-        set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        if self.env.rank < len(rng):
+            set_rng_state(rng[self.env.rank])
+        else:
+            # a process the checkpoint has no state for (the job grew): a stream of its own, like every rank's
+            seed_everything(self.cfg.seed + 1000 * self.env.rank + 1 + 7919 * self.step)
         self.data.train.set_position(*state["data_position"])
         saved_world_size = state.get("world_size", len(rng))
         if saved_world_size != self.env.world_size and self.env.is_main:
             print(f"resuming a checkpoint written by {saved_world_size} process(es) with {self.env.world_size}: "
-                  "the data continue exactly (batches are global, each process takes its slice); every "
-                  "process restarts from process 0's saved random state", file=sys.stderr, flush=True)
+                  "the data continue exactly (batches are global, each process takes its slice); each process "
+                  "continues its own saved random state, a process without one starts a fresh one",
+                  file=sys.stderr, flush=True)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0) unless the parameters are non-finite."""
@@ -340,7 +345,7 @@ class Trainer:
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save_checkpoint()
             if self.stop_agreed:
-                self._stop_preempted()
+                self._stop_preempted(log)
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
         self._sync_bad_samples()
@@ -349,14 +354,17 @@ class Trainer:
         log.log(self.step, final, kind="eval")
         return final
 
-    def _stop_preempted(self) -> None:
-        """Write the checkpoint of this step (unless it was just written) and raise :class:`Preempted`."""
+    def _stop_preempted(self, log: MetricsLog) -> None:
+        """Write the checkpoint of this step (unless it was just written), log a ``stop`` row and raise
+        :class:`Preempted`."""
         path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.counters.last_checkpoint != str(path):
             self.save_checkpoint()  # collective: every rank is here, after the same step
         if self.env.distributed:
             dist.barrier()  # no rank exits (and closes its connections) before rank 0's file is complete
-        raise Preempted(self.stop_request.received or "a stop signal to another process", self.step, path)
+        name = self.stop_request.received or "a stop signal to another process"
+        log.log(self.step, {"signal": name, "checkpoint": str(path)}, kind="stop")
+        raise Preempted(name, self.step, path)
 
     def _sync_skipped(self) -> None:
         """Add the bad-sample encounters of every rank since the last call to ``counters.skipped_samples``.
