@@ -304,6 +304,8 @@ def load_newest_intact(directory: str | Path, *, skipped: Callable[[Path, str], 
     for _, path in reversed(list_checkpoints(directory)):
         try:
             return path, load_checkpoint(path)
+        except FileNotFoundError:
+            continue  # another process of the job found it damaged first and renamed it
         except DamagedCheckpointError as error:
             skipped(path, str(error))
             quarantine(path)
