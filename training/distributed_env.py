@@ -85,14 +85,17 @@ def collective_timeout(seconds: Optional[float], backend: str) -> Optional[timed
     return None if seconds is None else timedelta(seconds=seconds)
 
 
-def _attempt_store(rank: int, world_size: int, timeout: Optional[timedelta]) -> dist.Store:
-    """The ``env://`` rendezvous store, under a prefix of its own for each torchrun attempt (module docstring)."""
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """The ``env://`` rendezvous store, under a prefix of its own for each torchrun attempt (module docstring).
+
+    It waits torch's default time for the other processes to join: a process that starts late (a slow import,
+    a node that boots later) is no failure; ``train.collective_timeout`` bounds the collectives after that.
+    """
     from torch.distributed.constants import default_pg_timeout
     from torch.distributed.rendezvous import rendezvous
 
-    wait = timeout or default_pg_timeout
-    store, _, _ = next(rendezvous("env://", rank, world_size, timeout=wait))
-    store.set_timeout(wait)
+    store, _, _ = next(rendezvous("env://", rank, world_size, timeout=default_pg_timeout))
+    store.set_timeout(default_pg_timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"manifold_align/attempt_{attempt}", store)
 
@@ -127,7 +130,7 @@ def init_distributed(device_preference: str = "auto", *, timeout: Optional[float
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         wait = collective_timeout(timeout, backend)
-        _store = _attempt_store(rank, world_size, wait)
+        _store = _attempt_store(rank, world_size)
         dist.init_process_group(backend=backend, store=_store, rank=rank, world_size=world_size, timeout=wait)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
