@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clip_reference import clip_temperature
 
 from manifold_align_train.cli import build_parser, main
 from manifold_align_train.config import (
@@ -44,8 +46,11 @@ def test_shipped_configs_load(name):
 
 def test_sphere_baseline_is_clip_like():
     cfg = load_config(CONFIGS / "digits-sphere.yaml")
-    assert (cfg.loss.similarity, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
-    assert cfg.loss.temperature.name == "learnable" and cfg.loss.temperature.max_scale == 100.0
+    assert (cfg.model.geometry, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
+    temperature = cfg.loss.temperature
+    clip = clip_temperature()  # open_clip's initial temperature and cap
+    assert (temperature.name, temperature.init, temperature.max_scale) == pytest.approx(
+        (clip["name"], clip["init"], clip["max_scale"]))
     # everything but the geometry matches the default run
     assert cfg.train == RunConfig().train and cfg.data == RunConfig().data
 
@@ -79,10 +84,13 @@ def test_apply_overrides_does_not_modify_input():
 
 
 def test_temperature_spec_only_passes_used_fields():
-    cfg = load_config(None, ["loss.temperature.name=cosine", "loss.temperature.end=4"])
-    assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 1.0, "end": 4.0,
-                                                   "steps": 100, "warmup": 0}
-    assert RunConfig().loss.temperature.to_kwargs(100) == {"name": "auto"}
+    scheduled = ["loss.temperature.start=2", "loss.temperature.end=4", "loss.temperature.warmup=3",
+                 "loss.temperature.init=0.5", "loss.temperature.scale=7"]  # the last two: not a schedule's
+    cfg = load_config(None, ["loss.temperature.name=cosine", *scheduled])
+    assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 2.0, "end": 4.0,
+                                                   "steps": 100, "warmup": 3}
+    assert load_config(None, ["loss.temperature.name=none", *scheduled]).loss.temperature.to_kwargs(100) == {
+        "name": "none"}
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -122,8 +130,8 @@ def test_bad_range():
 def test_class_tokens_must_divide_n_tokens():
     assert load_config(None, []).model.class_tokens is None
     assert load_config(None, ["model.class_tokens=4"]).model.class_tokens == 4
-    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*must divide n_tokens = 16"):
-        load_config(None, ["model.class_tokens=5"])
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*must divide n_tokens = 12"):
+        load_config(None, ["model.n_tokens=12", "model.class_tokens=5"])
     with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*>= 1, got 0"):
         load_config(None, ["model.class_tokens=0"])
 
@@ -167,9 +175,11 @@ def test_yaml_file_error_names_the_file(tmp_path):
 
 
 def test_config_to_dict_is_plain():
-    values = config_to_dict(RunConfig())
-    assert values["loss"]["temperature"]["name"] == "auto"
-    assert config_from_dict(values) == RunConfig()
+    cfg = load_config(None, [])
+    values = config_to_dict(cfg)
+    assert type(values["loss"]["temperature"]) is dict
+    json.loads(json.dumps(values))  # plain containers and scalars only
+    assert config_from_dict(values) == cfg
 
 
 # -- command line -------------------------------------------------------------------------------

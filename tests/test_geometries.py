@@ -1,6 +1,6 @@
 """Tests for the ``euclidean`` and ``lorentz`` similarities, LorentzGeometry, the model-owned scale / bias /
-geometry path of ContrastiveLoss, and MERU's entailment loss -- against formulas written out here in float64
-(MERU's and EuCLIP's, independent of the library)."""
+geometry path of ContrastiveLoss -- against formulas written out in float64 (MERU's, in
+tests/manifolds/meru_reference.py, and EuCLIP's, independent of the library)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manifold_align import ContrastiveLoss, LorentzGeometry, entailment_loss, get_similarity
-from manifold_align.entailment import exterior_angle, half_aperture
+from manifold_align import ContrastiveLoss, LorentzGeometry, get_similarity
+from manifolds.meru_reference import meru_entailment, meru_expmap0, meru_pairwise_dist
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -30,30 +30,6 @@ def _geometry(d, c=1.3, image=0.4, text=0.6, dtype=torch.float64):
         geo.log_image_scale.fill_(math.log(image))
         geo.log_text_scale.fill_(math.log(text))
     return geo
-
-
-# ---- MERU's formulas, written out in float64 (space components, time derived) ------------------
-def meru_expmap0(x, c):
-    r = math.sqrt(c) * x.norm(dim=-1, keepdim=True)
-    return torch.sinh(r) * x / r
-
-
-def meru_pairwise_dist(x, y, c):
-    xt = torch.sqrt(1 / c + (x**2).sum(-1, keepdim=True))
-    yt = torch.sqrt(1 / c + (y**2).sum(-1, keepdim=True))
-    inner = x @ y.T - xt @ yt.T
-    return torch.acosh(torch.clamp(-c * inner, min=1 + 1e-8)) / math.sqrt(c)
-
-
-def meru_entailment(text, image, c, min_radius=0.1, eps=1e-8):
-    aperture = torch.asin(torch.clamp(2 * min_radius / (text.norm(dim=-1) * math.sqrt(c) + eps), -1 + eps, 1 - eps))
-    xt = torch.sqrt(1 / c + (text**2).sum(-1))
-    yt = torch.sqrt(1 / c + (image**2).sum(-1))
-    c_xyl = c * ((text * image).sum(-1) - xt * yt)
-    numer = yt + c_xyl * xt
-    denom = torch.sqrt(torch.clamp(c_xyl**2 - 1, min=eps))
-    angle = torch.acos(torch.clamp(numer / (text.norm(dim=-1) * denom + eps), -1 + eps, 1 - eps))
-    return torch.clamp(angle - aperture, min=0).mean()
 
 
 def meru_loss(raw_img, raw_txt, c, alpha_img, alpha_txt, scale, entail_weight=0.0):
@@ -263,28 +239,3 @@ def test_loss_argument_errors():
         ContrastiveLoss("lorentz", entailment_weight=-1.0)
     with pytest.raises(ValueError, match="needs `geometry`"):
         ContrastiveLoss("lorentz")(img, img)
-
-
-# ---- entailment, against MERU's formulas -------------------------------------------------------------------
-@FAST
-@given(d=st.integers(2, 8), seed=st.integers(0, 10**6), c=st.sampled_from([0.3, 1.0, 4.0]))
-def test_entailment_matches_meru_formulas(d, seed, c):
-    text, image = _features(8, 1, d, seed, scale=1.5), _features(8, 1, d, seed + 1, scale=1.5)
-    aperture_ref = torch.asin(torch.clamp(0.2 / (text[:, 0].norm(dim=-1) * math.sqrt(c)), max=1.0))
-    torch.testing.assert_close(half_aperture(text[:, 0], c), aperture_ref, atol=1e-10, rtol=1e-10)
-    # MERU's eps guards (1e-8) shift values by ~1e-8; a negligible eps compares the formulas themselves
-    ref = meru_entailment(text[:, 0], image[:, 0], c, eps=1e-300)
-    torch.testing.assert_close(entailment_loss(text, image, c), ref, atol=1e-9, rtol=1e-9)
-    angle = exterior_angle(text[:, 0], image[:, 0], c)
-    assert bool(((angle >= 0) & (angle <= math.pi)).all())
-
-
-def test_entailment_is_zero_inside_the_cone_and_finite_at_degenerate_points():
-    text = torch.tensor([[[2.0, 0.0]]], dtype=torch.float64)
-    image = torch.tensor([[[3.0, 0.0]]], dtype=torch.float64)  # further out on the same ray: angle 0
-    assert float(entailment_loss(text, image)) == 0.0
-    t = torch.zeros(2, 1, 3, dtype=torch.float64, requires_grad=True)  # text at the origin, image = text
-    i = torch.zeros(2, 1, 3, dtype=torch.float64)
-    out = entailment_loss(t, i)
-    out.backward()
-    assert torch.isfinite(out) and torch.isfinite(t.grad).all()

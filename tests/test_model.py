@@ -206,6 +206,20 @@ def test_caption_length_keeps_every_column_up_to_the_last_end_of_text():
     assert caption_length(torch.tensor([[49406, 0, 0, 49407, 0, 0], [49406, 49407, 0, 0, 0, 0]])) == 4
 
 
+def test_caption_length_of_a_cpu_batch_reads_no_tensor():
+    """The trainer calls it on every batch it draws: it reads the CPU tokens without a tensor read."""
+    from test_host_reads import counting_reads
+
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    rows = text.tolist()
+    last_eot = max(row.index(max(row)) for row in rows)
+    strided = text.T.contiguous().T  # the same values in a column-major (non-contiguous) layout
+    with counting_reads() as reads:
+        lengths = [caption_length(text), caption_length(strided), caption_length(torch.zeros(3, 5, dtype=torch.long))]
+    assert not reads, reads
+    assert lengths == [last_eot + 1, last_eot + 1, 1]
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(24, dtype=torch.long), torch.zeros(2, 24),
                                  torch.zeros(0, 24, dtype=torch.long)])
 def test_caption_length_rejects_what_is_not_a_batch_of_token_ids(bad):
@@ -521,13 +535,15 @@ def test_lorentz_geometry_survives_the_state_dict_and_pretrained_loading(tmp_pat
 
 
 def test_clamp_puts_temperature_and_geometry_back_in_range():
-    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0}))
+    # the ranges given here, not the defaults: c in [2 / 4, 2 * 4], modality scales <= 1, temperature scale <= 10
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0},
+                                           geometry_options={"curvature_init": 2.0, "curvature_range": 4.0}))
     with torch.no_grad():
         model.geometry.log_curvature.fill_(10.0)
         model.geometry.log_image_scale.fill_(1.0)
         model.temperature.log_scale.fill_(5.0)
     model.clamp_()
-    assert float(model.geometry.log_curvature) == pytest.approx(math.log(10.0))
+    assert float(model.geometry.log_curvature) == pytest.approx(math.log(2.0 * 4.0))
     assert float(model.geometry.log_image_scale) == 0.0
     assert float(model.temperature.scale()) == pytest.approx(10.0)
     create_model(tiny_cfg(), embed(2, 16)).clamp_()  # no geometry: the temperature alone

@@ -10,9 +10,8 @@ from torch import nn
 
 from ..bounds import clamped
 from ..dtypes import autocast_disabled, compute_dtype
-from ..entailment import entailment_loss
-from ..manifolds.lorentz import _scaled_cdist as scaled_cdist
-from ..manifolds.lorentz import space_dist, space_expmap0, space_logmap0
+from ..manifolds.lorentz.cone import entailment_loss
+from ..manifolds.lorentz.math import scaled_cdist, space_dist, space_expmap0, space_logmap0
 from . import register_geometry
 from .base import Geometry, LossTerm, check_flag
 
