@@ -267,8 +267,8 @@ def test_resume_from_an_older_checkpoint_next_to_newer_ones_is_refused(tmp_path)
 
 
 # -- each geometry, from scratch with the CLI ------------------------------------------------------
-# `manifold-align train --set loss.similarity=<geometry>`: the default run (250 steps of 128 pairs, 20% wrong
-# captions) with only the geometry changed, so the temperature is the similarity's own ("auto"). Zero-shot
+# `manifold-align train --set model.geometry=<geometry>`: the default run (250 steps of 128 pairs, 20% wrong
+# captions) with only the geometry changed, so the temperature is the geometry's own ("auto"). Zero-shot
 # top-1 on the 360 held-out digits (10 classes, chance 10%), measured once each on the development machine
 # (2 CPU cores shared with other jobs, 30-45 s per run): lorentz k = 16 93.9%, k = 1 86.7%; euclidean k = 16
 # 88.1%, k = 1 87.8%. Before "auto", euclidean trained at scale 1 and stayed at chance (10.3%). Shorter runs
@@ -294,10 +294,11 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
     assert summary["final_metrics"]["zero_shot_top1"] >= GEOMETRY_MIN_TOP1, summary["final_metrics"]
     if geometry == "euclidean":
         assert summary["final_geometry"] == {} and "curvature" not in done.stdout
-        # "auto": the report and summary.json name the temperature the geometry chose
+        # "auto": the report, summary.json and the saved config name the temperature the geometry chose
         chosen = geometry_class("euclidean").default_temperature
         assert {key: summary["temperature"].get(key) for key in chosen} == chosen  # (plus the config's min_scale)
         assert re.search(rf"final temperature scale \S+ \({chosen['name']}\b", done.stdout), done.stdout
+        assert {key: summary["config"]["loss"]["temperature"][key] for key in chosen} == chosen
         return
     # the geometry's parameters: in summary.json, the report, metrics.jsonl and the checkpoint, all the same
     values = summary["final_geometry"]
@@ -312,13 +313,14 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
 def test_lorentz_resume_restores_the_geometry_and_logs_entailment(tmp_path):
     """4 steps straight == 2 steps, then resumed from the step-2 checkpoint; entailment on, logged apart."""
     cfg = load_config(REPO / "configs" / "digits-lorentz.yaml", FAST + [
-        "data.batch_size=16", "model.n_tokens=2", "model.token_dim=16", "loss.entailment_weight=0.2",
+        "data.batch_size=16", "model.n_tokens=2", "model.token_dim=16",
+        "model.geometry_options.entailment_weight=0.2",
         "train.steps=4", "train.warmup=1", "train.checkpoint_every=2", "train.keep_checkpoints=5",
         "train.deterministic=true", "train.threads=1", "log.every=1"])
     straight = train(cfg, tmp_path / "straight")
     rows = _rows(tmp_path / "straight", "train")
     assert all(row["entailment_loss"] > 0 and "geometry_image_scale" in row for row in rows)
-    assert straight["final_entailment_loss"] == pytest.approx(rows[-1]["entailment_loss"])
+    assert straight["final_extra_losses"] == {"entailment_loss": pytest.approx(rows[-1]["entailment_loss"])}
     (step, path), *_ = ckpt.list_checkpoints(tmp_path / "straight" / "checkpoints")
     assert step == 2
     resumed_dir = tmp_path / "resumed" / "checkpoints"

@@ -39,12 +39,16 @@ __all__ = [
     "result_dtype",
     "row_dot",
     "row_norm",
+    "near_budget",
     "safe_sqrt",
     "upcast",
 ]
 
 #: values per chunk of gathered rows in :func:`recompute_pairs` (``PAIR_CHUNK // w`` pairs at a time)
 PAIR_CHUNK = 2**20
+
+#: near pairs a (k, n, m) grid recomputes exactly at least (all of a grid this small), see :func:`near_budget`
+NEAR_BUDGET_FLOOR = 2**16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,13 +144,43 @@ def clamped_asin(v: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # the near-pair kernel of cdist
 # ----------------------------------------------------------------------------------------------
-def flat_indices(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """Flat indices (int64, shape (P,)) of the True entries of ``mask``, or None when there are none.
+def flat_indices(mask: torch.Tensor, *, budget: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Flat indices (int64) of the True entries of ``mask``, for :func:`recompute_pairs`.
 
-    Flat indices (8 bytes per entry) instead of ``(P, 3)`` triples; one device sync.
+    Without ``budget``: shape (P,), or None when there are none; one device sync (the count of P). With it:
+    shape (budget,), the first ``budget`` True entries in order, ``-1`` past the last one, and no device sync
+    (``torch.nonzero_static``), so a training step does not wait for the count; True entries beyond the budget
+    are left out. Flat indices (8 bytes per entry) instead of ``(P, 3)`` triples.
     """
-    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    flat_mask = mask.reshape(-1)
+    if budget is not None and _has_nonzero_static(mask.device):
+        return torch.nonzero_static(flat_mask, size=budget, fill_value=-1).squeeze(1)
+    flat = torch.nonzero(flat_mask).squeeze(1)
     return flat if flat.numel() else None
+
+
+def near_budget(k: int, n: int, m: int) -> int:
+    """How many near pairs of a (k, n, m) grid a ``cdist`` recomputes exactly without a device sync.
+
+    ``k * max(n, m)`` (the diagonal of ``cdist(x, x)`` and as many more), and at least every pair of a grid of up
+    to :data:`NEAR_BUDGET_FLOOR` entries. Near pairs past the budget (points clustered far more densely than a
+    batch of embeddings is) keep the matmul value: finite, with the fast formula's error.
+    """
+    return max(k * max(n, m), min(k * n * m, NEAR_BUDGET_FLOOR))
+
+
+_NONZERO_STATIC: dict[str, bool] = {}
+
+
+def _has_nonzero_static(device: torch.device) -> bool:
+    """Whether ``torch.nonzero_static`` runs on ``device``'s type (CUDA has it from torch 2.6, the CPU from 2.1)."""
+    if device.type not in _NONZERO_STATIC:
+        try:
+            torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device), size=1)
+            _NONZERO_STATIC[device.type] = True
+        except (NotImplementedError, RuntimeError):
+            _NONZERO_STATIC[device.type] = False
+    return _NONZERO_STATIC[device.type]
 
 
 def _gather_and_apply(pair_fn, x, y, part):
@@ -179,7 +213,8 @@ def recompute_pairs(
     grid : torch.Tensor, shape (k, n, m)
         The fast values (for example angles or distances from one batched matmul).
     flat : torch.Tensor of int64, shape (P,), or None
-        Flat indices into ``grid`` (:func:`flat_indices`); None or empty: ``grid`` is returned as is.
+        Flat indices into ``grid`` (:func:`flat_indices`); negative entries mark no pair (a fixed budget's
+        padding: they are computed on pair 0 and written nowhere); None or empty: ``grid`` is returned as is.
     x : torch.Tensor, shape (n, k, w)
     y : torch.Tensor, shape (m, k, w)
     pair_fn : callable ``(xr, yr) -> values``
@@ -195,13 +230,18 @@ def recompute_pairs(
         return grid
     per_chunk = max(1, (PAIR_CHUNK if chunk is None else chunk) // x.shape[-1])
     track = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    # padding (-1) gathers pair 0, whose exact value has a finite gradient, and writes to a slot past the grid
+    gather = flat.clamp(min=0)
     values = [
         checkpoint(_gather_and_apply, pair_fn, x, y, part, use_reentrant=False, preserve_rng_state=False)
         if track
         else _gather_and_apply(pair_fn, x, y, part)
-        for part in flat.split(per_chunk)
+        for part in gather.split(per_chunk)
     ]
-    return grid.reshape(-1).index_put((flat,), torch.cat(values)).view_as(grid)
+    size = grid.numel()
+    target = torch.where(flat < 0, size, flat)
+    extended = torch.cat([grid.reshape(-1), grid.new_zeros(1)])
+    return extended.index_put((target,), torch.cat(values))[:size].view_as(grid)
 
 
 # ----------------------------------------------------------------------------------------------

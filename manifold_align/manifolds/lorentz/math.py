@@ -35,7 +35,7 @@ import torch
 
 from ...dtypes import autocast_disabled, compute_dtype
 from ...validation import describe_shape
-from ..rows import flat_indices, recompute_pairs, row_dot, safe_sqrt, upcast
+from ..rows import flat_indices, near_budget, recompute_pairs, row_dot, safe_sqrt, upcast
 
 __all__ = [
     "NEAR",
@@ -354,23 +354,23 @@ def _near_threshold(t: torch.Tensor) -> torch.Tensor:
     return h + torch.sqrt(h * h + 1)
 
 
-def _near_pairs(z: torch.Tensor, cc: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor) -> Optional[torch.Tensor]:
-    """Flat indices into the (k, n, m) grid ``z = -c <x, y>_L`` of the pairs ``NEAR`` selects, or None.
+def _near_pairs(z: torch.Tensor, cc: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """Flat indices into the (k, n, m) grid ``z = -c <x, y>_L`` of the pairs ``NEAR`` selects, padded with -1
+    to a fixed budget (:func:`~manifold_align.manifolds.rows.near_budget`): no device sync.
 
     ``x0`` (n, k, 1) and ``y0`` (m, k, 1) are the times.
     """
-    _, n, m = z.shape
-    # cheap bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, and the threshold grows with t, so
-    # only z below the bound's threshold can be a near pair; one reduction pass usually finds none
+    k, n, m = z.shape
+    # a bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, and the threshold grows with t, so only z
+    # below the bound's threshold can be a near pair; the exact threshold is then checked on those candidates
     bound = _near_threshold(cc * x0.amax(0) * y0.amax(0)).unsqueeze(-1)  # (k, 1, 1)
-    if not bool((z.amin(dim=(1, 2), keepdim=True) < bound).any()):
-        return None
-    flat = flat_indices(z < bound)
+    flat = flat_indices(z < bound, budget=near_budget(k, n, m))
     if flat is None:
         return None
-    b, i, j = flat // (n * m), flat // m % n, flat % m
-    flat = flat[z.view(-1)[flat] < _near_threshold(cc * x0[i, b, 0] * y0[j, b, 0])]
-    return flat if flat.numel() else None
+    safe = flat.clamp(min=0)
+    b, i, j = safe // (n * m), safe // m % n, safe % m
+    near = (flat >= 0) & (z.reshape(-1)[safe] < _near_threshold(cc * x0[i, b, 0] * y0[j, b, 0]))
+    return torch.where(near, flat, -1)
 
 
 def scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor, precise: bool = True) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ...dtypes import autocast_disabled
-from ..rows import clamped_acos, flat_indices, recompute_pairs, row_dot, row_norm
+from ..rows import clamped_acos, flat_indices, near_budget, recompute_pairs, row_dot, row_norm
 
 __all__ = [
     "NEAR_COSINE",
@@ -147,10 +147,9 @@ def angle_grid(xu: torch.Tensor, yu: torch.Tensor, *, precise: bool = True) -> t
     theta = clamped_acos(cos)
     if not precise or cos.device.type == "meta":
         return theta
-    low, high = torch.aminmax(cos.detach())  # one pass, no temporary: usually nothing to do
-    if max(-float(low), float(high)) <= NEAR_COSINE:
-        return theta
-    return recompute_pairs(theta, flat_indices(cos.detach().abs() > NEAR_COSINE), xu, yu, _row_angle_pair)
+    # a fixed budget of near pairs (the diagonal of cdist(x, x) and more): no device sync for their count
+    near = flat_indices(cos.detach().abs() > NEAR_COSINE, budget=near_budget(*cos.shape))
+    return recompute_pairs(theta, near, xu, yu, _row_angle_pair)
 
 
 def proju(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
