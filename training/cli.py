@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+import traceback
 import types
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,18 +129,45 @@ def _load_run_config(args: argparse.Namespace, state: dict[str, Any] | None) -> 
     return load_config(args.config, args.overrides, base=base)
 
 
+def _is_rank0() -> bool:
+    # before the process group exists: torchrun's variable (every process of a job reads the same files,
+    # one of them says so)
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(text: str) -> None:
+    if _is_rank0():
+        print(text, file=sys.stderr, flush=True)
+
+
+def _resume_state(spec: str, output: str | None) -> tuple[Path | None, dict | None, Path]:
+    """``(checkpoint, state, run folder)`` for ``--resume``; ``latest`` passes over damaged checkpoints."""
+    from .checkpoint import load_checkpoint, load_newest_intact
+
+    checkpoint, run = resolve_checkpoint(spec, output)
+    if checkpoint is None:
+        _say(f"--resume latest: no checkpoint in {run} yet; starting from scratch")
+        return None, None, run
+    if spec != "latest":
+        return checkpoint, load_checkpoint(checkpoint), run
+
+    def skipped(path: Path, reason: str) -> None:
+        _say(f"--resume latest: skipping {path.name}: {reason}; renamed to {path.name}.damaged")
+
+    found = load_newest_intact(checkpoint.parent, skipped=skipped)
+    if found is None:
+        _say(f"--resume latest: no intact checkpoint left in {checkpoint.parent}; starting from scratch")
+        return None, None, run
+    return found[0], found[1], run
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .trainer import train
 
     checkpoint, state, output = None, None, args.output
     if args.resume:
-        checkpoint, run = resolve_checkpoint(args.resume, args.output)
+        checkpoint, state, run = _resume_state(args.resume, args.output)
         output = str(run)
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint)
-        else:
-            print(f"--resume latest: no checkpoint in {run} yet; starting from scratch", file=sys.stderr)
     cfg = _load_run_config(args, state)
     train(cfg, output_dir=output, resume_state=state, resume_path=checkpoint)
     return 0
@@ -217,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(args.benchmark, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from .checkpoint import RunFolderError, UnsafeCheckpointError  # imports torch: not before parsing
+    # imports torch: not before parsing
+    from .checkpoint import DamagedCheckpointError, RunFolderError, UnsafeCheckpointError
+    from .preemption import PREEMPTED_EXIT_CODE, Preempted
 
     try:
         if args.command == "train":
@@ -226,9 +258,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"manifold-align {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (RunFolderError, UnsafeCheckpointError) as exc:
+    except (RunFolderError, UnsafeCheckpointError, DamagedCheckpointError) as exc:
         print(f"manifold-align {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        _say(f"manifold-align {args.command}: {stop}")
+        return PREEMPTED_EXIT_CODE
+    except Exception as exc:
+        status = _report_failure(args.command, exc)
+        if status is None:
+            raise
+        return status
+
+
+def _report_failure(command: str, exc: Exception) -> int | None:
+    """Say why a run failed, once per job; return the exit status, or None to let Python print the traceback.
+
+    One process: errors with a known cause in one line, others as usual. In a torchrun job the rank that
+    failed first (``manifold_align_train.faults``) prints the traceback, then the line naming it, and writes the
+    line to torchrun's error file; the ranks that failed because of it print nothing and wait for torchrun to
+    stop them, so that torchrun, too, names the first rank as the root cause.
+    """
+    from .checkpoint import CheckpointSpaceError
+    from .faults import LoaderWorkerDied, write_elastic_error_file
+
+    report = getattr(exc, "failure_report", None)
+    known = isinstance(exc, (CheckpointSpaceError, LoaderWorkerDied))
+    if report is None:
+        if not known:
+            return None
+        print(f"manifold-align {command}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if not report.first:
+        if os.environ.get("TORCHELASTIC_RUN_ID"):
+            time.sleep(10)  # torchrun terminates this process once it sees the first rank's exit
+        return 1
+    details = "" if known else traceback.format_exc()
+    line = f"manifold-align {command}: {report.line(exc)}"
+    sys.stderr.write(details)
+    print(line, file=sys.stderr, flush=True)
+    write_elastic_error_file(line, details)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -181,9 +181,21 @@ class LossConfig:
     gather_with_grad: bool = True
 
 
+def _early_warning_names() -> Sequence[str]:
+    from .preemption import EARLY_WARNING_SIGNALS
+
+    return EARLY_WARNING_SIGNALS
+
+
 @dataclass
 class TrainConfig:
-    """Optimization. ``steps`` counts optimizer steps; ``lr`` is the peak of the cosine schedule."""
+    """Optimization. ``steps`` counts optimizer steps; ``lr`` is the peak of the cosine schedule.
+
+    ``preempt_signal`` is the early-warning signal that, like SIGTERM, stops the run at the end of its step with
+    a checkpoint (:mod:`manifold_align_train.preemption`; null: SIGTERM only). ``collective_timeout`` is how many
+    seconds a collective waits for the other processes before the run fails (null: 60 on gloo, torch's default
+    on NCCL), which bounds how long a job outlives a rank that hangs.
+    """
 
     steps: int = checked(250, check=_positive("integer"))
     lr: float = checked(2e-3, check=_positive("number"))
@@ -204,6 +216,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     threads: Optional[int] = checked(None, check=_positive("integer or null"))
+    preempt_signal: Optional[str] = checked("SIGUSR1", check=one_of(_early_warning_names))
+    collective_timeout: Optional[float] = checked(None, check=_positive("number of seconds or null"))
 
 
 @dataclass
