@@ -136,16 +136,16 @@ def load_for_clip_benchmark(model_name: Optional[str] = None, pretrained: Option
         Unused (nothing is downloaded); clip_benchmark passes it.
     device : str or torch.device
     """
+    from open_clip.transform import image_transform, image_transform_v2
+
     from .export import export_model_config, is_export_dir, load_pretrained_dir, preprocess_from_dir
     from .factory import create_model
     from .registry import load_model_config
     from .tokenizer import get_tokenizer
 
-    import open_clip
-
     if pretrained is not None and is_export_dir(pretrained):
         model = load_pretrained_dir(pretrained)
-        transform = open_clip.image_transform_v2(preprocess_from_dir(pretrained), is_train=False)
+        transform = image_transform_v2(preprocess_from_dir(pretrained), is_train=False)
         tokenizer = get_tokenizer(export_model_config(pretrained))
     else:
         if model_name is None or pretrained is None:
@@ -153,7 +153,7 @@ def load_for_clip_benchmark(model_name: Optional[str] = None, pretrained: Option
                              "`model_name` its config")
         model = create_model(model_name, pretrained=pretrained)
         image_size = load_model_config(model_name)["vision_cfg"].get("image_size", 224)
-        transform = open_clip.image_transform(image_size, is_train=False)
+        transform = image_transform(image_size, is_train=False)
         tokenizer = get_tokenizer(model_name)
     return for_clip_benchmark(model.to(device)), transform, tokenizer
 
