@@ -172,7 +172,7 @@ def save_pretrained(model: MultiTokenCLIP, path: Union[str, os.PathLike], model_
                                                   **dict(preprocess_cfg or {})))
     stock = is_stock_clip(model)
     if stock and model.logit_bias is not None:
-        cfg["init_logit_bias"] = float(model.logit_bias)  # stock CLIP creates its logit_bias only with it
+        cfg["init_logit_bias"] = float(model.logit_bias.detach())  # stock CLIP creates its logit_bias only with it
     directory = _strip_prefix(path)
     directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
