@@ -428,8 +428,10 @@ def _check_cross_field(cfg: RunConfig) -> None:
     _check_loss(cfg)
     _check_locks(cfg.model)
     from .eval_sets import check_eval_sets
+    from .wandb_log import check_wandb
 
     check_eval_sets(cfg)
+    check_wandb(cfg)
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:
