@@ -127,9 +127,9 @@ def test_clip_benchmark_loads_an_exported_model_by_model_type(trained, tmp_path)
 def test_the_bridge_warns_where_clip_benchmark_does_not_rank_as_the_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for_clip_benchmark(create_model("digits-fast", {"n_tokens": 4, "token_dim": 8, "similarity": "chordal"}))
+        for_clip_benchmark(create_model("digits-fast", {"n_tokens": 4, "token_dim": 8, "geometry": "chordal"}))
     with pytest.warns(UserWarning, match="'lorentz' ranks differently"):
-        for_clip_benchmark(create_model("digits-fast", {"n_tokens": 4, "token_dim": 8, "similarity": "lorentz"}))
+        for_clip_benchmark(create_model("digits-fast", {"n_tokens": 4, "token_dim": 8, "geometry": "lorentz"}))
 
 
 def test_the_whole_vector_rule_is_clip_benchmarks_zero_shot_classifier(trained):

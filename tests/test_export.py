@@ -4,6 +4,7 @@ stock open_clip loads with the same features."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -35,9 +36,9 @@ def _features(model, images, tokens):
 
 
 @pytest.mark.parametrize("embed", [
-    {"n_tokens": 16, "token_dim": 32, "similarity": "oblique"},
-    {"n_tokens": 4, "token_dim": 8, "similarity": "lorentz"},  # a geometry with learnable parameters
-    {"n_tokens": 1, "token_dim": 512, "similarity": "cosine", "objective": "sigmoid"},  # stock layout
+    {"n_tokens": 16, "token_dim": 32, "geometry": "oblique"},
+    {"n_tokens": 4, "token_dim": 8, "geometry": "lorentz"},  # a geometry with learnable parameters
+    {"n_tokens": 1, "token_dim": 512, "geometry": "cosine", "objective": "sigmoid"},  # stock layout
 ], ids=["oblique", "lorentz", "cosine-sigmoid"])
 def test_ours_to_a_directory_and_back_is_identical(embed, tmp_path):
     torch.manual_seed(0)
@@ -45,7 +46,7 @@ def test_ours_to_a_directory_and_back_is_identical(embed, tmp_path):
     directory = save_pretrained(model, tmp_path / "export", "digits-fast")
     assert is_export_dir(directory) and is_export_dir(f"local-dir:{directory}")
     loaded = create_model(str(directory)).eval()
-    assert loaded.embed_cfg.to_dict() == model.embed_cfg.to_dict()
+    assert dataclasses.asdict(loaded.embed_cfg) == dataclasses.asdict(model.embed_cfg)
     assert loaded.state_dict().keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -57,7 +58,7 @@ def test_ours_to_a_directory_and_back_is_identical(embed, tmp_path):
 
 def test_a_k1_cosine_model_loads_in_stock_open_clip_with_our_features(tmp_path):
     torch.manual_seed(0)
-    model = _perturbed(create_model("digits-fast", {"n_tokens": 1, "token_dim": 512, "similarity": "cosine"}))
+    model = _perturbed(create_model("digits-fast", {"n_tokens": 1, "token_dim": 512, "geometry": "cosine"}))
     directory = save_pretrained(model, tmp_path / "export", "digits-fast")
     stock, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
     stock.eval()
@@ -81,7 +82,7 @@ def test_the_directory_is_open_clips_layout_and_our_metadata(tmp_path):
     config = json.loads((directory / "open_clip_config.json").read_text())
     assert set(config) == {"model_cfg", "preprocess_cfg", "manifold_align"}
     assert config["model_cfg"]["vision_cfg"] == open_clip.get_model_config("digits-fast")["vision_cfg"]
-    assert config["manifold_align"]["embed_cfg"] == model.embed_cfg.to_dict()
+    assert config["manifold_align"]["embed_cfg"] == dataclasses.asdict(model.embed_cfg)
     assert config["manifold_align"]["weights_layout"] == "manifold_align"
     assert sorted(os.listdir(directory)) == ["open_clip_config.json", "open_clip_model.safetensors"]
     umask = os.umask(0)
@@ -97,7 +98,7 @@ def test_an_export_is_a_pretrained_start_in_another_geometry(tmp_path):
     """``pretrained=DIR`` converts a k = 1 export into another geometry exactly as the stock checkpoint that
     open_clip reads from the same directory converts."""
     torch.manual_seed(0)
-    sphere = _perturbed(create_model("digits-fast", {"n_tokens": 1, "token_dim": 512, "similarity": "cosine"}))
+    sphere = _perturbed(create_model("digits-fast", {"n_tokens": 1, "token_dim": 512, "geometry": "cosine"}))
     directory = save_pretrained(sphere, tmp_path / "export", "digits-fast")
     torch.save(open_clip.create_model(f"local-dir:{directory}").state_dict(), tmp_path / "stock.pt")
     embed = {"n_tokens": 16, "token_dim": 32}

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
-from .config import ConfigError, RunConfig, _build
+from .config import RunConfig
+from .typed_config import ConfigError, build_dataclass
 from .data.labelled_images import BUILTIN_CLASSNAMES, BUILTIN_TEMPLATES, csv_separator, read_classnames, \
     read_templates, zero_shot_task
 from .data.tasks import RetrievalTask, ZeroShotTask
@@ -110,7 +111,7 @@ def eval_set_configs(cfg: RunConfig) -> Dict[str, EvalSetConfig]:
         if not _NAME.match(name):
             raise ConfigError(f"bad set name {name!r} in 'eval.datasets': expected letters, digits, '_', '.' "
                               f"and '-' (it prefixes the set's metric names)")
-        set_cfg = _build(EvalSetConfig, values, f"eval.datasets.{name}")
+        set_cfg = build_dataclass(EvalSetConfig, values, f"eval.datasets.{name}")
         _check_set(name, set_cfg)
         out[name] = set_cfg
     return out

@@ -3,7 +3,7 @@
 clip_benchmark (``pip install clip_benchmark``) scores any model with ``encode_image(images) -> (B, D)`` and
 ``encode_text(tokens) -> (B, D)``: it L2-normalizes those vectors and ranks by their dot product.
 :class:`ClipBenchmarkModel` gives it our features, projected onto the model's manifold and flattened to
-``D = k * d``. On the similarities whose scores rank as that dot product does, ``cosine``, ``oblique`` (the sum of
+``D = k * d``. On the geometries whose scores rank as that dot product does, ``cosine``, ``oblique`` (the sum of
 the k cosines is the flattened dot product) and ``chordal`` (an affine function of it), clip_benchmark then ranks
 exactly as our model does; for the others (``geodesic``, ``euclidean``, ``lorentz``) it scores our features its
 own way, and :func:`for_clip_benchmark` warns.
@@ -44,14 +44,10 @@ __all__ = [
     "save_geometry_classifier",
 ]
 
-#: similarities whose scores of projected features rank as the dot product of the flattened features does
+#: geometries whose scores of projected features rank as the dot product of the flattened features does
 DOT_RANKED = ("cosine", "oblique", "chordal")
 #: the ``--model_type`` under which :func:`register` adds our models to clip_benchmark
 MODEL_TYPE = "manifold_align"
-
-
-def _similarity_name(model) -> str:
-    return model.embed_cfg.similarity_name
 
 
 class ClipBenchmarkModel(nn.Module):
@@ -84,12 +80,12 @@ def for_clip_benchmark(model: nn.Module) -> ClipBenchmarkModel:
     Warns
     -----
     UserWarning
-        The similarity is not one of :data:`DOT_RANKED`: clip_benchmark ranks by the cosine of the flattened
-        features, not by the model's similarity.
+        The geometry is not one of :data:`DOT_RANKED`: clip_benchmark ranks by the cosine of the flattened
+        features, not by the model's geometry.
     """
-    name = _similarity_name(model)
+    name = model.geometry.name
     if name not in DOT_RANKED:
-        warnings.warn(f"clip_benchmark ranks by the cosine of the flattened features; the model's similarity "
+        warnings.warn(f"clip_benchmark ranks by the cosine of the flattened features; the model's geometry "
                       f"{name!r} ranks differently (same ranking only for {', '.join(DOT_RANKED)}), so its "
                       f"numbers are not the model's own", UserWarning, stacklevel=2)
     return ClipBenchmarkModel(model).eval()

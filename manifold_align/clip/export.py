@@ -5,16 +5,16 @@ A saved directory holds, under open_clip's file names (``open_clip.constants``):
 - ``open_clip_config.json``: ``{"model_cfg": ..., "preprocess_cfg": ..., "manifold_align": ...}``. ``model_cfg``
   is the towers' open_clip config (``embed_dim`` = k * d), ``preprocess_cfg`` the image preprocessing
   (open_clip's ``PreprocessCfg``), and ``manifold_align`` what open_clip does not know: the
-  :class:`~manifold_align.clip.EmbedConfig` (k, d, similarity, temperature, objective) and which weight layout
+  :class:`~manifold_align.clip.EmbedConfig` (k, d, geometry, temperature, objective) and which weight layout
   the safetensors file uses. open_clip reads the first two keys and ignores the third.
 - ``open_clip_model.safetensors``: the weights. A model that *is* a stock CLIP (``k = 1``, one class token,
-  a ``cosine`` or ``oblique`` similarity, which coincide at ``k = 1``) is written in stock open_clip's
+  a ``cosine`` or ``oblique`` geometry, which coincide at ``k = 1``) is written in stock open_clip's
   layout (text tower at the top level, a 1-d class token, ``logit_scale`` = log of the current temperature
   scale, ``logit_bias`` for the sigmoid objective), so that stock
   ``open_clip.create_model_and_transforms("local-dir:DIR")`` (or ``"hf-hub:org/name"`` once uploaded) loads it.
   Any other model is written in :class:`~manifold_align.clip.MultiTokenCLIP`'s own layout.
 - ``manifold_align_state.safetensors`` (stock layout only): our tensors the stock layout has no key for (the
-  temperature's, the geometry's), so that our loader restores the model exactly. open_clip's loader picks
+  temperature's), so that our loader restores the model exactly. open_clip's loader picks
   ``open_clip_model.safetensors`` by name.
 
 :func:`manifold_align.clip.create_model` loads such a directory by its path (``"DIR"`` or ``"local-dir:DIR"``).
@@ -55,7 +55,7 @@ EXTRA_WEIGHTS_NAME = "manifold_align_state.safetensors"
 LOCAL_DIR_PREFIX = "local-dir:"
 FORMAT_VERSION = 1
 _OURS = "manifold_align"  # the config's key for what open_clip does not read
-_STOCK_SIMILARITIES = ("cosine", "oblique")  # L2 normalization of the one token, dot-product score, at k = 1
+_STOCK_GEOMETRIES = ("cosine", "oblique")  # L2 normalization of the one token, dot-product score, at k = 1
 # keys of ours that the stock layout has no place for (its logit_scale and logit_bias are written from them)
 _OWN_PREFIXES = ("temperature.", "geometry.", "logit_bias")
 
@@ -75,8 +75,9 @@ def is_export_dir(path: Any) -> bool:
 def is_stock_clip(model: MultiTokenCLIP) -> bool:
     """Whether ``model`` is a stock open_clip CLIP: one token of one class token, L2-normalized, dot-product score."""
     embed = model.embed_cfg
-    return (embed.n_tokens == 1 and embed.tower_tokens == 1 and embed.similarity_name in _STOCK_SIMILARITIES
-            and model.geometry is None)
+    # a geometry with parameters or buffers (lorentz's curvature, say) has no place in a stock CLIP
+    return (embed.n_tokens == 1 and embed.tower_tokens == 1 and model.geometry.name in _STOCK_GEOMETRIES
+            and not model.geometry.state_dict())
 
 
 def to_stock_state_dict(model: MultiTokenCLIP) -> dict[str, torch.Tensor]:
@@ -87,9 +88,8 @@ def to_stock_state_dict(model: MultiTokenCLIP) -> dict[str, torch.Tensor]:
     scale (0-dim) and, for the sigmoid objective, ``logit_bias`` the model's bias.
     """
     if not is_stock_clip(model):
-        raise ValueError(f"only a k = 1 model with one class token and similarity in {_STOCK_SIMILARITIES} has "
-                         f"open_clip's layout; got k = {model.embed_cfg.n_tokens}, similarity "
-                         f"{model.embed_cfg.similarity_name!r}")
+        raise ValueError(f"only a k = 1 model with one class token and geometry in {_STOCK_GEOMETRIES} has "
+                         f"open_clip's layout; got k = {model.embed_cfg.n_tokens}, geometry {model.geometry.name!r}")
     out = {}
     for key, value in model.state_dict().items():
         if key.startswith(_OWN_PREFIXES):
@@ -184,7 +184,7 @@ def save_pretrained(model: MultiTokenCLIP, path: Union[str, os.PathLike], model_
         (directory / EXTRA_WEIGHTS_NAME).unlink(missing_ok=True)
     config = {"model_cfg": cfg, "preprocess_cfg": preprocess,
               _OURS: {"version": FORMAT_VERSION, "weights_layout": "open_clip" if stock else "manifold_align",
-                      "embed_cfg": model.embed_cfg.to_dict()}}
+                      "embed_cfg": dataclasses.asdict(model.embed_cfg)}}
     text = json.dumps(config, indent=2) + "\n"
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{HF_CONFIG_NAME}.", suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -253,8 +253,8 @@ def load_pretrained_dir(path: Union[str, os.PathLike],
     """
     config = read_export_config(path)
     stored = EmbedConfig.from_dict(config[_OURS]["embed_cfg"])
-    if embed_cfg is not None and EmbedConfig.from_dict(embed_cfg).to_dict() != stored.to_dict():
-        raise ValueError(f"`embed_cfg` differs from the one stored in {str(path)!r} ({stored.to_dict()}); pass "
+    if embed_cfg is not None and dataclasses.asdict(EmbedConfig.from_dict(embed_cfg)) != dataclasses.asdict(stored):
+        raise ValueError(f"`embed_cfg` differs from the one stored in {str(path)!r} ({dataclasses.asdict(stored)}); pass "
                          f"None, or load the weights into another geometry with create_model(name, embed_cfg, "
                          f"pretrained=path)")
     cfg = export_model_config(path)

@@ -6,7 +6,7 @@ rule            prototype of a class and score of an image against it
 ``geometry``    ours, the default: the mean over templates of the projected prompt features taken in the model's
                 geometry (:func:`manifold_align.clip.build_zero_shot_classifier`: per token on OB(d, k),
                 renormalized; the whole vector for ``cosine``), shape (C, k, d); scored with the model's
-                similarity, geometry and temperature (:func:`manifold_align.clip.zero_shot_logits`).
+                geometry and temperature (:func:`manifold_align.clip.zero_shot_logits`).
 ``whole``       clip_benchmark's (and open_clip's trainer's): each prompt's features flattened to one ``k * d``
                 vector and L2-normalized, the mean over templates L2-normalized again; scored by the dot product
                 of the image's flattened, L2-normalized features with it (clip_benchmark multiplies it by 100,
@@ -76,7 +76,7 @@ def prototype_logits(model, image_features: torch.Tensor, classifier: torch.Tens
                      rule: str = "geometry") -> torch.Tensor:
     """Scores (B, C) of projected image features (B, k, d) against prototypes (C, k, d) made by ``rule``.
 
-    ``geometry``: :func:`manifold_align.clip.zero_shot_logits` (the model's similarity and temperature);
+    ``geometry``: :func:`manifold_align.clip.zero_shot_logits` (the model's geometry and temperature);
     ``whole``: the cosine of the flattened vectors, in [-1, 1] (clip_benchmark's logits are 100 times it).
     """
     _check_rule(rule)
