@@ -158,3 +158,18 @@ def test_metrics_equal_clip_benchmarks_own_functions():
     assert ours["mean_per_class_recall"] == pytest.approx(expected, abs=1e-12)
     per_class = [np.mean(logits.argmax(1)[labels == c].numpy() == c) for c in labels.unique().tolist()]
     assert ours["mean_per_class_recall"] == pytest.approx(np.mean(per_class), abs=1e-12)
+
+
+def test_the_prototype_rule_reaches_the_trainers_evaluation(digits_checkpoint, embedded, tmp_path, capsys):
+    """``eval.prototype=whole`` in training scores what ``manifold-align eval --prototype whole`` scores (and not
+    what the default rule scores)."""
+    from manifold_align_train.checkpoint import load_checkpoint
+    from manifold_align_train.trainer import Trainer
+
+    whole = _eval(capsys, tmp_path, "--checkpoint", str(digits_checkpoint), "--prototype", "whole")
+    rule = ("zero_shot_top1", "zero_shot_top5", "zero_shot_mean_per_class_recall")
+    assert [whole[key] for key in rule] != [embedded[key] for key in rule]  # the rules differ on OB(32, 16)
+    trainer = Trainer(load_config(None, [*FAST, "eval.prototype=whole"]), tmp_path / "run")
+    trainer.model.load_state_dict(load_checkpoint(digits_checkpoint)["model"])
+    found = trainer.evaluate()
+    assert [found[key] for key in rule] == [whole[key] for key in rule]

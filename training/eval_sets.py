@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from .config import RunConfig
@@ -58,12 +58,11 @@ class EvalSetConfig:
 
 @dataclass
 class EvalSet:
-    """A built evaluation set: ``task`` a ZeroShotTask or RetrievalTask; ``bad`` the bad items the last
-    evaluation left out, by name."""
+    """A built evaluation set: ``task`` a ZeroShotTask or RetrievalTask (its ``bad``: the items the last
+    evaluation left out, by name)."""
 
     name: str
     task: Union[ZeroShotTask, RetrievalTask]
-    bad: List[str] = field(default_factory=list)
 
 
 def _is_shards(path: str) -> bool:

@@ -50,7 +50,7 @@ def evaluate(model, tokenizer, data, *, batch_size: int, workers: int = 0,
     data : manifold_align_train.data.DataBundle
         Its ``zero_shot`` (ZeroShotTask or None) and ``retrieval`` (RetrievalTask or None), and its named
         ``eval_sets`` (:mod:`manifold_align_train.eval_sets`); the bad images and pairs met are left out and
-        named in ``data.retrieval.bad`` and each set's ``bad``.
+        named in each task's ``bad``.
     batch_size : int, keyword-only
         Images or captions encoded per forward pass, and read per batch.
     workers : int, keyword-only
@@ -84,7 +84,6 @@ def evaluate(model, tokenizer, data, *, batch_size: int, workers: int = 0,
         else:
             found = _zero_shot(model, tokenizer, eval_set.task, batch_size, workers, autocast, prototype,
                                what=eval_set.name)
-        eval_set.bad = list(eval_set.task.bad)
         metrics.update({f"{eval_set.name}/{key}": value for key, value in found.items()})
     return metrics
 
@@ -165,7 +164,7 @@ def evaluate_checkpoint(cfg: RunConfig, state: dict[str, Any], *, own_data: bool
 def bad_items(data) -> dict[str, list[str]]:
     """The bad images and pairs the last evaluation of ``data`` left out, by set (``""``: the run's own data)."""
     own = [*getattr(data.zero_shot, "bad", []), *getattr(data.retrieval, "bad", [])]
-    return {"": own, **{s.name: list(s.bad) for s in getattr(data, "eval_sets", ())}}
+    return {"": own, **{s.name: list(s.task.bad) for s in getattr(data, "eval_sets", ())}}
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

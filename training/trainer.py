@@ -303,7 +303,8 @@ class Trainer:
             try:
                 outcome[0] = evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
                                       workers=self.cfg.data.workers,
-                                      autocast=autocast_for(self.cfg.train.precision, self.device))
+                                      autocast=autocast_for(self.cfg.train.precision, self.device),
+                                      prototype=self.cfg.eval.prototype)
             except Exception as error:
                 if not self.env.distributed:
                     raise
