@@ -102,7 +102,8 @@ def _add_eval_set_args(evaluate: argparse.ArgumentParser) -> None:
                       help="class names, one per line in class order (default: folder names or labels)")
     data.add_argument("--templates", metavar="openai|simple|FILE",
                       help="prompt templates, open_clip's sets or a file, one per line with {} (default: openai)")
-    data.add_argument("--prototype", choices=("geometry", "whole"),
+    # checked with the configuration (eval.prototype), whose registry owns the names
+    data.add_argument("--prototype", metavar="geometry|whole",
                       help="class prototypes: the model's geometry (default) or clip_benchmark's whole vector")
     for option, column in (("--csv-img-key", "image path"), ("--csv-label-key", "label"),
                            ("--csv-caption-key", "caption")):

@@ -122,9 +122,9 @@ class ModelConfig:
     ``lock_image`` freezes the image tower but its last ``lock_image_unlocked_groups`` groups (open_clip's
     groups: embeddings, each block, the last block with ``ln_post``, the projection), ``lock_text`` the text
     tower but its last ``lock_text_unlocked_layers`` groups (embeddings, each block, the last block with
-    ``ln_final``, the projection); ``lock_text_freeze_layer_norm=false`` leaves the LayerNorms of the locked text layers
-    trainable, and ``lock_image_freeze_bn_stats`` is passed to open_clip's image lock (a ViT has no BatchNorm).
-    Locked parameters are left out of the optimizer.
+    ``ln_final``, the projection); ``lock_text_freeze_layer_norm=false`` leaves the LayerNorms of the locked
+    text layers trainable, and ``lock_image_freeze_bn_stats`` is passed to open_clip's image lock (a ViT has
+    no BatchNorm). Locked parameters are left out of the optimizer.
 
     ``class_tokens`` is the number of class tokens each tower carries (``None``: ``n_tokens``, one
     per factor); it must divide ``n_tokens``, and each class token is split into
