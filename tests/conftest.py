@@ -75,3 +75,20 @@ def straight_runs(tmp_path_factory):
         return done[nproc]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    """A checkpoint of a short default-config run on the embedded digits (about 30% zero-shot top-1)."""
+    from labelled_digits import train_checkpoint
+
+    return train_checkpoint(tmp_path_factory.mktemp("digits-run"))
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory):
+    """The 360 held-out digits as PNG files: a class-per-folder tree, a CSV listing them, class names and
+    templates files (``labelled_digits.DigitFiles``)."""
+    from labelled_digits import write_digit_files
+
+    return write_digit_files(tmp_path_factory.mktemp("digit-files"))

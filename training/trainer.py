@@ -324,7 +324,8 @@ class Trainer:
             try:
                 outcome[0] = evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
                                       workers=self.cfg.data.workers,
-                                      autocast=autocast_for(self.cfg.train.precision, self.device))
+                                      autocast=autocast_for(self.cfg.train.precision, self.device),
+                                      prototype=self.cfg.eval.prototype)
             except Exception as error:
                 if not self.env.distributed:
                     raise
@@ -472,7 +473,12 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
             # created only now: a run that fails while being built leaves no folder behind
             output.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, output / "config.yaml")
-        log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
+        sinks = []
+        if env.is_main and cfg.log.wandb:
+            from .wandb_log import WandbLog
+
+            sinks.append(WandbLog(output, cfg))
+        log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard, sinks=sinks)
         log.truncate_after(trainer.step)  # a killed run may have logged past its last checkpoint
         progress = Progress(cfg.train.steps, trainer.step, enabled=env.is_main and cfg.log.progress)
         try:
