@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .tokenizer import trim_padding
-from .zero_shot import Autocast, Template, _fill, build_zero_shot_classifier
+from .zero_shot import Autocast, Template, fill_template, build_zero_shot_classifier
 
 __all__ = [
     "DOT_RANKED",
@@ -97,7 +97,7 @@ def clip_benchmark_templates(classnames: Sequence[str], templates: Sequence[Temp
     clip_benchmark fills a list of templates with ``template.format(c=name)``; a dict of ready prompts per class
     name is its other accepted form, and takes any template.
     """
-    return {name: [_fill(template, name) for template in templates] for name in classnames}
+    return {name: [fill_template(template, name) for template in templates] for name in classnames}
 
 
 def save_geometry_classifier(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[Template],

@@ -97,7 +97,7 @@ def encode_texts(model, tokens: torch.Tensor, *, batch_size: int = 256,
         return _encode(model.encode_text, batches, _device(model), autocast)
 
 
-def _fill(template: Template, classname: str) -> str:
+def fill_template(template: Template, classname: str) -> str:
     return template(classname) if callable(template) else template.format(classname)
 
 
@@ -134,7 +134,7 @@ def build_zero_shot_classifier(
     """
     if not classnames or not templates:
         raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
-    prompts = [_fill(template, name) for name in classnames for template in templates]
+    prompts = [fill_template(template, name) for name in classnames for template in templates]
     features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
     per_template = features.view(len(classnames), len(templates), *features.shape[1:])
     with torch.no_grad():
