@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .zero_shot import Autocast, Template, fill_template, build_zero_shot_classifier, encode_texts, zero_shot_logits
+from .zero_shot import Autocast, Template, build_zero_shot_classifier, encode_prompts, zero_shot_logits
 
 __all__ = ["PROTOTYPE_RULES", "class_prototypes", "prototype_logits", "whole_vector_classifier"]
 
@@ -56,12 +56,9 @@ def whole_vector_classifier(
         Per class ``normalize(mean_t(normalize(flatten(encode_text(prompt_t)))))``, reshaped back to (C, k, d):
         unit norm as a whole ``k * d`` vector.
     """
-    if not classnames or not templates:
-        raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
-    prompts = [fill_template(template, name) for name in classnames for template in templates]
-    features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
-    flat = F.normalize(features.flatten(1), dim=-1).view(len(classnames), len(templates), -1)
-    return F.normalize(flat.mean(dim=1), dim=-1).view(len(classnames), *features.shape[1:])
+    features = encode_prompts(model, tokenizer, classnames, templates, batch_size=batch_size, autocast=autocast)
+    flat = F.normalize(features.flatten(2), dim=-1)  # (C, T, k * d)
+    return F.normalize(flat.mean(dim=1), dim=-1).view(features.shape[0], *features.shape[2:])
 
 
 def class_prototypes(model, tokenizer, classnames: Sequence[str], templates: Sequence[Template], *,

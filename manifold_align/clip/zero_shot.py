@@ -101,6 +101,17 @@ def fill_template(template: Template, classname: str) -> str:
     return template(classname) if callable(template) else template.format(classname)
 
 
+def encode_prompts(model, tokenizer: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
+                   templates: Sequence[Template], *, batch_size: int = 256,
+                   autocast: Autocast = nullcontext) -> torch.Tensor:
+    """Projected features of every class's prompts, shape (C, T, k, d) (``ValueError`` if either list is empty)."""
+    if not classnames or not templates:
+        raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
+    prompts = [fill_template(template, name) for name in classnames for template in templates]
+    features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
+    return features.view(len(classnames), len(templates), *features.shape[1:])
+
+
 def build_zero_shot_classifier(
     model,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -132,11 +143,7 @@ def build_zero_shot_classifier(
         ``model.geometry.mean(..., modality="text")``: per token on OB, renormalized (the whole vector for
         cosine); per token in the tangent space at the origin for ``lorentz``; plain for ``euclidean``.
     """
-    if not classnames or not templates:
-        raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
-    prompts = [fill_template(template, name) for name in classnames for template in templates]
-    features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
-    per_template = features.view(len(classnames), len(templates), *features.shape[1:])
+    per_template = encode_prompts(model, tokenizer, classnames, templates, batch_size=batch_size, autocast=autocast)
     with torch.no_grad():
         return model.geometry.mean(per_template, dim=1, modality="text")
 
