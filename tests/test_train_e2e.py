@@ -171,8 +171,8 @@ class _NaNAtCall(builders_module.ContrastiveLoss):
 
     nan_call = 3
 
-    def forward(self, image_features, text_features, **model_outputs):
-        out = super().forward(image_features, text_features, **model_outputs)
+    def forward(self, image_features, text_features, *model_outputs, **options):
+        out = super().forward(image_features, text_features, *model_outputs, **options)
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == self.nan_call:
             out = dataclasses.replace(out, loss=out.loss * float("nan"))
@@ -215,11 +215,11 @@ def test_skip_nonfinite_counts_and_bad_samples_are_summed(tmp_path, monkeypatch)
 class _NaNFeaturesAtCall(builders_module.ContrastiveLoss):
     """The real loss, fed NaN image features on the 3rd call."""
 
-    def forward(self, image_features, text_features, **model_outputs):
+    def forward(self, image_features, text_features, *model_outputs, **options):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 3:
             image_features = image_features * float("nan")
-        return super().forward(image_features, text_features, **model_outputs)
+        return super().forward(image_features, text_features, *model_outputs, **options)
 
 
 def test_skip_nonfinite_skips_a_step_with_non_finite_features(tmp_path, monkeypatch):
