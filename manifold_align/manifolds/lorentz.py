@@ -337,6 +337,117 @@ def _scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, cc: torch.Tensor, precise:
     return out.reshape(-1).index_put((flat,), exact).view_as(out)
 
 
+#: largest log2 of a product of w = z + sqrt(z^2 - 1) factors formed before one log, per dtype (float32
+#: overflows at 2^128, float64 at 2^1024; the margin covers the rounding of the product)
+_LOG2_PRODUCT_MAX = {torch.float32: 120.0, torch.float64: 1000.0}
+
+
+def _product_group(k: int, z_max: float, dtype: torch.dtype) -> int:
+    """How many factors' ``w <= 2 z_max`` to multiply before one log: the largest divisor g of k with
+    ``g log2(2 z_max)`` under the dtype's bound (1 for a non-finite ``z_max``: NaN and Inf then propagate)."""
+    if not math.isfinite(z_max):
+        return 1
+    limit = _LOG2_PRODUCT_MAX.get(dtype, 0.0)
+    per_factor = max(1.0, math.log2(2.0 * max(z_max, 1.0)))
+    g = max(1, min(k, int(limit // per_factor)))
+    while k % g:
+        g -= 1
+    return g
+
+
+class _AcoshSum(torch.autograd.Function):
+    """``sum_b acosh(z_b)``, ``z = xa @ ya`` batched over the k factors, shape (n, m); the near pairs left out.
+
+    ``xa`` (k, n, e) and ``ya`` (k, e, m) are the (d + 1)-vectors ``c (x_0, x_s)`` and ``(y_0, -y_s)`` of
+    :func:`_scaled_cdist`, so ``z = -c <x, y>_L``. The entries ``_NEAR`` selects contribute 0 and get no
+    gradient here (the caller adds their exact chord distances), and come back as flat indices into the
+    (k, n, m) grid (or None).
+
+    Speed: the k logs of a score are taken as the logs of a few products (``log w_1 + log w_2 = log(w_1
+    w_2)``, w = z + sqrt(z^2 - 1) <= 2z; as many factors per product as the dtype's range allows,
+    :func:`_product_group`), and each grid pass works in place on one of two grid-sized buffers (z and
+    the root, which the backward needs): on a CPU the acosh grid costs about as many passes as a matmul
+    of the factors, so every pass saved shows. The backward is ``g / sqrt(z^2 - 1)`` into the root's
+    buffer and the two matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, xa: torch.Tensor, ya: torch.Tensor, precise: bool):  # noqa: D102
+        k, n, m = xa.shape[0], xa.shape[1], ya.shape[2]
+        z = torch.bmm(xa, ya)  # (k, n, m)
+        if z.numel() == 0:
+            ctx.save_for_backward(xa, ya, z)
+            ctx.near, ctx.precise = None, precise
+            return z.sum(0), None
+        # the cheap bound z = c (x_0 y_0 - <x_s, y_s>) <= 2 c x_0 y_0 sizes the products (no pass over z)
+        z_bound = 2 * float((xa[:, :, 0].amax(1) * ya[:, 0, :].amax(1)).amax())
+        near = _near_in_grid(z, xa, ya) if precise and z.device.type != "meta" else None
+        z.clamp_(min=1)  # rounding below 1 (NaN stays)
+        root = torch.mul(z, z).sub_(1).sqrt_()  # sqrt(z^2 - 1)
+        w = z.add_(root)  # z + sqrt(z^2 - 1), in z's buffer
+        if near is not None:
+            w.view(-1)[near] = 1.0
+        g = _product_group(k, z_bound, w.dtype)
+        w = w.view(k // g, g, n, m).prod(1) if g > 1 else w
+        out = w.log_().sum(0)
+        ctx.save_for_backward(xa, ya, root)
+        ctx.near, ctx.precise = near, precise
+        ctx.mark_non_differentiable(*(() if near is None else (near,)))
+        return out, near
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_near):  # noqa: D102
+        xa, ya, root = ctx.saved_tensors
+        # d acosh(z) / dz = 1 / sqrt(z^2 - 1); 0 (not inf) where z <= 1 (root 0) and at the near pairs. With
+        # `precise` every z <= 1 is a near pair (sqrt(z^2 - 1) = 0 < _NEAR t), zeroed below: no inf pass
+        dz = grad.unsqueeze(0) / root
+        if not ctx.precise:
+            dz.nan_to_num_(nan=math.nan, posinf=0.0, neginf=0.0)
+        if ctx.near is not None:
+            dz.view(-1)[ctx.near] = 0.0
+        grad_xa = torch.bmm(dz, ya.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_ya = torch.bmm(xa.transpose(1, 2), dz) if ctx.needs_input_grad[1] else None
+        return grad_xa, grad_ya, None
+
+
+def _near_in_grid(z: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor) -> Optional[torch.Tensor]:
+    """:func:`_near_pairs` for ``z = xa @ ya`` (the times are ``xa[..., 0] = c x_0`` and ``ya[:, 0] = y_0``)."""
+    t_max = xa[:, :, 0].amax(1) * ya[:, 0, :].amax(1)  # (k,): c max x_0 max y_0
+    bound = torch.sqrt(1 + (_NEAR * t_max) ** 2)
+    if not bool((z.amin(dim=(1, 2)) < bound).any()):
+        return None
+    k, n, m = z.shape
+    flat = torch.nonzero((z < bound[:, None, None]).view(-1)).squeeze(1)
+    b, i, j = flat // (n * m), flat // m % n, flat % m
+    t = xa[b, i, 0] * ya[b, 0, j]
+    zf = z.view(-1)[flat].clamp(min=1)
+    flat = flat[(zf - 1) * (zf + 1) < (_NEAR * t) ** 2]
+    return flat if flat.numel() else None
+
+
+def _scaled_cdist_sum(xs: torch.Tensor, ys: torch.Tensor, cc: torch.Tensor, precise: bool) -> torch.Tensor:
+    """``sqrt(c) * sum_b d_b``, shape (n, m), for space components (n, k, d) and (m, k, d).
+
+    :func:`_scaled_cdist` summed over the factors, through :class:`_AcoshSum` (no (k, n, m) result, a
+    few logs per score instead of k); the near pairs are the same and recomputed the same way.
+    """
+    n, m = xs.shape[0], ys.shape[0]
+    with autocast_disabled(xs.device):
+        x0, y0 = _time(xs, cc), _time(ys, cc)  # (n, k, 1), (m, k, 1)
+        # contiguous in the layouts bmm runs fastest on (a copy of O((n + m) k d) values)
+        xa = (torch.cat([x0, xs], dim=-1) * cc).transpose(0, 1).contiguous()  # (k, n, d + 1)
+        ya = torch.cat([y0, -ys], dim=-1).permute(1, 2, 0).contiguous()  # (k, d + 1, m)
+        out, flat = _AcoshSum.apply(xa, ya, precise)
+    if flat is None:
+        return out
+    chunk = max(1, _PAIR_CHUNK // xs.shape[-1])
+    sqrt_c = torch.sqrt(cc)
+    exact = torch.cat([
+        _chord_dist(_gathered_chords(xs, ys, cc, part, n, m), sqrt_c) * sqrt_c for part in flat.split(chunk)
+    ])
+    return out.reshape(-1).index_add(0, flat % (n * m), exact).view(n, m)
+
+
 def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise: bool = True,
                 sum_factors: bool = False) -> torch.Tensor:
     r"""Pairwise geodesic distances per factor without an ``n*m*k*d`` intermediate.
@@ -376,8 +487,9 @@ def space_cdist(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, precise
     dtype = _compute_dtype(torch.result_type(x, y))
     xs, ys = x.to(dtype), y.to(dtype)
     cc = _curv(c, xs)
-    scaled = _scaled_cdist(xs, ys, cc, precise)
-    return (scaled.sum(0) if sum_factors else scaled) / torch.sqrt(cc)
+    if sum_factors:
+        return _scaled_cdist_sum(xs, ys, cc, precise) / torch.sqrt(cc)
+    return _scaled_cdist(xs, ys, cc, precise) / torch.sqrt(cc)
 
 
 # ----------------------------------------------------------------------------------------------
