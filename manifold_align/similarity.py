@@ -43,7 +43,7 @@ from torch import nn
 
 from .dtypes import autocast_disabled
 from .geometries import LorentzGeometry
-from .manifolds.lorentz import _scaled_cdist, space_dist, space_expmap0, space_logmap0
+from .manifolds.lorentz import _scaled_cdist_sum, space_dist, space_expmap0, space_logmap0
 from .manifolds.oblique import Oblique
 from .validation import check_on_manifold as _refuse_off_manifold
 from .validation import check_rank, describe_shape
@@ -718,9 +718,7 @@ class LorentzSimilarity(Similarity):
     def _pairwise(self, a, b, geometry):
         # space_cdist(..., sum_factors=True) with the sign and 1/sqrt(c) folded into one (n, m) pass
         c = geometry.curvature().to(a.dtype)
-        scaled = _scaled_cdist(a, b, c, self.precise)
-        summed = scaled[0] if scaled.shape[0] == 1 else scaled.sum(0)
-        return summed * (-torch.rsqrt(c))
+        return _scaled_cdist_sum(a, b, c, self.precise) * (-torch.rsqrt(c))
 
     def _paired(self, a, b, geometry):
         return -space_dist(a, b, geometry.curvature()).sum(-1)

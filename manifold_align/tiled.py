@@ -243,7 +243,8 @@ class _TiledLoss(torch.autograd.Function):
         compute = torch.promote_types(_upcast(features[0]).dtype, scale.dtype)
         grad_feat = [torch.zeros_like(f, dtype=_upcast(f).dtype) if need else None
                      for f, need in zip(features, need_feat)]
-        grad_param = [torch.zeros_like(p) if need else None for p, need in zip(params, need_param)]
+        # float64 sums over the tiles: a parameter's gradient adds up every score's, with cancellation
+        grad_param = [torch.zeros_like(p, dtype=torch.float64) if need else None for p, need in zip(params, need_param)]
         grad_scale = torch.zeros((), dtype=torch.float64, device=device)
         grad_bias = torch.zeros((), dtype=torch.float64, device=device)
         scale_v = scale.detach().reshape(())
@@ -258,7 +259,7 @@ class _TiledLoss(torch.autograd.Function):
         return (None, None, None, None,
                 grad_scale.to(scale.dtype).reshape(scale.shape) if ctx.needs_input_grad[4] else None,
                 grad_bias.to(bias.dtype).reshape(bias.shape) if ctx.has_bias and ctx.needs_input_grad[5] else None,
-                *out_feat, *grad_param)
+                *out_feat, *(None if gp is None else gp.to(p.dtype) for gp, p in zip(grad_param, params)))
 
 
 def _forward_term(pairwise, term, features, tile, scale, bias):
@@ -375,11 +376,14 @@ def _resolve_tile(tile_size, n_rows: int, n_cols: int, features: torch.Tensor) -
     return tile_size
 
 
-def _check_args(image, text, logit_scale, params, offset, n_cols, name_cols):
+def _check_args(image, text, logit_scale, params, offset, n_cols, name_cols, *, same_rows=False):
     for t, name in ((image, "image_features"), (text, "text_features")):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2 or t.shape[0] < 1:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"`{name}` must be a floating-point tensor of shape (N, ...) with N >= 1, got {shape}")
+    if same_rows and image.shape[0] != text.shape[0]:
+        raise ValueError(f"`image_features` and `text_features` must have the same number of rows, got "
+                         f"{image.shape[0]} and {text.shape[0]}")
     if not (isinstance(logit_scale, torch.Tensor) and logit_scale.numel() == 1):
         raise ValueError(f"`logit_scale` must be a one-element tensor, got {logit_scale!r}")
     for p in params:
@@ -429,10 +433,8 @@ def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwi
         raise ValueError("`image_all` and `text_all` go together (local_loss), got only one of them")
     local = image_all is not None
     _check_args(image, text, logit_scale, params, offset if local else 0,
-                text_all.shape[0] if local else text.shape[0], "text_all" if local else "text_features")
-    if not local and image.shape[0] != text.shape[0]:
-        raise ValueError(f"`image_features` and `text_features` must have the same number of rows, got "
-                         f"{image.shape[0]} and {text.shape[0]}")
+                text_all.shape[0] if local else text.shape[0], "text_all" if local else "text_features",
+                same_rows=True)
     n = image.shape[0]
     n_cols = text_all.shape[0] if local else n
     tile = _resolve_tile(tile_size, n, n_cols, image)

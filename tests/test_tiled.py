@@ -1,0 +1,240 @@
+"""The tiled contrastive losses (manifold_align.tiled) against the materialized computation written out here.
+
+The reference scores the whole matrix with the similarity's own ``pairwise`` and takes F.cross_entropy /
+F.logsigmoid of it, as open_clip's ClipLoss and SigLipLoss do. Loss and every gradient (raw features
+through the projection, the temperature's log-scale, the bias, each geometry parameter) must agree to 1e-5
+relative in float32 and 1e-10 in float64, for every registered similarity, both objectives, with and
+without local_loss (one rank's rows against all ranks' columns, labels offset by rank).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from manifold_align.manifolds.lorentz import space_cdist
+from manifold_align.similarity import get_similarity, list_similarities
+from manifold_align.tiled import (
+    auto_tile_size,
+    pairwise_for,
+    tiled_sigmoid_loss,
+    tiled_softmax_loss,
+)
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+K, D = 3, 5
+
+
+def _setup(name, dtype, n_all, seed=0):
+    """Similarity, geometry (or None) and the leaf tensors every gradient is taken for."""
+    sim = get_similarity(name)
+    geometry = sim.make_geometry(d=D)
+    if geometry is not None:
+        geometry = geometry.to(dtype)
+        with torch.no_grad():  # away from the initial values, inside the clamps
+            geometry.log_curvature.fill_(math.log(0.6))
+            geometry.log_image_scale.fill_(-0.4)
+            geometry.log_text_scale.fill_(-0.7)
+    g = torch.Generator().manual_seed(seed)
+    raw_image = torch.randn(n_all, K, D, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    raw_text = torch.randn(n_all, K, D, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    log_scale = torch.tensor(math.log(2.5), dtype=dtype, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=dtype, requires_grad=True)
+    return sim, geometry, raw_image, raw_text, log_scale, bias
+
+
+def _project(sim, geometry, raw_image, raw_text):
+    if geometry is None:
+        return sim.project(raw_image), sim.project(raw_text)
+    return (sim.project(raw_image, geometry=geometry, modality="image"),
+            sim.project(raw_text, geometry=geometry, modality="text"))
+
+
+def _reference(sim, geometry, image, text, scale, bias, objective, rows, offset):
+    """The materialized loss of this rank's ``rows`` (a slice of the gathered features) against all."""
+    kw = {} if geometry is None else {"geometry": geometry}
+    pairwise = lambda a, b: sim.pairwise(a, b, **kw)  # noqa: E731
+    labels = torch.arange(rows.stop - rows.start) + offset
+    if objective == "softmax":
+        per_image = scale * pairwise(image[rows], text)
+        per_text = scale * pairwise(image, text[rows]).T
+        return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
+    logits = scale * pairwise(image[rows], text) + bias
+    signs = -torch.ones_like(logits)
+    signs[torch.arange(len(labels)), labels] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / len(labels)
+
+
+def _tiled(sim, geometry, image, text, scale, bias, objective, rows, offset, *, tiled_local, tile):
+    pairwise, params = pairwise_for(sim, geometry)
+    if objective == "sigmoid":
+        return tiled_sigmoid_loss(image[rows], text, pairwise, logit_scale=scale, logit_bias=bias, params=params,
+                                  offset=offset, tile_size=tile)
+    if tiled_local:
+        return tiled_softmax_loss(image[rows], text[rows], pairwise, logit_scale=scale, params=params,
+                                  image_all=image, text_all=text, offset=offset, tile_size=tile)
+    return tiled_softmax_loss(image, text, pairwise, logit_scale=scale, params=params, tile_size=tile)
+
+
+def _loss_and_grads(fn, name, dtype, objective, local, n=7, world=3, rank=1, **kw):
+    sim, geometry, raw_image, raw_text, log_scale, bias = _setup(name, dtype, n * world if local else n)
+    rows = slice(rank * n, (rank + 1) * n) if local else slice(0, n)
+    offset = rank * n if local else 0
+    image, text = _project(sim, geometry, raw_image, raw_text)
+    loss = fn(sim, geometry, image, text, log_scale.exp(), bias, objective, rows, offset, **kw)
+    leaves = {"image": raw_image, "text": raw_text, "log_scale": log_scale}
+    if objective == "sigmoid":
+        leaves["bias"] = bias
+    if geometry is not None:
+        leaves.update(dict(geometry.named_parameters()))
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return loss, dict(zip(leaves, grads))
+
+
+def _rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("local", [False, True], ids=["full", "local_loss"])
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("name", list_similarities())
+def test_tiled_equals_materialized(name, objective, local, dtype):
+    # sigmoid is always one rank's rows against all columns: "full" is the one rank of one
+    ref_loss, ref_grads = _loss_and_grads(_reference, name, dtype, objective, local)
+    # tiles of 4 over 7 or 21 rows: uneven last tiles, positives across tile borders
+    loss, grads = _loss_and_grads(_tiled, name, dtype, objective, local, tiled_local=local, tile=4)
+    assert loss.dtype == dtype
+    assert _rel(loss, ref_loss) < TOL[dtype], (float(loss), float(ref_loss))
+    assert grads.keys() == ref_grads.keys()
+    for key in grads:
+        assert _rel(grads[key], ref_grads[key]) < TOL[dtype], key
+
+
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+def test_one_tile_and_auto_equal_many_tiles(objective):
+    losses = []
+    for tile in (3, 64, None):
+        loss, grads = _loss_and_grads(_tiled, "oblique", torch.float64, objective, False, n=11, tiled_local=False,
+                                      tile=tile)
+        losses.append((loss, grads))
+    for loss, grads in losses[1:]:
+        assert _rel(loss, losses[0][0]) < 1e-12
+        for key in grads:
+            assert _rel(grads[key], losses[0][1][key]) < 1e-12
+
+
+def test_scores_are_never_held_at_once():
+    """Every call of the score function, forward and backward, returns at most one tile."""
+    sim = get_similarity("oblique")
+    g = torch.Generator().manual_seed(0)
+    image = sim.project(torch.randn(50, K, D, generator=g)).requires_grad_()
+    text = sim.project(torch.randn(50, K, D, generator=g)).requires_grad_()
+    shapes = []
+
+    def recording(a, b):
+        out = sim.pairwise(a, b)
+        shapes.append(tuple(out.shape))
+        return out
+
+    tiled_softmax_loss(image, text, recording, logit_scale=torch.tensor(3.0), tile_size=8).backward()
+    assert shapes and max(r * c for r, c in shapes) <= 64
+    # 7 x 7 tiles, each scored once in the forward and once in the backward
+    assert len(shapes) == 2 * 49
+
+
+def test_autocast_scores_in_float32_and_equal_the_float32_loss():
+    sim = get_similarity("oblique")
+    g = torch.Generator().manual_seed(0)
+    raw_i, raw_t = torch.randn(9, K, D, generator=g), torch.randn(9, K, D, generator=g)
+    scale = torch.tensor(4.0)
+    pairwise, _ = pairwise_for(sim)
+    expected = tiled_softmax_loss(sim.project(raw_i), sim.project(raw_t), pairwise, logit_scale=scale, tile_size=9)
+    image, text = sim.project(raw_i).requires_grad_(), sim.project(raw_t).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = tiled_softmax_loss(image, text, pairwise, logit_scale=scale, tile_size=4)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert image.grad.dtype == torch.float32
+    assert _rel(loss, expected) < 1e-5
+
+
+def test_half_precision_features_get_gradients_in_their_dtype():
+    sim = get_similarity("oblique")
+    g = torch.Generator().manual_seed(0)
+    image = sim.project(torch.randn(9, K, D, generator=g)).bfloat16().requires_grad_()
+    text = sim.project(torch.randn(9, K, D, generator=g)).bfloat16().requires_grad_()
+    loss = tiled_softmax_loss(image, text, sim.pairwise, logit_scale=torch.tensor(2.0), tile_size=4)
+    loss.backward()
+    ref = F.cross_entropy(2.0 * sim.pairwise(image.float(), text.float()), torch.arange(9))
+    ref = (ref + F.cross_entropy(2.0 * sim.pairwise(image.float(), text.float()).T, torch.arange(9))) / 2
+    assert loss.dtype == torch.float32 and image.grad.dtype == torch.bfloat16
+    assert _rel(loss, ref) < 1e-5
+
+
+def test_curvature_gradient_at_its_clamp_follows_the_rule_on_the_total():
+    """c is computed once (pairwise_for): its inward clamp sees the summed gradient of all tiles, as in the
+    materialized loss; cloning the clamp into every tile would sum the inward parts instead."""
+    sim = get_similarity("lorentz")
+    results = []
+    for tile in (2, None):
+        geometry = sim.make_geometry(d=2).double()
+        with torch.no_grad():
+            geometry.log_curvature.fill_(math.log(10.0))  # at the upper bound (c0 = 1, range 10)
+            geometry.log_image_scale.zero_()
+            geometry.log_text_scale.zero_()
+        g = torch.Generator().manual_seed(3)
+        image = sim.project(torch.randn(6, 1, 2, generator=g, dtype=torch.float64), geometry=geometry)
+        text = sim.project(torch.randn(6, 1, 2, generator=g, dtype=torch.float64), geometry=geometry,
+                           modality="text")
+        pairwise, params = pairwise_for(sim, geometry)
+        loss = tiled_softmax_loss(image, text, pairwise, logit_scale=torch.tensor(1.0, dtype=torch.float64),
+                                  params=params, tile_size=tile)
+        (grad,) = torch.autograd.grad(loss, [geometry.log_curvature])
+        results.append(float(grad))
+    assert results[0] == pytest.approx(results[1], rel=1e-10, abs=1e-14)
+
+
+def test_auto_tile_size_materializes_small_batches_and_shrinks_with_the_grid():
+    assert auto_tile_size(1024, 1024) is None
+    assert auto_tile_size(32768, 32768) == 1024
+    assert auto_tile_size(32768, 32768, grid_factor=16) == 256
+    # the (k, n, m) grid of a k = 16 geometry at N = 1024 is already worth tiling
+    assert auto_tile_size(1024, 1024, grid_factor=16) == 256
+
+
+def test_lorentz_summed_distances_equal_the_float64_formula():
+    """space_cdist(sum_factors=True) (the tile formula of lorentz) against acosh(-c <x, y>_L) / sqrt(c)."""
+    g = torch.Generator().manual_seed(0)
+    c = 0.7
+    xs = torch.randn(9, 16, 4, generator=g, dtype=torch.float64)
+    ys = torch.cat([xs[:3] + 1e-5 * torch.randn(3, 16, 4, generator=g, dtype=torch.float64),
+                    torch.randn(5, 16, 4, generator=g, dtype=torch.float64)])
+    x0 = torch.sqrt(1 / c + (xs * xs).sum(-1))
+    y0 = torch.sqrt(1 / c + (ys * ys).sum(-1))
+    inner = torch.einsum("ibd,jbd->ijb", xs, ys) - x0[:, None, :] * y0[None, :, :]
+    expected = (torch.acosh((-c * inner).clamp(min=1)) / math.sqrt(c)).sum(-1)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-5)):
+        got = space_cdist(xs.to(dtype), ys.to(dtype), c, sum_factors=True).double()
+        assert float((got - expected).abs().max() / expected.abs().max()) < tol
+    assert torch.equal(space_cdist(xs, xs, c, sum_factors=True).diagonal(), torch.zeros(9, dtype=torch.float64))
+
+
+def test_bad_arguments_are_refused_before_any_work():
+    sim = get_similarity("oblique")
+    x = sim.project(torch.randn(4, K, D))
+    scale = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="`tile_size`"):
+        tiled_softmax_loss(x, x, sim.pairwise, logit_scale=scale, tile_size=0)
+    with pytest.raises(ValueError, match="`image_all` and `text_all`"):
+        tiled_softmax_loss(x, x, sim.pairwise, logit_scale=scale, image_all=x)
+    with pytest.raises(ValueError, match="offset 2"):
+        tiled_softmax_loss(x, x, sim.pairwise, logit_scale=scale, image_all=x, text_all=x, offset=2)
+    with pytest.raises(ValueError, match="`logit_scale`"):
+        tiled_softmax_loss(x, x, sim.pairwise, logit_scale=1.0)
+    with pytest.raises(ValueError, match="`logit_bias`"):
+        tiled_sigmoid_loss(x, x, sim.pairwise, logit_scale=scale, logit_bias=None)
+    with pytest.raises(ValueError, match="same number of rows"):
+        tiled_softmax_loss(x, x[:3], sim.pairwise, logit_scale=scale)
