@@ -53,8 +53,10 @@ Pairwise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: score entries of one tile (times the grid factor, see auto_tile_size); 2^21 float32 values are 8 MiB:
 #: large enough that the tile's matmul runs at full speed, small enough to stay in a large cache
 _TILE_BUDGET = 2**21
-#: below this many scores (times the grid factor) the materialized loss is cheaper: no second evaluation
-_MATERIALIZE_BELOW = 2**23
+#: up to this many scores (times the grid factor) the materialized loss: no second evaluation of the
+#: scores, and its (N, N) tensors are still small (2^24 float32 values are 64 MiB: oblique N = 4096, a
+#: k = 16 lorentz grid at N = 1024)
+_MATERIALIZE_UP_TO = 2**24
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,6 +82,8 @@ def pairwise_for(similarity, geometry: Optional[nn.Module] = None) -> tuple[Pair
         that reads it; otherwise the geometry's trainable parameters.
     """
     if geometry is None:
+        if similarity.name in _MATMUL_SCORES and getattr(similarity, "squared", True):
+            return _with_grid_factor(similarity.pairwise, 1), ()
         return similarity.pairwise, ()
     curvature = getattr(geometry, "curvature", None)
     if similarity.name == "lorentz" and callable(curvature):
@@ -95,6 +99,21 @@ def pairwise_for(similarity, geometry: Optional[nn.Module] = None) -> tuple[Pair
     return (lambda a, b: similarity.pairwise(a, b, geometry=geometry)), params
 
 
+#: built-in similarities whose scores are one matmul of the flattened features (no per-token grid); for
+#: ``euclidean`` only its squared form
+_MATMUL_SCORES = ("cosine", "oblique", "chordal", "euclidean")
+
+
+def _with_grid_factor(pairwise: Pairwise, grid_factor: int) -> Pairwise:
+    """``pairwise`` declaring how many values it holds per score (see :func:`auto_tile_size`)."""
+
+    def declared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return pairwise(a, b)
+
+    declared.grid_factor = grid_factor
+    return declared
+
+
 def auto_tile_size(n_rows: int, n_cols: int, grid_factor: int = 1) -> Optional[int]:
     """The tile side for scoring ``n_rows`` against ``n_cols``, or None where the materialized loss is cheaper.
 
@@ -108,18 +127,22 @@ def auto_tile_size(n_rows: int, n_cols: int, grid_factor: int = 1) -> Optional[i
     Returns
     -------
     int or None
-        None when ``n_rows * n_cols * grid_factor`` is below 2^23 (32 MiB of float32); else the side T, a
-        power of two, of a (T, T) tile with about 2^21 values.
+        None when ``n_rows * n_cols * grid_factor`` is at most 2^24 (64 MiB of float32); else the side T,
+        a power of two, of a (T, T) tile with at most 2^21 values (times the grid factor).
     """
     g = max(1, int(grid_factor))
-    if n_rows * n_cols * g < _MATERIALIZE_BELOW:
+    if n_rows * n_cols * g <= _MATERIALIZE_UP_TO:
         return None
     side = int(math.isqrt(_TILE_BUDGET // g))
     return max(64, 1 << (side.bit_length() - 1))
 
 
-def _grid_factor(features: torch.Tensor) -> int:
-    """k of (N, k, d) features (a geometry may hold a (k, n, m) grid per tile), 1 for (N, D)."""
+def _grid_factor(pairwise: Pairwise, features: torch.Tensor) -> int:
+    """The values ``pairwise`` holds per score: its ``grid_factor`` attribute where it declares one, else k of
+    (N, k, d) features (a score may hold a (k, n, m) grid, as ``lorentz`` does), 1 for (N, D)."""
+    declared = getattr(pairwise, "grid_factor", None)
+    if declared is not None:
+        return int(declared)
     return features.shape[1] if features.dim() == 3 else 1
 
 
@@ -368,9 +391,9 @@ def _backward_term(pairwise, term, features, params, lse_r, lse_c, tile, scale, 
 # --------------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------------
-def _resolve_tile(tile_size, n_rows: int, n_cols: int, features: torch.Tensor) -> Optional[int]:
+def _resolve_tile(tile_size, n_rows: int, n_cols: int, pairwise: Pairwise, features: torch.Tensor) -> Optional[int]:
     if tile_size is None or tile_size == "auto":
-        return auto_tile_size(n_rows, n_cols, _grid_factor(features))
+        return auto_tile_size(n_rows, n_cols, _grid_factor(pairwise, features))
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"`tile_size` must be None, 'auto' or an int >= 1, got {tile_size!r}")
     return tile_size
@@ -437,7 +460,7 @@ def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwi
                 same_rows=True)
     n = image.shape[0]
     n_cols = text_all.shape[0] if local else n
-    tile = _resolve_tile(tile_size, n, n_cols, image)
+    tile = _resolve_tile(tile_size, n, n_cols, pairwise, image)
     if tile is None:
         return materialized_softmax_loss(image, text, pairwise, logit_scale=logit_scale, image_all=image_all,
                                          text_all=text_all, offset=offset)
@@ -478,7 +501,7 @@ def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwi
     if not (isinstance(logit_bias, torch.Tensor) and logit_bias.numel() == 1):
         raise ValueError(f"`logit_bias` must be a one-element tensor, got {logit_bias!r}")
     n = image.shape[0]
-    tile = _resolve_tile(tile_size, n, text.shape[0], image)
+    tile = _resolve_tile(tile_size, n, text.shape[0], pairwise, image)
     if tile is None:
         return materialized_sigmoid_loss(image, text, pairwise, logit_scale=logit_scale, logit_bias=logit_bias,
                                          offset=offset)

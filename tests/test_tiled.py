@@ -198,11 +198,12 @@ def test_curvature_gradient_at_its_clamp_follows_the_rule_on_the_total():
 
 
 def test_auto_tile_size_materializes_small_batches_and_shrinks_with_the_grid():
-    assert auto_tile_size(1024, 1024) is None
+    assert auto_tile_size(4096, 4096) is None
+    assert auto_tile_size(4097, 4096) == 1024
     assert auto_tile_size(32768, 32768) == 1024
+    # the (k, n, m) grid of a k = 16 geometry: tiled from N = 1025 on, tiles 16 times smaller
+    assert auto_tile_size(1024, 1024, grid_factor=16) is None
     assert auto_tile_size(32768, 32768, grid_factor=16) == 256
-    # the (k, n, m) grid of a k = 16 geometry at N = 1024 is already worth tiling
-    assert auto_tile_size(1024, 1024, grid_factor=16) == 256
 
 
 def test_lorentz_summed_distances_equal_the_float64_formula():
