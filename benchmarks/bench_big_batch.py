@@ -11,8 +11,9 @@ Side by side, for each geometry (cosine, oblique and lorentz at k = 16, k x d = 
 Every measurement runs in a fresh Python process (this script with ``--child``), so that its peak is its
 own: on a CPU the peak resident set size of the whole process (``resource.getrusage``, ``ru_maxrss``:
 Python, torch, the features and their gradients included), on a GPU the allocator's peak
-(``torch.cuda.max_memory_allocated``) above the features. The time is the best of ``--repeats`` forward
-+ backward passes after one untimed warm-up pass (no warm-up where N >= ``--no-warmup-from``, to keep the
+(``torch.cuda.max_memory_allocated``) above the features. The time (on a CPU the process's CPU time, one
+thread: what the wall time of an idle machine would be, less disturbed by other jobs on a shared one; on a
+GPU the wall time) is the best of ``--repeats`` forward + backward passes after one untimed warm-up pass (no warm-up where N >= ``--no-warmup-from``, to keep the
 whole run short). Configurations whose materialized scores would not fit in ``--max-gib`` are skipped
 and shown as ``-``.
 
@@ -98,21 +99,26 @@ def child(method: str, geometry: str, n: int, repeats: int, warmup: bool, tile, 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated() / 2**30
-    times = []
+    # CPU: the process's CPU time (one thread: the wall time of an idle machine, and much less disturbed by
+    # other jobs on a shared one); GPU: wall time after a synchronize
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    times, walls = [], []
     for r in range(repeats + int(warmup)):
         image.grad = text.grad = scale.grad = None
         if module is not None:
             module.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, w0 = clock(), time.perf_counter()
         loss = fn(image, text, scale)
         loss.backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if r >= int(warmup):
-            times.append(time.perf_counter() - t0)
-    out = {"method": method, "geometry": geometry, "n": n, "time_s": min(times), "loss": float(loss),
+            times.append(clock() - t0)
+            walls.append(time.perf_counter() - w0)
+    out = {"method": method, "geometry": geometry, "n": n, "time_s": min(times), "wall_s": min(walls),
+           "loss": float(loss),
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "base_rss_gib": base_rss}
     if dev.type == "cuda":
         out["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30 - base_alloc
@@ -252,7 +258,7 @@ def main(argv=None) -> None:
     lines = ["# Contrastive loss at large batch: memory and time of forward + backward", "", *header, "",
              f"float32, k x d = 512 (cosine: one 512-d token; oblique and lorentz: k = 16 tokens of 32), logit "
              f"scale {SCALE:g}, device {args.device}, {args.threads} thread(s) per measurement, one fresh "
-             f"process each.", "", *table(results, sizes, args.device), "", "Targets (issue 20):", "",
+             f"process each. Time: CPU time of the process on a CPU (wall time on a GPU).", "", *table(results, sizes, args.device), "", "Targets (issue 20):", "",
              *targets(results, sizes, args.device)]
     print("\n".join(lines))
     if args.write:
