@@ -1,38 +1,40 @@
 """manifold-align: geometry-aware contrastive learning.
 
-The oblique manifold OB(d, k) as a ``geoopt.Manifold``, pluggable similarities, temperatures and
-contrastive losses for CLIP-style image-text training. The multi-token CLIP model lives in
-:mod:`manifold_align.clip`, imported on first use (it imports open_clip, which takes seconds).
+The oblique manifold OB(d, k) as a ``geoopt.Manifold``, embedding geometries (sphere, oblique, hyperbolic,
+Euclidean; your own by registration), temperatures and contrastive losses for CLIP-style image-text training. The
+multi-token CLIP model lives in :mod:`manifold_align.clip`, imported on first use (it imports open_clip, which takes
+seconds).
 """
 
 from . import _geoopt  # noqa: F401  (first: geoopt without its import-time FutureWarning)
 from . import optim
 from .entailment import entailment_loss
-from .geometries import LorentzGeometry
+from .geometries import Geometry, get_geometry, list_geometries, register_geometry
+from .geometries.lorentz import LorentzGeometry
 from .losses import ContrastiveLoss, ContrastiveLossOutput
 from .manifolds import Hyperboloid, HyperboloidExact, Oblique, ObliqueExact
-from .similarity import Similarity, get_similarity, list_similarities, register_similarity
-from .temperature import Temperature, get_temperature
+from .temperature import Temperature, get_temperature, list_temperatures
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContrastiveLoss",
     "ContrastiveLossOutput",
+    "Geometry",
     "Hyperboloid",
     "HyperboloidExact",
     "LorentzGeometry",
     "Oblique",
     "ObliqueExact",
-    "Similarity",
     "Temperature",
     "clip",
     "entailment_loss",
-    "get_similarity",
+    "get_geometry",
     "get_temperature",
-    "list_similarities",
+    "list_geometries",
+    "list_temperatures",
     "optim",
-    "register_similarity",
+    "register_geometry",
 ]
 
 

@@ -12,8 +12,8 @@ learnable      ``exp(log_scale)`` clamped to [min_scale, max_scale]; log_scale =
 cosine         cosine anneal from ``start`` (step ``warmup``) to ``end`` (step ``steps``)
 linear         linear anneal, same end points
 exponential    geometric anneal ``start * (end / start) ** t``, same end points
-auto           the similarity's own default (:attr:`Similarity.default_temperature
-               <manifold_align.similarity.Similarity.default_temperature>`): needs ``similarity=``
+auto           the geometry's own default (:attr:`Geometry.default_temperature
+               <manifold_align.geometries.Geometry.default_temperature>`): needs ``geometry=``
 =============  =========================================================================
 
 Schedules hold ``start`` during warmup (steps 0 .. warmup) and ``end`` after ``steps``; their step lives in a
@@ -22,14 +22,19 @@ buffer so it round-trips through ``state_dict``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Mapping, Union
 
 import torch
 from torch import nn
 
+from .bounds import clamped
+from .registry import Registry
+
 __all__ = [
+    "CLIP_MAX_SCALE",
+    "CLIP_TEMPERATURE",
+    "TEMPERATURES",
     "FixedTemperature",
     "LearnableTemperature",
     "NoTemperature",
@@ -39,6 +44,11 @@ __all__ = [
     "list_temperatures",
     "resolve_auto",
 ]
+
+
+#: CLIP's initial temperature (scale 1/0.07 = 14.3) and the cap on its learned scale (Radford et al., 2021)
+CLIP_TEMPERATURE = 0.07
+CLIP_MAX_SCALE = 100.0
 
 
 def _positive(value: Any, name: str) -> float:
@@ -126,46 +136,26 @@ class FixedTemperature(Temperature):
         return f"scale={self.value():.6g}"
 
 
-class _InwardClamp(torch.autograd.Function):
-    """``x.clamp(lo, hi)`` whose gradient also passes outside [lo, hi] when a descent step moves x back in.
-
-    Plain ``clamp`` gives gradient 0 at and beyond the bounds, so a parameter sitting on the cap could never
-    come down again. Here the gradient is kept inside, and outside only when ``-grad`` points inward.
-    """
-
-    @staticmethod
-    def forward(ctx, x, lo, hi):  # noqa: D102
-        ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
-        return x.clamp(min=lo, max=hi)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        (x,) = ctx.saved_tensors
-        keep = ((x > ctx.lo) & (x < ctx.hi)) | ((x >= ctx.hi) & (grad > 0)) | ((x <= ctx.lo) & (grad < 0))
-        return grad * keep, None, None
-
-
 class LearnableTemperature(Temperature):
     """CLIP's learnable scale: ``scale = exp(log_scale)`` clamped to [min_scale, max_scale].
 
-    The clamp lives here, in :meth:`scale`, on ``log_scale``: the value never leaves the range. Its gradient
-    is 0 while the scale is pinned at a bound and the loss pushes further out, and passes as soon as the
-    loss pulls it back inside (see ``_InwardClamp``), so the scale can leave the cap; plain ``clamp`` would
-    freeze it there for good. :meth:`clamp_` additionally projects the parameter itself (what open_clip does
+    The clamp lives here, in :meth:`scale`, on ``log_scale`` (:func:`manifold_align.bounds.clamped`): the value
+    never leaves the range. Its gradient is 0 while the scale is pinned at a bound and the loss pushes further
+    out, and passes as soon as the loss pulls it back inside, so the scale can leave the cap; plain ``clamp``
+    would freeze it there for good. :meth:`clamp_` additionally projects the parameter itself (what open_clip does
     in its train loop) -- optional, call it after ``optimizer.step()`` to keep optimizer state honest.
 
     Parameters
     ----------
-    init : float, default 0.07
+    init : float, default CLIP_TEMPERATURE (0.07)
         Initial TEMPERATURE (> 0); the initial scale is ``1 / init``.
-    max_scale : float, default 100.0
+    max_scale : float, default CLIP_MAX_SCALE (100)
         Cap on the scale (> 0): 100 as in CLIP, 3.95 as in the oblique paper's runs.
     min_scale : float, default 0.0
         Floor on the scale (>= 0, < max_scale); 0 means no floor.
     """
 
-    def __init__(self, init: float = 0.07, max_scale: float = 100.0, min_scale: float = 0.0) -> None:
+    def __init__(self, init: float = CLIP_TEMPERATURE, max_scale: float = CLIP_MAX_SCALE, min_scale: float = 0.0) -> None:
         super().__init__()
         init = _positive(init, "init")
         self.max_scale = _positive(max_scale, "max_scale")
@@ -180,7 +170,7 @@ class LearnableTemperature(Temperature):
 
     def scale(self) -> torch.Tensor:  # noqa: D102
         lo, hi = self._log_bounds()
-        return _InwardClamp.apply(self.log_scale, lo, hi).exp()
+        return clamped(self.log_scale, lo, hi).exp()
 
     @torch.no_grad()
     def clamp_(self) -> "LearnableTemperature":
@@ -274,31 +264,25 @@ def _schedule(kind: str):
     return factory
 
 
-_FACTORIES = {
-    "none": NoTemperature,
-    "fixed": FixedTemperature,
-    "learnable": LearnableTemperature,
-    "cosine": _schedule("cosine"),
-    "linear": _schedule("linear"),
-    "exponential": _schedule("exponential"),
-}
+TEMPERATURES = Registry("temperature")
+TEMPERATURES.register("none")(NoTemperature)
+TEMPERATURES.register("fixed")(FixedTemperature)
+TEMPERATURES.register("learnable")(LearnableTemperature)
+for _kind in ScheduledTemperature.kinds:
+    TEMPERATURES.register(_kind)(_schedule(_kind))
 
 
-#: the name that defers to the similarity's own default temperature
+#: the name that defers to the geometry's own default temperature
 AUTO = "auto"
 
 
 def list_temperatures() -> list[str]:
-    """Names accepted by :func:`get_temperature` (``"auto"`` needs its ``similarity``)."""
-    return [*_FACTORIES, AUTO]
-
-
-def _accepted_kwargs(factory) -> list[str]:
-    return [p for p in inspect.signature(factory).parameters if p not in ("self", "kind")]
+    """Names accepted by :func:`get_temperature` (``"auto"`` needs its ``geometry``)."""
+    return [*TEMPERATURES.names(), AUTO]
 
 
 def get_temperature(
-    name: Union[str, Mapping[str, Any], Temperature, None] = "none", *, similarity: Any = None, **kwargs: Any
+    name: Union[str, Mapping[str, Any], Temperature, None] = "none", *, geometry: Any = None, **kwargs: Any
 ) -> Temperature:
     """Build a temperature.
 
@@ -307,8 +291,8 @@ def get_temperature(
     name : str, dict, Temperature or None
         One of :func:`list_temperatures`; a dict ``{"name": ..., **kwargs}``; an existing
         :class:`Temperature` (returned as is, no kwargs allowed); None means ``"none"``. ``"auto"``
-        builds ``similarity.default_temperature`` (no kwargs allowed).
-    similarity : Similarity, optional, keyword-only
+        builds ``geometry.default_temperature`` (no kwargs allowed).
+    geometry : Geometry or Geometry subclass, optional, keyword-only
         Needed by ``"auto"`` only; ignored otherwise.
     **kwargs
         Arguments of the chosen temperature (``scale``; ``init``, ``max_scale``, ``min_scale``;
@@ -338,54 +322,50 @@ def get_temperature(
         name = cfg.pop("name")
         kwargs = {**cfg, **kwargs}
     if name == AUTO:
-        return get_temperature(resolve_auto({"name": AUTO, **kwargs}, similarity))
-    if name not in _FACTORIES:
+        return get_temperature(resolve_auto({"name": AUTO, **kwargs}, geometry))
+    if name not in TEMPERATURES:
         raise ValueError(f"unknown temperature {name!r} for argument `name`; accepted: "
                          f"{', '.join(list_temperatures())}")
-    factory = _FACTORIES[name]
-    accepted = _accepted_kwargs(factory)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown keyword argument(s) {unknown} for temperature '{name}'; accepted: {accepted or 'none'}"
-        )
     try:
-        return factory(**kwargs)
+        return TEMPERATURES.build(name, **kwargs)
     except TypeError as err:  # missing required keyword
-        raise ValueError(f"temperature '{name}' needs arguments {accepted}: {err}") from None
+        raise ValueError(f"temperature '{name}' needs arguments {TEMPERATURES.accepted_options(name)}: {err}") from None
 
 
-def resolve_auto(name: Any, similarity: Any = None) -> Any:
-    """``name`` with ``"auto"`` (or ``{"name": "auto"}``) replaced by ``similarity.default_temperature``.
+def resolve_auto(name: Any, geometry: Any = None) -> Any:
+    """``name`` with ``"auto"`` (or ``{"name": "auto"}``) replaced by ``geometry.default_temperature``.
+
+    The one place ``"auto"`` is resolved: builders call it once, so a saved configuration names the concrete
+    temperature and a resumed run keeps it whatever a later version's default is.
 
     Parameters
     ----------
     name : str, dict, Temperature or None
         Anything :func:`get_temperature` accepts; returned unchanged unless it is ``"auto"``.
-    similarity : Similarity, optional
+    geometry : Geometry or Geometry subclass, optional
         Needed when ``name`` is ``"auto"``.
 
     Returns
     -------
-    The concrete spec: a copy of the similarity's ``default_temperature`` dict, or ``name``.
+    The concrete spec: a copy of the geometry's ``default_temperature`` dict, or ``name``.
 
     Raises
     ------
     ValueError
-        ``"auto"`` without a similarity, with options, or with a similarity whose default is ``"auto"``.
+        ``"auto"`` without a geometry, with options, or with a geometry whose default is ``"auto"``.
     """
     if isinstance(name, Mapping) and name.get("name") == AUTO:
         options = sorted(set(name) - {"name"})
         if options:
-            raise ValueError(f"temperature '{AUTO}' takes no options (it is the similarity's own default), "
+            raise ValueError(f"temperature '{AUTO}' takes no options (it is the geometry's own default), "
                              f"got {options}")
     elif not (isinstance(name, str) and name == AUTO):
         return name
-    spec = getattr(similarity, "default_temperature", None)
+    spec = getattr(geometry, "default_temperature", None)
     if spec is None:
-        raise ValueError(f"temperature '{AUTO}' is the similarity's own default: pass `similarity` (a "
-                         f"Similarity), got {type(similarity).__name__}")
+        raise ValueError(f"temperature '{AUTO}' is the geometry's own default: pass `geometry` (a Geometry), "
+                         f"got {type(geometry).__name__}")
     if spec == AUTO or isinstance(spec, Mapping) and spec.get("name") == AUTO:
-        raise ValueError(f"similarity {getattr(similarity, 'name', similarity)!r} declares "
-                         f"default_temperature '{AUTO}'; it must name a concrete temperature")
+        raise ValueError(f"geometry {getattr(geometry, 'name', geometry)!r} declares default_temperature '{AUTO}'; "
+                         f"it must name a concrete temperature")
     return dict(spec) if isinstance(spec, Mapping) else spec

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+
+# A geometry from another package, declared the way an installed one is (a .dist-info with an entry point in the
+# `manifold_align.geometries` group): on the path for this process and the subprocesses tests start, before any
+# test module is collected, so every suite parametrized over list_geometries() covers it by registration alone.
+PLUGIN_SITE = Path(__file__).parent / "plugins" / "site"
+sys.path.insert(0, str(PLUGIN_SITE))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_SITE), os.environ.get("PYTHONPATH")]))
 
 # The suite is a gate: the same hypothesis examples on every run (derandomized, seeded from each test),
 # so a red run can be reproduced and a green one is not luck. `HYPOTHESIS_PROFILE=explore` draws fresh

@@ -17,7 +17,7 @@ import torch
 from manifold_align import ContrastiveLoss
 from manifold_align.optim import RiemannianAdamW, parameter_groups
 
-from .config import RunConfig, TrainConfig, embed_config
+from .config import ConfigError, RunConfig, TrainConfig, embed_config
 from .distributed_env import DistEnv
 
 __all__ = [
@@ -67,37 +67,43 @@ def _flushes_subnormals() -> bool:
 def build_model(cfg: RunConfig, device: torch.device):
     """Create the model, its tokenizer and its image transforms.
 
-    The model's geometry is :func:`manifold_align_train.config.embed_config`: the ``model`` section's
-    shape with the ``loss`` section's similarity, temperature and objective (the model owns the
-    temperature, the similarity's geometry parameters and the sigmoid bias, so they are saved with its
-    weights).
+    The model's embedding is :func:`manifold_align_train.config.embed_config`: the ``model`` section's
+    shape and geometry with the ``loss`` section's temperature and objective (the model owns the geometry,
+    the temperature and the sigmoid bias, so they are saved with its weights).
 
     Returns
     -------
     (MultiTokenCLIP, tokenizer, (train_transform, val_transform))
+
+    Raises
+    ------
+    ConfigError
+        A geometry option value the geometry refuses, naming ``model.geometry_options``.
     """
     import open_clip
 
     from manifold_align.clip import create_model, get_tokenizer, load_model_config
+    from manifold_align.clip.embed_config import EmbedConfigError
 
-    model = create_model(cfg.model.name, embed_config(cfg), pretrained=cfg.model.pretrained).to(device)
+    try:
+        model = create_model(cfg.model.name, embed_config(cfg), pretrained=cfg.model.pretrained).to(device)
+    except EmbedConfigError as exc:
+        raise ConfigError(f"bad value for 'model.{exc.field}': {exc}") from None
     image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
     transforms = (open_clip.image_transform(image_size, is_train=True),
                   open_clip.image_transform(image_size, is_train=False))
     return model, get_tokenizer(cfg.model.name), transforms
 
 
-def build_loss(cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
-    """The contrastive loss of the ``loss`` section, for this process.
+def build_loss(model, cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
+    """The contrastive loss of this process, built from the model's own geometry instance.
 
-    It is called with the model's ``logit_scale``, ``geometry`` (and ``logit_bias``) from the model's
-    forward output, so it has no temperature or geometry of its own. Its similarity is built from the
-    configuration as the model's is (:func:`manifold_align_train.config.embed_config`, options included).
+    It is called with the model's ``logit_scale`` (and ``logit_bias``) from the model's forward output, as
+    open_clip's losses are: it has no temperature or geometry of its own.
     """
     return ContrastiveLoss(
-        similarity=embed_config(cfg).make_similarity(),
+        model.geometry,
         objective=cfg.loss.objective,
-        entailment_weight=cfg.loss.entailment_weight,
         local_loss=cfg.loss.local_loss,
         gather_with_grad=cfg.loss.gather_with_grad,
         check_finite=not cfg.train.skip_nonfinite,  # skipping: non-finite features make a skipped step

@@ -40,7 +40,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         "built-in defaults, identical to configs/digits-oblique.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, dotted, value parsed as YAML; repeatable "
-                             "(e.g. --set loss.similarity=cosine --set train.steps=500)")
+                             "(e.g. --set model.geometry=cosine --set train.steps=500)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,17 +11,18 @@ dotted key and, for a misspelled key, the closest valid ones.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from manifold_align.losses import SIGLIP_BIAS_INIT
+from manifold_align.temperature import AUTO, CLIP_MAX_SCALE, CLIP_TEMPERATURE
+
+from .typed_config import Check, ConfigError, apply_overrides, build_dataclass, checked, one_of
+
 __all__ = [
-    "Check",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -40,38 +41,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type or range."""
-
-
-@dataclass(frozen=True)
-class Check:
-    """A field's range check: ``accepts(value)`` must hold; ``expected`` says what is accepted, in words.
-
-    ``expected`` may be a zero-argument callable, for lists of names read from a registry when the check
-    fails (a similarity registered after import is accepted).
-    """
-
-    accepts: Callable[[Any], bool]
-    expected: Union[str, Callable[[], str]]
-    #: the accepted names, for "did you mean" hints; None for numeric checks
-    names: Optional[Callable[[], Sequence[str]]] = None
-
-    def describe(self, value: Any) -> str:
-        """What is accepted, in words, with the closest accepted name to ``value`` if there is one."""
-        text = self.expected() if callable(self.expected) else self.expected
-        if self.names is not None and isinstance(value, str):
-            close = difflib.get_close_matches(value, list(self.names()), n=1)
-            if close:
-                text += f"; did you mean {close[0]!r}?"
-        return text
-
-
-def checked(default: Any = dataclasses.MISSING, *, check: Check, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field that carries its range check (run by :func:`config_from_dict`)."""
-    return field(default=default, default_factory=default_factory, metadata={"check": check})
-
-
 def _positive(kind: str) -> Check:
     return Check(lambda v: v is None or v > 0, f"a positive {kind}")
 
@@ -83,21 +52,16 @@ def _non_negative(kind: str, note: str = "") -> Check:
 _SHARE = Check(lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]")
 
 
-def _one_of(names: Callable[[], Sequence[str]]) -> Check:
-    """Accept the names a registry lists at check time."""
-    return Check(lambda v: v in names(), lambda: "one of " + ", ".join(repr(n) for n in names()), names)
-
-
 def _dataset_names() -> Sequence[str]:
     from .data.build import DATASETS
 
     return DATASETS
 
 
-def _similarity_names() -> Sequence[str]:
-    from manifold_align import list_similarities
+def _geometry_names() -> Sequence[str]:
+    from manifold_align import list_geometries
 
-    return list_similarities()
+    return list_geometries()
 
 
 def _temperature_names() -> Sequence[str]:
@@ -123,7 +87,7 @@ class DataConfig:
     synthetic); ``num_samples`` to synthetic (training pairs) and webdataset (samples per epoch).
     """
 
-    dataset: str = checked("digits", check=_one_of(_dataset_names))
+    dataset: str = checked("digits", check=one_of(_dataset_names))
     train_data: Optional[str] = None
     val_data: Optional[str] = None
     csv_separator: str = "\t"
@@ -142,8 +106,11 @@ class ModelConfig:
 
     ``name`` is a tiny config shipped with :mod:`manifold_align.clip` (``"digits-fast"``), an open_clip
     model name (``"ViT-B-16"``) or a path to a JSON file in open_clip's format. The embedding is
-    ``n_tokens`` (k) vectors of ``token_dim`` (d) dims; the similarity, temperature and objective live in
-    the ``loss`` section. Together they make the model's
+    ``n_tokens`` (k) vectors of ``token_dim`` (d) dims scored by ``geometry``, a registered name
+    (``manifold_align.list_geometries()``, including geometries other installed packages declare), with
+    ``geometry_options`` its keyword options (``euclidean``: ``squared``; ``lorentz``: ``curvature_init``,
+    ``learn_curvature``, ``curvature_range``, ``max_radius``, ``entailment_weight``), empty for its own defaults.
+    With the ``loss`` section's temperature and objective they make the model's
     :class:`~manifold_align.clip.EmbedConfig` (:func:`embed_config`), which checks them.
 
     ``class_tokens`` is the number of class tokens each tower carries (``None``: ``n_tokens``, one
@@ -156,26 +123,30 @@ class ModelConfig:
     n_tokens: int = 16
     token_dim: int = 32
     class_tokens: Optional[int] = None
+    geometry: str = checked("oblique", check=one_of(_geometry_names))
+    geometry_options: dict[str, Any] = field(default_factory=dict)
     pretrained: Optional[str] = None
 
 
 @dataclass
 class TemperatureConfig:
-    """The softmax temperature, as a multiplicative *scale* on the similarity.
+    """The softmax temperature, as a multiplicative *scale* on the geometry's scores.
 
     ``name`` is one of ``manifold_align.temperature.list_temperatures()``. Only the fields that ``name``
     uses are passed to ``manifold_align.get_temperature``: ``fixed`` -> ``scale``; ``learnable`` ->
-    ``init`` (a temperature: the scale starts at ``1/init``) and ``max_scale``;
+    ``init`` (a temperature: the scale starts at ``1/init``), ``max_scale`` and ``min_scale``;
     ``cosine``/``linear``/``exponential`` -> ``start``, ``end`` (scales), ``steps`` (``None``:
-    ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1); ``auto`` (the default) -> the
-    similarity's own (``manifold_align.Similarity.default_temperature``: none for ``oblique``, CLIP's
-    learnable one for ``cosine``, learnable from 1/20 for ``euclidean``, from 1 for ``lorentz``).
+    ``train.steps``) and ``warmup``; ``none`` -> nothing (scale 1). ``auto`` (the default) is replaced, when
+    the configuration is built, by the geometry's own (``manifold_align.Geometry.default_temperature``: none for
+    ``oblique``, CLIP's learnable one for ``cosine``, learnable from 1/20 for ``euclidean``, from 1 for
+    ``lorentz``), so the saved configuration names the temperature the run trains with.
     """
 
-    name: str = checked("auto", check=_one_of(_temperature_names))
+    name: str = checked(AUTO, check=one_of(_temperature_names))
     scale: float = checked(1.0, check=_positive("number"))
-    init: float = checked(0.07, check=_positive("number"))
-    max_scale: float = checked(100.0, check=_positive("number"))
+    init: float = checked(CLIP_TEMPERATURE, check=_positive("number"))
+    max_scale: float = checked(CLIP_MAX_SCALE, check=_positive("number"))
+    min_scale: float = checked(0.0, check=_non_negative("number"))
     start: float = 1.0
     end: float = 10.0
     steps: Optional[int] = None
@@ -186,7 +157,7 @@ class TemperatureConfig:
         if self.name == "fixed":
             return {"name": "fixed", "scale": self.scale}
         if self.name == "learnable":
-            return {"name": "learnable", "init": self.init, "max_scale": self.max_scale}
+            return {"name": "learnable", "init": self.init, "max_scale": self.max_scale, "min_scale": self.min_scale}
         if self.name in ("cosine", "linear", "exponential"):
             steps = self.steps if self.steps is not None else default_steps
             return {"name": self.name, "start": self.start, "end": self.end, "steps": steps,
@@ -196,22 +167,16 @@ class TemperatureConfig:
 
 @dataclass
 class LossConfig:
-    """Similarity, temperature and objective of the contrastive loss.
+    """Temperature and objective of the contrastive loss (the geometry is the model's: ``model.geometry``).
 
-    ``similarity`` is a registered name (``manifold_align.list_similarities()``); ``similarity_options``
-    the keyword options of that similarity (``euclidean``: ``squared``; ``lorentz``: ``curvature_init``,
-    ``learn_curvature``, ``curvature_range``, ``max_radius``), empty for the similarity's own defaults.
-    ``entailment_weight`` weighs MERU's entailment loss (``lorentz`` only; 0: off). ``objective`` is one of
-    ``manifold_align.losses.OBJECTIVES``. ``gather_with_grad=True`` lets gradients flow through the
-    all-gathered features, which makes a run on N processes match one process on the concatenated batch.
+    ``objective`` is one of ``manifold_align.losses.OBJECTIVES``; ``bias_init`` the sigmoid objective's initial
+    bias. ``gather_with_grad=True`` lets gradients flow through the all-gathered features, which makes a run on
+    N processes match one process on the concatenated batch.
     """
 
-    similarity: str = checked("oblique", check=_one_of(_similarity_names))
-    similarity_options: dict[str, Any] = field(default_factory=dict)
-    entailment_weight: float = checked(0.0, check=_non_negative("number", " (0: off; lorentz only)"))
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
-    objective: str = checked("softmax", check=_one_of(_objective_names))
-    bias_init: float = -10.0
+    objective: str = checked("softmax", check=one_of(_objective_names))
+    bias_init: float = SIGLIP_BIAS_INIT
     local_loss: bool = False
     gather_with_grad: bool = True
 
@@ -274,7 +239,7 @@ class RunConfig:
 
 def embed_config(cfg: RunConfig):
     """The model's :class:`~manifold_align.clip.EmbedConfig` for this run: the ``model`` section's
-    shape with the ``loss`` section's similarity (and its options), temperature and objective.
+    shape and geometry with the ``loss`` section's temperature and objective.
 
     The one place the two sections meet; building it checks them together (``ValueError``).
     """
@@ -282,114 +247,47 @@ def embed_config(cfg: RunConfig):
 
     return EmbedConfig(
         n_tokens=cfg.model.n_tokens, token_dim=cfg.model.token_dim, class_tokens=cfg.model.class_tokens,
-        similarity=cfg.loss.similarity, similarity_options=dict(cfg.loss.similarity_options),
+        geometry=cfg.model.geometry, geometry_options=dict(cfg.model.geometry_options),
         temperature=cfg.loss.temperature.to_kwargs(cfg.train.steps),
         objective=cfg.loss.objective, bias_init=cfg.loss.bias_init,
     )
 
 
-def _unknown_key(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown configuration key '{key}'{hint} (valid keys here: {', '.join(valid)})")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the field type ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"bad value {value!r} for '{key}': expected {_type_name(tp)}{hint}")
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"bad value {value!r} for '{key}': expected {_type_name(tp)}")
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"bad value {value!r} for '{key}': expected a mapping of names to values")
-        return dict(value)
-    # bool is an int subclass: keep `steps: true` from passing as 1.
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
-    if ok is None:
-        raise TypeError(f"configuration field '{key}' has an unsupported type {tp!r}")
-    if not ok:
-        raise ConfigError(
-            f"bad value {value!r} ({type(value).__name__}) for '{key}': expected {_type_name(tp)}"
-        )
-    return float(value) if tp is float else value
-
-
-def _build(cls: type, values: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"'{prefix or 'config'}' must be a mapping of keys to values, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise _unknown_key(dotted, list(fields))
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, dotted)
-            continue
-        kwargs[key] = _coerce(value, tp, dotted)
-        check = fields[key].metadata.get("check")
-        if check is not None and kwargs[key] is not None and not check.accepts(kwargs[key]):
-            raise ConfigError(f"bad value {value!r} for '{dotted}': expected {check.describe(value)}")
-    return cls(**kwargs)
-
-
 # the configuration key each EmbedConfig field comes from (see embed_config)
 _EMBED_KEYS = {"n_tokens": "model.n_tokens", "token_dim": "model.token_dim", "class_tokens": "model.class_tokens",
-               "similarity": "loss.similarity", "similarity_options": "loss.similarity_options",
+               "geometry": "model.geometry", "geometry_options": "model.geometry_options",
                "objective": "loss.objective", "temperature": "loss.temperature"}
+
+
+def _resolve_auto_temperature(cfg: RunConfig) -> None:
+    """Replace ``loss.temperature.name = auto`` by the geometry's own temperature, in place (done once, here)."""
+    if cfg.loss.temperature.name != AUTO:
+        return
+    from manifold_align.geometries import geometry_class
+    from manifold_align.temperature import resolve_auto
+
+    spec = dict(resolve_auto(AUTO, geometry_class(cfg.model.geometry)))
+    fields = {f.name for f in dataclasses.fields(TemperatureConfig)}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ConfigError(f"geometry {cfg.model.geometry!r} declares a default temperature {spec!r} whose keys "
+                          f"{unknown} are not 'loss.temperature' keys ({', '.join(sorted(fields))})")
+    cfg.loss.temperature = build_dataclass(TemperatureConfig, spec, "loss.temperature")
 
 
 def _check_cross_field(cfg: RunConfig) -> None:
     """Checks that involve more than one field, or the model registry; run before anything is built."""
+    from manifold_align.clip.embed_config import EmbedConfigError
     from manifold_align.clip.registry import load_model_config
 
     try:
         load_model_config(cfg.model.name)
     except ValueError as exc:
         raise ConfigError(f"bad value {cfg.model.name!r} for 'model.name': {exc}") from None
-    from manifold_align.clip.embed_config import EmbedConfigError
-
     try:
         embed_config(cfg)
     except EmbedConfigError as exc:
         raise ConfigError(f"bad value for '{_EMBED_KEYS.get(exc.field, exc.field)}': {exc}") from None
-    _check_loss(cfg)
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:
@@ -399,74 +297,34 @@ def _check_cross_field(cfg: RunConfig) -> None:
         )
 
 
-def _check_loss(cfg: RunConfig) -> None:
-    """The loss's own checks across its keys (the entailment loss needs ``lorentz``), by building it once:
-    ``ContrastiveLoss`` owns them."""
-    from manifold_align import ContrastiveLoss
+# keys of configurations (and checkpoints) written before the geometry had its own home, and where they went
+_MOVED_KEYS = {"similarity": "model.geometry", "similarity_options": "model.geometry_options",
+               "entailment_weight": "model.geometry_options.entailment_weight"}
 
-    try:
-        ContrastiveLoss(cfg.loss.similarity, entailment_weight=cfg.loss.entailment_weight)
-    except ValueError as exc:
-        raise ConfigError(f"bad value {cfg.loss.entailment_weight!r} for 'loss.entailment_weight': {exc}") from None
+
+def _refuse_moved_keys(values: dict[str, Any] | None) -> None:
+    loss = (values or {}).get("loss")
+    moved = sorted(set(loss) & set(_MOVED_KEYS)) if isinstance(loss, dict) else []
+    if moved:
+        raise ConfigError(f"configuration keys {', '.join(f'loss.{key}' for key in moved)} are from manifold-align "
+                          f"before geometries had their own section; this version reads "
+                          f"{', '.join(_MOVED_KEYS[key] for key in moved)} instead (a checkpoint of that format "
+                          f"cannot be resumed: retrain, or rename the keys in its YAML)")
 
 
 def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
-    """Build and validate a :class:`RunConfig` from nested plain data (missing keys: defaults)."""
-    cfg = _build(RunConfig, values, "")
+    """Build and validate a :class:`RunConfig` from nested plain data (missing keys: defaults); ``auto``
+    temperatures come back resolved."""
+    _refuse_moved_keys(values)
+    cfg = build_dataclass(RunConfig, values)
     _check_cross_field(cfg)
+    _resolve_auto_temperature(cfg)
     return cfg
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Return ``cfg`` as nested plain data (YAML/JSON serializable)."""
     return dataclasses.asdict(cfg)
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} must look like key=value, e.g. loss.similarity=cosine")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse the value of override {item!r}: {exc}") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Merge dotted ``key=value`` overrides into nested plain data (values parsed as YAML).
-
-    Parameters
-    ----------
-    values : dict
-        Nested plain data, e.g. a loaded YAML file; not modified.
-    overrides : list of str
-        ``["loss.similarity=cosine", "train.steps=500"]``.
-
-    Returns
-    -------
-    dict
-        A new nested dict; unknown keys are caught later, by :func:`config_from_dict`.
-    """
-    merged = _deep_copy(values)
-    for item in overrides:
-        path, value = _parse_override(item)
-        node = merged
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if not isinstance(child, dict):
-                if child is not None:
-                    raise ConfigError(f"'{'.'.join(path[: i + 1])}' is a value, not a section")
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = value
-    return merged
-
-
-def _deep_copy(values: Any) -> Any:
-    if isinstance(values, dict):
-        return {k: _deep_copy(v) for k, v in values.items()}
-    return values
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

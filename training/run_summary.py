@@ -12,9 +12,17 @@ from .data import EMBEDDED_DATASETS
 from .evaluation import format_metrics
 from .metrics_log import json_value
 
-__all__ = ["format_report", "run_summary", "write_json"]
+__all__ = ["format_report", "geometry_values", "run_summary", "write_json"]
 
 NAMES_SHOWN = 10  # bad samples named in summary.json and the report; the counts cover all of them
+
+
+def geometry_values(geometry) -> dict[str, float]:
+    """The geometry's learned values (``Geometry.values()``) as floats, in one host transfer."""
+    import torch
+
+    values = geometry.values()
+    return dict(zip(values, torch.stack(list(values.values())).tolist())) if values else {}
 
 
 def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict[str, Any]:
@@ -25,10 +33,11 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "final_step": trainer.step,
         "final_loss": trainer.last_metrics.get("loss"),
         "final_temperature": trainer.model.temperature.value(),
-        # the temperature the model was built with ("auto" resolved to the similarity's own)
+        # the temperature the model was built with ("auto" resolved to the geometry's own)
         "temperature": trainer.model.embed_cfg.temperature,
-        "final_geometry": trainer.model.geometry_values(),
-        "final_entailment_loss": trainer.last_metrics.get("entailment_loss"),
+        "final_geometry": geometry_values(trainer.model.geometry),
+        "final_extra_losses": {key: value for key, value in trainer.last_metrics.items()
+                               if key.endswith("_loss") and key != "contrastive_loss"},
         "wall_time_seconds": wall,
         "train_seconds_total": trainer.counters.train_seconds,
         "samples_seen": trainer.counters.samples,
@@ -62,15 +71,11 @@ def _bad_text(bad: dict[str, Any]) -> str:
     return f"{bad['distinct']}" + (f" ({shown}{more})" if shown else "")
 
 
-def _temperature_text(summary: dict[str, Any], cfg: dict[str, Any]) -> str:
-    """The temperature's name; for ``auto``, the one the similarity chose, e.g. ``learnable from 1/20, auto``."""
-    asked = cfg["loss"]["temperature"]["name"]
-    spec = summary.get("temperature")
-    if asked != "auto" or not isinstance(spec, dict):
-        return asked
-    if spec.get("name") == "learnable":
-        return f"learnable from 1/{spec['init']:g}, auto"
-    return f"{spec.get('name')}, auto"
+def _temperature_text(spec: Any) -> str:
+    """The temperature the run trained with, e.g. ``learnable from 1/20``."""
+    if isinstance(spec, dict) and spec.get("name") == "learnable":
+        return f"learnable from 1/{spec['init']:g}"
+    return spec.get("name") if isinstance(spec, dict) else str(spec)
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -83,12 +88,12 @@ def format_report(summary: dict[str, Any]) -> str:
     bad_val = summary.get("bad_validation_samples", {"distinct": 0, "names": []})
     lines = [
         f"manifold-align: trained {cfg['model']['name']} on {cfg['data']['dataset']} "
-        f"({cfg['loss']['similarity']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}"
+        f"({cfg['model']['geometry']}, k={cfg['model']['n_tokens']}, d={cfg['model']['token_dim']}"
         f"{f', {tokens} class token(s) per tower' if tokens is not None else ''}"
         f"{f', caption noise {noise}' if noise is not None else ''}) for {summary['final_step']} steps",
         format_metrics(summary["final_metrics"]),
         f"  final temperature scale {summary['final_temperature']:.4g} "
-        f"({_temperature_text(summary, cfg)})   final loss {_loss_text(summary['final_loss'])}",
+        f"({_temperature_text(summary['temperature'])})   final loss {_loss_text(summary['final_loss'])}",
         _geometry_text(summary, cfg),
         f"  bad training samples {_bad_text(bad)}, met {summary['skipped_samples']} time(s) in all and "
         f"replaced; bad validation samples {_bad_text(bad_val)}, left out",
@@ -101,12 +106,12 @@ def format_report(summary: dict[str, Any]) -> str:
 
 
 def _geometry_text(summary: dict[str, Any], cfg: dict[str, Any]) -> str:
-    """The geometry's final values and the entailment loss, or nothing for a geometry without parameters."""
-    geometry = summary.get("final_geometry") or {}
-    parts = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in geometry.items()]
-    entailment = summary.get("final_entailment_loss")
-    if entailment is not None:
-        parts.append(f"entailment loss {entailment:.4f} (weight {cfg['loss'].get('entailment_weight', 0.0):g})")
+    """The geometry's final values and extra loss terms, or nothing for a geometry without either."""
+    parts = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in (summary.get("final_geometry") or {}).items()]
+    options = cfg["model"].get("geometry_options") or {}
+    for key, value in (summary.get("final_extra_losses") or {}).items():
+        weight = options.get(f"{key[:-len('_loss')]}_weight")
+        parts.append(f"{key.replace('_', ' ')} {value:.4f}" + (f" (weight {weight:g})" if weight is not None else ""))
     return f"  final {', '.join(parts)}" if parts else ""
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from manifold_align.clip import caption_length
+from manifold_align.clip import trim_padding
 
 from . import checkpoint as ckpt
 from .builders import (
@@ -38,7 +38,7 @@ from .distributed_env import DistEnv, cleanup_distributed, init_distributed
 from .evaluation import evaluate
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .rng import rng_state, seed_everything, set_rng_state
-from .run_summary import format_report, run_summary, write_json
+from .run_summary import format_report, geometry_values, run_summary, write_json
 
 __all__ = ["NonFiniteLossError", "Trainer", "train"]
 
@@ -83,13 +83,14 @@ class Trainer:
         self.model, self.tokenizer, self.transforms = build_model(cfg, self.device)
         self.data = build_data_bundle(cfg, self.env, self.tokenizer, self.transforms)
         self.forward_model = self._wrap_model()
-        self.loss_fn = build_loss(cfg, self.env)
+        self.loss_fn = build_loss(self.model, cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
         self.counters = Counters()
         self.last_metrics: dict[str, Any] = {}
         self._skipped_here = 0  # this rank's bad-sample encounters not yet in counters.skipped_samples
+        self._validated = False  # the loss checks its inputs on this process's first step
         # Different ranks draw different dropout/augmentation noise; model init was already equal.
         seed_everything(cfg.seed + 1000 * self.env.rank + 1)
 
@@ -116,39 +117,48 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         return self.cfg.train.lr * factor
 
-    def _micro_step(self, batch, n_micro: int, sync: bool):
+    def _micro_step(self, batch, n_micro: int, sync: bool, validate: bool):
         images = batch.images.to(self.device, non_blocking=True)
-        # the caption length is read on the CPU (no sync); the whole (pinned) tensor moves asynchronously
-        length = caption_length(batch.texts)
-        texts = batch.texts.to(self.device, non_blocking=True)[:, :length]
+        texts = batch.texts.to(self.device, non_blocking=True)
         no_sync = getattr(self.forward_model, "no_sync", None)
         context = no_sync() if (not sync and no_sync is not None) else nullcontext()
         with context:
             with self._autocast():
                 out = self.forward_model(image=images, text=texts)
-                result = self.loss_fn(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
-                                      logit_bias=out.get("logit_bias"), geometry=out.get("geometry"))
+                result = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
+                                      out.get("logit_bias"), validate=validate)
             self.scaler.scale(result.loss / n_micro).backward()
         return result, images.shape[0]
 
-    def _all_finite(self, *values: float) -> bool:
-        finite = all(math.isfinite(v) for v in values)
+    def _finite_flag(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """1.0 where the loss (and, without fp16's scaler, the gradient norm) is finite on every rank; on the
+        device, no host read. Every rank must take the same branch, or the next collective deadlocks."""
+        # fp16 overflow is the scaler's business (it skips the step); a non-finite *loss* is not
+        finite = torch.isfinite(loss) if self.scaler.is_enabled() else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        flag = finite.float()
         if self.env.distributed:
-            # Every rank must take the same branch, or the next collective deadlocks.
-            flag = torch.tensor(float(finite), device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item())
-        return finite
+        return flag
 
-    def train_step(self, batches: list) -> dict[str, Any]:
+    def train_step(self, batches: list, *, read_metrics: bool = True) -> dict[str, Any]:
         """Run one optimizer step over ``batches`` (``train.accumulation`` of them).
+
+        One host read of the device per step (the finite flag) when ``read_metrics`` is False; with it, the
+        flag, the loss and every diagnostic come in one transfer. The loss validates its inputs (finite, on the
+        geometry's space) on this process's first step and whenever the metrics are read.
+
+        Parameters
+        ----------
+        batches : list of Batch
+        read_metrics : bool, default True, keyword-only
+            Read the loss and diagnostics to the host (the training loop does at log steps only).
 
         Returns
         -------
         dict
-            ``loss``, ``lr``, ``temperature``, ``positive_similarity``, ``negative_similarity``,
-            ``gap``, ``grad_norm``, ``samples``, ``skipped``, ``finite``, and ``entailment_loss`` (before
-            its weight; None when ``loss.entailment_weight`` is 0).
+            ``finite``, ``samples``, ``skipped`` always; with ``read_metrics`` also ``loss``, ``lr``,
+            ``temperature``, ``contrastive_loss``, ``positive_similarity``, ``negative_similarity``, ``gap``,
+            ``grad_norm`` and the geometry's extra terms (``entailment_loss``: before its weight) as floats.
 
         Raises
         ------
@@ -158,33 +168,38 @@ class Trainer:
         self.forward_model.train()
         self.model.temperature.set_step(self.step)
         lr = self._set_lr()
+        validate = read_metrics or not self._validated
+        self._validated = True
         self.optimizer.zero_grad(set_to_none=True)
         results, samples = [], 0
         for i, batch in enumerate(batches):
-            result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1)
+            result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1, validate=validate)
             results.append(result)
             samples += n
-        # the micro-batch losses and the gradient norm reach the host in one transfer (one sync on a GPU)
-        *losses, grad_norm = torch.stack([*(r.loss.detach().float() for r in results),
-                                          self._clip_gradients().float()]).tolist()
-        loss = sum(losses) / len(losses)
-        # fp16 overflow is the scaler's business (it skips the step); a non-finite *loss* is not.
-        finite = self._all_finite(loss) if self.scaler.is_enabled() else self._all_finite(loss, grad_norm)
+        loss = torch.stack([r.loss.detach().float() for r in results]).mean()
+        grad_norm = self._clip_gradients().float()
+        flag = self._finite_flag(loss, grad_norm)
+        metrics: dict[str, Any] = {"samples": samples * self.env.world_size,
+                                   "skipped": sum(int(getattr(b, "n_skipped", 0)) for b in batches)}
+        if read_metrics:
+            diagnostics = {name: torch.stack([r.diagnostics()[name].float() for r in results]).mean()
+                           for name in results[0].diagnostics()}
+            read = dict(zip(["finite", "loss", "grad_norm", *diagnostics],
+                            torch.stack([flag, loss, grad_norm, *diagnostics.values()]).tolist()))
+            metrics.update(read, lr=lr)
+            finite = read["finite"] == 1.0
+        else:
+            finite = flag.item() == 1.0
+        metrics["finite"] = finite
         if finite:
             self.scaler.step(self.optimizer)
             self.model.clamp_()  # temperature and geometry: keeps the optimizer's view of them in range
         # always, after unscale_: a skipped step must still reset the scaler, or the next unscale_ raises
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return {
-            "loss": loss, "lr": lr, "temperature": results[-1].scale,
-            "positive_similarity": _mean(r.positive_similarity for r in results),
-            "negative_similarity": _mean(r.negative_similarity for r in results),
-            "gap": _mean(r.gap for r in results), "grad_norm": grad_norm,
-            "entailment_loss": None if results[-1].entailment is None else _mean(r.entailment for r in results),
-            "samples": samples * self.env.world_size,
-            "skipped": sum(int(getattr(b, "n_skipped", 0)) for b in batches), "finite": finite,
-        }
+        if not finite and "loss" not in metrics:
+            metrics.update(zip(("loss", "grad_norm"), torch.stack([loss, grad_norm]).tolist()))
+        return metrics
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip (``train.grad_clip``) and return the total gradient norm before clipping, 0-dim, on the device."""
@@ -263,8 +278,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self) -> Iterator:
+        """Training batches, forever, with the padding columns no caption uses cut off (exact, and short captions
+        run fewer positions); the length is read on the CPU, where the loader leaves the tokens, not on the device."""
         while True:  # the loader advances its epoch at the end of each pass
-            yield from self.data.train
+            for batch in self.data.train:
+                yield batch._replace(texts=trim_padding(batch.texts))
 
     def _nonfinite(self, metrics: dict[str, Any]) -> None:
         if not self.cfg.train.skip_nonfinite:
@@ -309,7 +327,10 @@ class Trainer:
         while self.step < cfg.train.steps:
             tic = time.perf_counter()
             group = [next(batches) for _ in range(cfg.train.accumulation)]
-            metrics = self.last_metrics = self.train_step(group)
+            log_step = (self.step + 1) % cfg.log.every == 0 or self.step + 1 == cfg.train.steps
+            metrics = self.train_step(group, read_metrics=log_step)
+            if log_step:
+                self.last_metrics = metrics
             self.counters.train_seconds += time.perf_counter() - tic
             if not metrics["finite"]:
                 self._nonfinite(metrics)
@@ -319,7 +340,7 @@ class Trainer:
             self.counters.samples += metrics["samples"]
             self._skipped_here += metrics["skipped"]
             window_samples += metrics["samples"]
-            if self.step % cfg.log.every == 0 or self.step == cfg.train.steps:
+            if log_step:
                 rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                 progress.update(1, loss=metrics["loss"], scale=metrics["temperature"], samples_per_second=rate)
                 self._log_train(log, metrics, rate)
@@ -354,21 +375,13 @@ class Trainer:
 
     def _log_train(self, log: MetricsLog, metrics: dict[str, Any], rate: float) -> None:
         self._sync_skipped()
-        row = {key: metrics[key] for key in ("loss", "lr", "temperature", "positive_similarity",
-                                             "negative_similarity", "gap", "grad_norm")}
-        if metrics["entailment_loss"] is not None:
-            row["entailment_loss"] = metrics["entailment_loss"]
-        # the geometry's parameters (lorentz: curvature, image_scale, text_scale), like the temperature
-        row.update({f"geometry_{name}": value for name, value in self.model.geometry_values().items()})
+        row = {key: value for key, value in metrics.items() if key not in ("finite", "samples", "skipped")}
+        # the geometry's learned values (lorentz: curvature, image_scale, text_scale), like the temperature
+        row.update({f"geometry_{name}": value for name, value in geometry_values(self.model.geometry).items()})
         row.update(samples_per_second=rate, peak_memory=peak_memory_mb(self.device),
                    skipped_samples=self.counters.skipped_samples,
                    nonfinite_steps=self.counters.nonfinite_steps)
         log.log(self.step, row, kind="train")
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return float(sum(values) / len(values)) if values else float("nan")
 
 
 # -- the job -----------------------------------------------------------------------------------------

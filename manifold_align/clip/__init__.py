@@ -6,7 +6,7 @@ Importable without the trainer. The names below are loaded on first use, so that
 ==========================  ===========================================================================
 module                      what it holds
 ==========================  ===========================================================================
-``embed_config``            :class:`EmbedConfig`: k, d, similarity, temperature, objective
+``embed_config``            :class:`EmbedConfig`: k, d, geometry, temperature, objective
 ``towers``                  the multi-token open_clip vision and text towers
 ``model``                   :class:`MultiTokenCLIP`
 ``registry``                model configs: open_clip's and the shipped tiny ones (``model_configs/``)

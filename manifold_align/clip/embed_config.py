@@ -1,4 +1,4 @@
-"""The embedding geometry of a multi-token model: ``k`` tokens of ``d`` dims, similarity, temperature.
+"""The embedding of a multi-token model: ``k`` tokens of ``d`` dims, geometry, temperature, objective.
 
 :class:`EmbedConfig` is validated once, when it is built; it is the ``"embed_cfg"`` key of a model JSON
 file in open_clip's format.
@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from manifold_align.losses import OBJECTIVES
-from manifold_align.similarity import Similarity, get_similarity, list_similarities
-from manifold_align.temperature import get_temperature, resolve_auto
+from manifold_align.geometries import GEOMETRIES, Geometry, check_geometry_options, get_geometry, list_geometries
+from manifold_align.losses import OBJECTIVES, SIGLIP_BIAS_INIT
+from manifold_align.temperature import AUTO, TEMPERATURES, resolve_auto
 
 __all__ = ["EmbedConfig", "EmbedConfigError"]
 
@@ -32,30 +32,29 @@ class EmbedConfig:
     Parameters
     ----------
     n_tokens : int
-        ``k``, the number of class tokens per tower, ``>= 1``.
+        ``k``, the number of tokens per embedding, ``>= 1``.
     token_dim : int
         ``d``, the dims of each token, ``>= 2``.
-    similarity : str or Similarity
-        A name from :func:`manifold_align.list_similarities` (``"oblique"``, ``"cosine"``, ...) or an
-        instance; its ``project`` puts the features on its manifold.
-    similarity_options : dict
-        Keyword arguments of the named similarity (:func:`manifold_align.get_similarity`), e.g.
-        ``{"squared": False}`` for ``euclidean``, ``{"curvature_init": 0.5, "learn_curvature": False}``
-        for ``lorentz``; empty (the default) keeps the similarity's own defaults. Must be empty with an
-        instance.
-    temperature : str, dict or Temperature
-        Anything :func:`manifold_align.get_temperature` accepts, e.g. ``{"name": "learnable",
-        "init": 0.07, "max_scale": 100.0}``. ``"auto"`` (the default) is replaced, when the config is
-        built, by the similarity's own (``Similarity.default_temperature``: none for ``oblique``, CLIP's
-        for ``cosine``), so that a saved config names the temperature it trained with.
+    geometry : str
+        A name from :func:`manifold_align.list_geometries` (``"oblique"``, ``"cosine"``, ``"lorentz"``, or one
+        registered by another package).
+    geometry_options : dict
+        Keyword options of the named geometry (:func:`manifold_align.get_geometry`), e.g. ``{"squared": False}``
+        for ``euclidean``, ``{"curvature_init": 0.5, "entailment_weight": 0.2}`` for ``lorentz``; empty (the
+        default) keeps the geometry's own defaults.
+    temperature : str or dict
+        Anything :func:`manifold_align.get_temperature` accepts by name, e.g. ``{"name": "learnable", "init":
+        0.07, "max_scale": 100.0}``. ``"auto"`` (the default) is replaced, when the config is built, by the
+        geometry's own (``Geometry.default_temperature``), so that a saved config names the temperature it
+        trained with.
     objective : str
         ``"softmax"`` (InfoNCE) or ``"sigmoid"`` (SigLIP; the model then owns a ``logit_bias``).
     bias_init : float
-        Initial ``logit_bias`` for the sigmoid objective.
+        Initial ``logit_bias`` for the sigmoid objective (SigLIP's, ``SIGLIP_BIAS_INIT``).
     embed_dim : int or None
         Declared total width; when given it must equal ``n_tokens * token_dim``.
     class_tokens : int or None
-        Class tokens each tower carries; None means ``n_tokens`` (one token per sphere). A divisor of
+        Class tokens each tower carries; None means ``n_tokens`` (one token per factor). A divisor of
         ``n_tokens``: each class token is projected to ``n_tokens / class_tokens`` blocks of ``token_dim``.
         ``class_tokens=1`` with ``n_tokens=16`` is the block control of the benchmarks: one 512-d token split
         into 16 blocks of 32, each normalized on its own sphere.
@@ -68,11 +67,11 @@ class EmbedConfig:
 
     n_tokens: int = 16
     token_dim: int = 32
-    similarity: Union[str, Similarity] = "oblique"
-    similarity_options: dict[str, Any] = field(default_factory=dict)
-    temperature: Any = "auto"
+    geometry: str = "oblique"
+    geometry_options: dict[str, Any] = field(default_factory=dict)
+    temperature: Any = AUTO
     objective: str = "softmax"
-    bias_init: float = -10.0
+    bias_init: float = SIGLIP_BIAS_INIT
     embed_dim: Optional[int] = None
     class_tokens: Optional[int] = None
 
@@ -92,41 +91,43 @@ class EmbedConfig:
                 "embed_dim", f"`embed_cfg.embed_dim` = {self.embed_dim} must equal n_tokens * token_dim = "
                 f"{self.n_tokens} * {self.token_dim} = {self.n_tokens * self.token_dim}"
             )
-        self._check_similarity()
+        self._check_geometry()
         if self.objective not in OBJECTIVES:
             raise EmbedConfigError("objective",
                                    f"`embed_cfg.objective` = {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+        self._check_temperature()
+
+    def _check_geometry(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise EmbedConfigError("geometry", f"`embed_cfg.geometry` = {self.geometry!r} is unknown; accepted: "
+                                   f"{', '.join(list_geometries())}")
+        if not isinstance(self.geometry_options, Mapping):
+            raise EmbedConfigError("geometry_options", f"`embed_cfg.geometry_options` must be a mapping of option "
+                                   f"names to values, got {self.geometry_options!r}")
         try:
-            self.temperature = resolve_auto(self.temperature, self.make_similarity())
-            get_temperature(self.temperature)
+            check_geometry_options(self.geometry, dict(self.geometry_options))
         except ValueError as exc:
+            raise EmbedConfigError("geometry_options", f"`embed_cfg.geometry_options`: {exc}") from None
+
+    def _check_temperature(self) -> None:
+        try:
+            self.temperature = resolve_auto(self.temperature, GEOMETRIES.factory(self.geometry))
+            spec = {"name": self.temperature} if isinstance(self.temperature, str) else dict(self.temperature)
+            name = spec.pop("name", None)
+            if name not in TEMPERATURES:
+                raise ValueError(f"unknown temperature {name!r}; accepted: {', '.join(TEMPERATURES.names())}")
+            TEMPERATURES.check_options(name, spec)
+        except (TypeError, ValueError) as exc:
             raise EmbedConfigError("temperature", f"`embed_cfg.temperature`: {exc}") from None
 
-    def _check_similarity(self) -> None:
-        if not isinstance(self.similarity, Similarity) and self.similarity not in list_similarities():
-            raise EmbedConfigError(
-                "similarity", f"`embed_cfg.similarity` = {self.similarity!r} is unknown; accepted: "
-                f"{', '.join(list_similarities())} or a Similarity instance"
-            )
-        if not isinstance(self.similarity_options, Mapping):
-            raise EmbedConfigError("similarity_options", f"`embed_cfg.similarity_options` must be a mapping of "
-                                   f"option names to values, got {self.similarity_options!r}")
+    def make_geometry(self) -> Geometry:
+        """A new geometry module for this embedding (``ValueError`` naming ``geometry_options`` on a bad value)."""
         try:
-            # the geometry too: its constructor checks the values (a curvature <= 0, say); three scalars
-            self.make_similarity().make_geometry(d=self.token_dim)
-        except (TypeError, ValueError) as exc:
-            raise EmbedConfigError("similarity_options", f"`embed_cfg.similarity_options` = "
-                                   f"{dict(self.similarity_options)!r} for similarity {self.similarity_name!r}: "
-                                   f"{exc}") from None
-
-    def make_similarity(self) -> Similarity:
-        """The similarity with its options: a new instance from the name (the given one if an instance)."""
-        return get_similarity(self.similarity, **dict(self.similarity_options))
-
-    @property
-    def similarity_name(self) -> str:
-        """The similarity's registry name."""
-        return self.similarity.name if isinstance(self.similarity, Similarity) else self.similarity
+            return get_geometry(self.geometry, n_tokens=self.n_tokens, token_dim=self.token_dim,
+                                **dict(self.geometry_options))
+        except ValueError as exc:
+            raise EmbedConfigError("geometry_options", f"`embed_cfg.geometry_options` = "
+                                   f"{dict(self.geometry_options)!r} for geometry {self.geometry!r}: {exc}") from None
 
     @staticmethod
     def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -160,10 +161,3 @@ class EmbedConfig:
         if unknown:
             raise ValueError(f"unknown keys in `embed_cfg`: {unknown}; accepted keys: {known}")
         return cls(**cfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping (a Similarity instance is written by its name)."""
-        out = dataclasses.asdict(self)
-        if isinstance(self.similarity, Similarity):
-            out["similarity"] = self.similarity.name
-        return out

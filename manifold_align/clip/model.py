@@ -20,7 +20,7 @@ __all__ = ["MultiTokenCLIP"]
 
 
 class MultiTokenCLIP(nn.Module):
-    """CLIP whose towers emit ``k`` tokens of ``d`` dims, projected onto the similarity's manifold.
+    """CLIP whose towers emit ``k`` tokens of ``d`` dims, projected by the model's geometry.
 
     Parameters
     ----------
@@ -29,7 +29,7 @@ class MultiTokenCLIP(nn.Module):
     text_cfg : dict or open_clip.model.CLIPTextCfg
         An open_clip text transformer config.
     embed_cfg : EmbedConfig or dict, optional
-        ``k``, ``d``, similarity, temperature, objective; defaults to ``EmbedConfig()`` (OB(32, 16)).
+        ``k``, ``d``, geometry, temperature, objective; defaults to ``EmbedConfig()`` (OB(32, 16)).
     quick_gelu : bool, keyword-only
         QuickGELU activations, as in open_clip.
     cast_dtype : torch.dtype, optional, keyword-only
@@ -39,11 +39,10 @@ class MultiTokenCLIP(nn.Module):
     ----------
     visual : manifold_align.clip.towers.MultiTokenVisionTransformer
     text : manifold_align.clip.towers.MultiTokenTextTransformer
-    similarity : manifold_align.Similarity
-    geometry : nn.Module or None
-        The similarity's learnable geometry parameters (``similarity.make_geometry(d=token_dim)``; for
-        ``lorentz`` a :class:`~manifold_align.LorentzGeometry`: curvature and modality scales), saved with
-        the weights; None for similarities without any.
+    geometry : manifold_align.Geometry
+        The one geometry of the model (``embed_cfg.make_geometry()``): it projects the towers' features, scores
+        them (the loss is built from it) and holds its learnable parameters (lorentz: curvature and modality
+        scales), saved with the weights.
     temperature : manifold_align.Temperature
     logit_bias : nn.Parameter (0-dim) or None
         Present for the sigmoid objective.
@@ -66,8 +65,7 @@ class MultiTokenCLIP(nn.Module):
         self.text = build_text_tower(text_cfg, c, w, quick_gelu=quick_gelu, cast_dtype=cast_dtype)
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size
-        self.similarity = self.embed_cfg.make_similarity()
-        self.geometry = self.similarity.make_geometry(d=self.embed_cfg.token_dim)
+        self.geometry = self.embed_cfg.make_geometry()
         self.temperature = get_temperature(self.embed_cfg.temperature)
         if self.embed_cfg.objective == "sigmoid":
             self.logit_bias = nn.Parameter(torch.tensor(float(self.embed_cfg.bias_init)))
@@ -85,19 +83,13 @@ class MultiTokenCLIP(nn.Module):
         return self.embed_cfg.token_dim
 
     def _as_points(self, tower_output: torch.Tensor, normalize: bool, modality: str) -> torch.Tensor:
-        """Tower output (B, class_tokens, k * d / class_tokens) -> (B, k, d), on the similarity's manifold
-        if ``normalize`` (cosine's flat output reshaped back)."""
+        """Tower output (B, class_tokens, k * d / class_tokens) -> (B, k, d), projected by the geometry if
+        ``normalize``."""
         features = tower_output.reshape(tower_output.shape[0], self.n_tokens, self.token_dim)
-        if not normalize:
-            return features
-        if self.geometry is None:
-            # the plain call: a user similarity without geometry may not take the keywords
-            return self.similarity.project(features).reshape(features.shape)
-        return self.similarity.project(features, geometry=self.geometry, modality=modality).reshape(features.shape)
+        return self.geometry.project(features, modality=modality) if normalize else features
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Images (B, 3, H, W) -> features (B, k, d), projected with ``similarity.project`` (and the
-        geometry, if any) if ``normalize``."""
+        """Images (B, 3, H, W) -> features (B, k, d), projected by :attr:`geometry` if ``normalize``."""
         return self._as_points(self.visual(image), normalize, "image")
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -110,15 +102,14 @@ class MultiTokenCLIP(nn.Module):
         Returns
         -------
         dict
-            ``image_features`` (B, k, d) or None, ``text_features`` (B, k, d) or None, ``logit_scale``
-            (0-dim, ``temperature.scale()``), ``geometry`` (the module :attr:`geometry`, or None: the
-            loss's ``geometry=``) and, for the sigmoid objective, ``logit_bias`` (0-dim).
+            ``image_features`` (B, k, d) or None, ``text_features`` (B, k, d) or None, ``logit_scale`` (0-dim,
+            ``temperature.scale()``) and, for the sigmoid objective, ``logit_bias`` (0-dim): the arguments of
+            :class:`~manifold_align.ContrastiveLoss` built from :attr:`geometry`.
         """
         out = {
             "image_features": self.encode_image(image) if image is not None else None,
             "text_features": self.encode_text(text) if text is not None else None,
             "logit_scale": self.temperature.scale(),
-            "geometry": self.geometry,
         }
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
@@ -142,21 +133,12 @@ class MultiTokenCLIP(nn.Module):
     def clamp_(self) -> "MultiTokenCLIP":
         """Project the temperature's and the geometry's parameters into their ranges, in place.
 
-        Call after ``optimizer.step()`` so the optimizer's view of them stays in range (their accessors
-        clamp anyway); each clamp lives with its parameter (``Temperature.clamp_``, ``LorentzGeometry.clamp_``).
-        A geometry without ``clamp_`` is left alone.
+        Call after ``optimizer.step()`` so the optimizer's view of them stays in range (their accessors clamp
+        anyway); each clamp lives with its parameter (``Temperature.clamp_``, ``Geometry.clamp_``).
         """
         self.temperature.clamp_()
-        clamp = getattr(self.geometry, "clamp_", None)
-        if clamp is not None:
-            clamp()
+        self.geometry.clamp_()
         return self
-
-    def geometry_values(self) -> dict[str, float]:
-        """The geometry's current values (``geometry.values()``, e.g. curvature and modality scales) as
-        Python floats, for logs; empty without a geometry or when it has no ``values``."""
-        values = getattr(self.geometry, "values", None)
-        return dict(values()) if values is not None else {}
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -170,6 +152,5 @@ class MultiTokenCLIP(nn.Module):
         # norms, biases, the temperature's log-scale and logit_bias are all the 1-d (or 0-d) parameters
         names |= {name for name, param in self.named_parameters() if param.ndim < 2}
         # a user geometry may hold matrices; none of its parameters is a weight to shrink towards 0
-        if self.geometry is not None:
-            names |= {f"geometry.{n}" for n, _ in self.geometry.named_parameters()}
+        names |= {f"geometry.{n}" for n, _ in self.geometry.named_parameters()}
         return names

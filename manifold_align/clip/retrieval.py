@@ -1,4 +1,4 @@
-"""Image-text retrieval recalls, ranked by the model's own similarity."""
+"""Image-text retrieval recalls, ranked by the model's own geometry."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Recall@K for image->text and text->image retrieval, ranked by ``model.similarity`` in the model's
-    geometry (``geometry=model.geometry``).
+    """Recall@K for image->text and text->image retrieval, ranked by the scores of ``model.geometry`` (a positive
+    scale and a bias do not change a ranking).
 
     Parameters
     ----------
@@ -82,8 +82,7 @@ def _retrieval_ranks(model, image_features, text_features, image_keys, text_keys
     image_rank = torch.empty(n_images, dtype=torch.long, device=image_features.device)
     positive = torch.full((n_texts,), float("-inf"), device=image_features.device)  # best correct image
     for start in range(0, n_images, chunk_size):
-        scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features,
-                                           geometry=model.geometry).float()
+        scores = model.geometry.pairwise(image_features[start : start + chunk_size], text_features).float()
         correct = image_keys[start : start + scores.shape[0], None] == text_keys[None, :]  # (chunk, Nt)
         masked = scores.masked_fill(~correct, float("-inf"))
         best = masked.max(dim=1).values
@@ -92,7 +91,6 @@ def _retrieval_ranks(model, image_features, text_features, image_keys, text_keys
         positive = torch.maximum(positive, masked.max(dim=0).values)
     text_rank = torch.zeros(n_texts, dtype=torch.long, device=image_features.device)
     for start in range(0, n_images, chunk_size):
-        scores = model.similarity.pairwise(image_features[start : start + chunk_size], text_features,
-                                           geometry=model.geometry).float()
+        scores = model.geometry.pairwise(image_features[start : start + chunk_size], text_features).float()
         text_rank += (scores > positive[None, :]).sum(dim=0)
     return image_rank, text_rank.masked_fill(positive == float("-inf"), never)

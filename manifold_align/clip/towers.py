@@ -1,7 +1,7 @@
 """Multi-token image and text towers built from open_clip's own transformer modules.
 
 Each tower emits ``k`` vectors of ``d`` dims, shape ``(B, k, d)``, unnormalized; the model projects them
-onto the similarity's manifold. Both towers are open_clip modules (:class:`open_clip.transformer.
+by the model's geometry. Both towers are open_clip modules (:class:`open_clip.transformer.
 VisionTransformer` and :class:`open_clip.transformer.TextTransformer`) subclassed to carry ``k`` class
 tokens; their blocks, norms and parameter names are open_clip's, so a stock checkpoint maps onto them
 (:mod:`manifold_align.clip.pretrained`).

@@ -1,10 +1,9 @@
 """Zero-shot classification scored with the model's own geometry, and the encoders it and retrieval use.
 
-Class embeddings live on the model's manifold: shape ``(C, k, d)``, the template average taken by
-``model.similarity.mean`` in the model's own geometry (per token: renormalized on OB(d, k), in the tangent
-space at the origin on the hyperboloids, plain in Euclidean space). Logits are
-``model.temperature(model.similarity.pairwise(..., geometry=model.geometry))`` (plus ``model.logit_bias``
-for the sigmoid objective): no hard-coded 100x scale.
+Class embeddings are points of the model's geometry: shape ``(C, k, d)``, the template average taken by
+``model.geometry.mean`` (per token: renormalized on OB(d, k), in the tangent space at the origin on the
+hyperboloids, plain in Euclidean space). Logits are ``model.geometry.logits(...)`` with the model's temperature
+scale (plus ``model.logit_bias`` for the sigmoid objective): no hard-coded 100x scale.
 """
 
 from __future__ import annotations
@@ -128,9 +127,8 @@ def build_zero_shot_classifier(
     -------
     torch.Tensor, shape (C, k, d)
         Per class, the mean over templates of the projected prompt features,
-        ``model.similarity.mean(..., geometry=model.geometry)``: per token on OB, renormalized (the whole
-        vector for cosine); per token in the tangent space at the origin for ``lorentz``; plain for
-        ``euclidean``.
+        ``model.geometry.mean(..., modality="text")``: per token on OB, renormalized (the whole vector for
+        cosine); per token in the tangent space at the origin for ``lorentz``; plain for ``euclidean``.
     """
     if not classnames or not templates:
         raise ValueError(f"`classnames` and `templates` must be non-empty, got {len(classnames)} and {len(templates)}")
@@ -138,13 +136,11 @@ def build_zero_shot_classifier(
     features = encode_texts(model, tokenizer(prompts), batch_size=batch_size, autocast=autocast)  # (C * T, k, d)
     per_template = features.view(len(classnames), len(templates), *features.shape[1:])
     with torch.no_grad():
-        if model.geometry is None:  # the plain call, as the model's own projection makes it
-            return model.similarity.mean(per_template, dim=1)
-        return model.similarity.mean(per_template, dim=1, geometry=model.geometry, modality="text")
+        return model.geometry.mean(per_template, dim=1, modality="text")
 
 
 def zero_shot_logits(model, image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Scaled similarities of images to classes.
+    """Logits of images against classes: ``model.geometry.logits`` at the model's temperature (and bias).
 
     Parameters
     ----------
@@ -156,14 +152,10 @@ def zero_shot_logits(model, image_features: torch.Tensor, classifier: torch.Tens
     Returns
     -------
     torch.Tensor, shape (B, C)
-        ``model.temperature(model.similarity.pairwise(image_features, classifier, geometry=model.geometry))``
-        (+ ``logit_bias``).
+        ``model.geometry.logits(image_features, classifier, model.temperature.scale(), model.logit_bias)``.
     """
-    scores = model.similarity.pairwise(image_features, classifier.to(image_features.device), geometry=model.geometry)
-    logits = model.temperature(scores)
-    if getattr(model, "logit_bias", None) is not None:
-        logits = logits + model.logit_bias
-    return logits
+    return model.geometry.logits(image_features, classifier.to(image_features.device), model.temperature.scale(),
+                                 getattr(model, "logit_bias", None))
 
 
 def zero_shot_accuracy(

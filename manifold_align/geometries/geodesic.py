@@ -1,0 +1,34 @@
+"""``geodesic``: minus the geodesic distance on the oblique manifold OB(d, k)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..manifolds import Oblique
+from . import register_geometry
+from .oblique import ObliqueGeometry
+
+__all__ = ["GeodesicGeometry"]
+
+_OBLIQUE = Oblique()
+
+
+@register_geometry("geodesic")
+class GeodesicGeometry(ObliqueGeometry):
+    """``-sqrt(sum_b theta_b^2)``, ``theta_b`` the angle between tokens b. Range [-pi sqrt(k), 0].
+
+    ``pairwise`` is :meth:`manifold_align.Oblique.cdist` (one batched matmul, near pairs recomputed exactly; never
+    an (Na, Nb, k, d) tensor) and ``paired`` is :meth:`manifold_align.Oblique.dist` (see ``docs/geometry.md`` for
+    their accuracy).
+    """
+
+    def value_range(self) -> tuple[float, float]:  # noqa: D102
+        return (-math.pi * math.sqrt(self.n_tokens), 0.0)
+
+    def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return -_OBLIQUE.cdist(a, b)
+
+    def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return -_OBLIQUE.dist(a, b)
