@@ -16,39 +16,26 @@ scores exist one (T, T) tile at a time (Inf-CL, Cheng et al. 2024, arXiv 2410.17
 One forward and two score evaluations per tile: the result equals the materialized computation to rounding
 (tests/test_tiled.py: 1e-5 relative in float32, 1e-10 in float64) for any score function.
 
-The score function is any ``pairwise(a, b) -> (n, m)`` (float32 or float64); ``params`` lists every tensor
-with a gradient that it reads besides its two arguments (the tensors it closes over: a geometry's
-``nn.Parameter`` objects, or a tensor derived from them once, such as the clamped curvature). Gradients are
-taken with respect to exactly those tensors, tile by tile, and summed; pass a derived tensor rather than the
-parameter behind it when the derivation has a gradient rule that is not linear in its incoming gradient
-(the inward clamp of :class:`~manifold_align.geometries.LorentzGeometry`): the rule then sees the total.
-:func:`pairwise_for` builds the pair for a similarity and its geometry.
+The scores come from a :class:`~manifold_align.geometries.Geometry` (its ``_pairwise``, the tile formula, on
+blocks of rows) or from any ``pairwise(a, b) -> (n, m)`` callable without parameters. A geometry's learnable
+parameters get their gradient tile by tile, with respect to stand-ins for the parameters (non-leaf copies, so
+that no per-use hook fires on a tile), summed and handed to the parameters once: a gradient rule on the
+parameter's total (:func:`manifold_align.bounds.clamped`) sees the same total as in the materialized loss.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dtypes import autocast_disabled
-from .manifolds.lorentz import space_cdist
+from .geometries import Geometry, scale_scores
 
-__all__ = [
-    "Pairwise",
-    "auto_tile_size",
-    "materialized_sigmoid_loss",
-    "materialized_softmax_loss",
-    "pairwise_for",
-    "tiled_sigmoid_loss",
-    "tiled_softmax_loss",
-]
-
-#: ``pairwise(a, b) -> (n, m)`` scores of every row of ``a`` against every row of ``b``
-Pairwise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["TiledLoss", "auto_tile_size", "tile_side", "tiled_sigmoid_loss", "tiled_softmax_loss"]
 
 #: score entries of one tile (times the grid factor, see auto_tile_size); 2^21 float32 values are 8 MiB:
 #: large enough that the tile's matmul runs at full speed, small enough to stay in a large cache
@@ -60,58 +47,12 @@ _MATERIALIZE_UP_TO = 2**24
 
 
 # --------------------------------------------------------------------------------------------------
-# score functions
+# tile sizes and score sources
 # --------------------------------------------------------------------------------------------------
-def pairwise_for(similarity, geometry: Optional[nn.Module] = None) -> tuple[Pairwise, tuple[torch.Tensor, ...]]:
-    """The ``(pairwise, params)`` pair of a similarity and its learnable geometry, for the tiled losses.
-
-    Parameters
-    ----------
-    similarity : Similarity
-        A :class:`~manifold_align.similarity.Similarity`.
-    geometry : nn.Module, optional
-        Its learnable geometry (``similarity.make_geometry``), None for similarities without one.
-
-    Returns
-    -------
-    pairwise : callable
-        ``pairwise(a, b) -> (n, m)``, the similarity's own formula (validation, upcast, autocast off).
-    params : tuple of torch.Tensor
-        The tensors ``pairwise`` reads that take a gradient. For the hyperboloid, the clamped curvature
-        computed here once (so that its clamp rule sees the summed gradient of all tiles) and a formula
-        that reads it; otherwise the geometry's trainable parameters.
-    """
-    if geometry is None:
-        if similarity.name in _MATMUL_SCORES and getattr(similarity, "squared", True):
-            return _with_grid_factor(similarity.pairwise, 1), ()
-        return similarity.pairwise, ()
-    curvature = getattr(geometry, "curvature", None)
-    if similarity.name == "lorentz" and callable(curvature):
-        c = curvature()
-        precise = similarity.precise
-
-        def lorentz(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            # the similarity's formula with c fixed: -sum_b d_b, space_cdist's one (n, m) pass for the sum
-            return -space_cdist(a, b, c, precise=precise, sum_factors=True)
-
-        return lorentz, (c,)
-    params = tuple(p for p in geometry.parameters() if p.requires_grad)
-    return (lambda a, b: similarity.pairwise(a, b, geometry=geometry)), params
-
-
-#: built-in similarities whose scores are one matmul of the flattened features (no per-token grid); for
-#: ``euclidean`` only its squared form
-_MATMUL_SCORES = ("cosine", "oblique", "chordal", "euclidean")
-
-
-def _with_grid_factor(pairwise: Pairwise, grid_factor: int) -> Pairwise:
-    """``pairwise`` declaring how many values it holds per score (see :func:`auto_tile_size`)."""
-
-    def declared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return pairwise(a, b)
-
-    declared.grid_factor = grid_factor
-    return declared
+def tile_side(grid_factor: int = 1) -> int:
+    """The side T, a power of two >= 64, of square (T, T) tiles with at most 2^21 values times ``grid_factor``."""
+    side = int(math.isqrt(_TILE_BUDGET // max(1, int(grid_factor))))
+    return max(64, 1 << (side.bit_length() - 1))
 
 
 def auto_tile_size(n_rows: int, n_cols: int, grid_factor: int = 1) -> Optional[int]:
@@ -121,67 +62,59 @@ def auto_tile_size(n_rows: int, n_cols: int, grid_factor: int = 1) -> Optional[i
     ----------
     n_rows, n_cols : int
     grid_factor : int, default 1
-        Values the score function holds per score (``k`` for a geometry with a (k, n, m) grid such as
-        ``lorentz``; 1 for a matmul).
+        Values the score formula holds per score (:meth:`Geometry.score_grid`: ``k`` for a (k, n, m) grid
+        such as ``lorentz``'s, 1 for a matmul).
 
     Returns
     -------
     int or None
-        None when ``n_rows * n_cols * grid_factor`` is at most 2^24 (64 MiB of float32); else the side T,
-        a power of two, of a (T, T) tile with at most 2^21 values (times the grid factor).
+        None when ``n_rows * n_cols * grid_factor`` is at most 2^24 (64 MiB of float32); else
+        :func:`tile_side`.
     """
-    g = max(1, int(grid_factor))
-    if n_rows * n_cols * g <= _MATERIALIZE_UP_TO:
+    if n_rows * n_cols * max(1, int(grid_factor)) <= _MATERIALIZE_UP_TO:
         return None
-    side = int(math.isqrt(_TILE_BUDGET // g))
-    return max(64, 1 << (side.bit_length() - 1))
+    return tile_side(grid_factor)
 
 
-def _grid_factor(pairwise: Pairwise, features: torch.Tensor) -> int:
-    """The values ``pairwise`` holds per score: its ``grid_factor`` attribute where it declares one, else k of
-    (N, k, d) features (a score may hold a (k, n, m) grid, as ``lorentz`` does), 1 for (N, D)."""
-    declared = getattr(pairwise, "grid_factor", None)
-    if declared is not None:
-        return int(declared)
+class _TileScores(nn.Module):
+    """``geometry._pairwise`` as a module's forward, for ``torch.func.functional_call`` with stand-in parameters."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        super().__init__()
+        self.geometry = geometry
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.geometry._pairwise(a, b)
+
+
+def _score_source(scores) -> tuple[Callable, tuple[torch.Tensor, ...]]:
+    """``(fn(a, b, *params), params)`` of a Geometry (its trainable parameters) or a plain callable."""
+    if isinstance(scores, Geometry):
+        module = _TileScores(scores)
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        names = tuple(name for name, _ in named)
+
+        def fn(a, b, *params):
+            if not params:
+                return module(a, b)
+            return torch.func.functional_call(module, dict(zip(names, params)), (a, b), strict=False)
+
+        return fn, tuple(p for _, p in named)
+    if not callable(scores):
+        raise ValueError(f"`scores` must be a Geometry or a callable pairwise(a, b), got {type(scores).__name__}")
+    return (lambda a, b: scores(a, b)), ()
+
+
+def _grid_factor(scores, features: torch.Tensor) -> int:
+    """A geometry's :meth:`~Geometry.score_grid`; for a plain callable k of the (N, k, d) features (safe for
+    a per-token grid), 1 for (N, D)."""
+    if isinstance(scores, Geometry):
+        return scores.score_grid()
     return features.shape[1] if features.dim() == 3 else 1
 
 
-# --------------------------------------------------------------------------------------------------
-# materialized losses (the reference formulas, and the path below the tiling threshold)
-# --------------------------------------------------------------------------------------------------
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _scores(pairwise: Pairwise, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    with autocast_disabled(a.device):
-        return _upcast(pairwise(_upcast(a), _upcast(b)))
-
-
-def materialized_softmax_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwise, *,
-                              logit_scale: torch.Tensor, image_all: Optional[torch.Tensor] = None,
-                              text_all: Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
-    """Symmetric InfoNCE with the whole score matrix (arguments as :func:`tiled_softmax_loss`)."""
-    scale = logit_scale.reshape(())
-    if image_all is None:
-        sim = _scores(pairwise, image, text)
-        per_image, per_text = sim, sim.T
-    else:
-        per_image = _scores(pairwise, image, text_all)
-        per_text = _scores(pairwise, image_all, text).T
-    labels = torch.arange(per_image.shape[0], device=per_image.device) + offset
-    return (F.cross_entropy(scale * per_image, labels) + F.cross_entropy(scale * per_text, labels)) / 2
-
-
-def materialized_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwise, *,
-                              logit_scale: torch.Tensor, logit_bias: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """SigLIP's loss with the whole score matrix (arguments as :func:`tiled_sigmoid_loss`)."""
-    sim = _scores(pairwise, image, text)
-    logits = logit_scale.reshape(()) * sim + logit_bias.reshape(())
-    n = image.shape[0]
-    labels = -torch.ones_like(logits)
-    labels[torch.arange(n, device=logits.device), torch.arange(n, device=logits.device) + offset] = 1.0
-    return -F.logsigmoid(labels * logits).sum() / n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,9 +152,8 @@ def _positives(term: _Term, i0: int, i1: int, j0: int, j1: int):
 
 
 def _logits(s: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    # the materialized formula's order of operations, so both round alike
-    logits = scale * s
-    return logits if bias is None else logits + bias
+    # the geometry's one logits formula, so that tiles round as the materialized loss does
+    return scale_scores(s, scale, bias)
 
 
 def _pos_values(logits: torch.Tensor, where) -> torch.Tensor:
@@ -230,27 +162,33 @@ def _pos_values(logits: torch.Tensor, where) -> torch.Tensor:
 
 
 class _TiledLoss(torch.autograd.Function):
-    """Loss over tiles; backward recomputes every tile's scores (see the module docstring)."""
+    """Loss over tiles; backward recomputes every tile's scores (see the module docstring).
+
+    Returns the loss and, without gradient, ``(sum of scores, sum of positive scores)`` of the first term (the
+    image rows against their columns), for the diagnostics.
+    """
 
     @staticmethod
-    def forward(ctx, pairwise, terms, tile, n_features, scale, bias, *tensors):  # noqa: D102
+    def forward(ctx, fn, terms, tile, n_features, scale, bias, *tensors):  # noqa: D102
         features, params = tensors[:n_features], tensors[n_features:]
         scale_v = scale.detach().reshape(())
         bias_v = None if bias is None else bias.detach().reshape(())
-        device = features[0].device
-        with torch.no_grad(), autocast_disabled(device):
-            total, saved = None, []
+        pairwise = lambda a, b: fn(a, b, *params)  # noqa: E731
+        with torch.no_grad(), autocast_disabled(features[0].device):
+            total, saved, stats = None, [], None
             for term in terms:
-                value, lse_r, lse_c = _forward_term(pairwise, term, features, tile, scale_v, bias_v)
+                value, lse_r, lse_c, sums = _forward_term(pairwise, term, features, tile, scale_v, bias_v)
                 total = value if total is None else total + value
+                stats = sums if stats is None else stats
                 saved += [lse_r, lse_c]
-        ctx.pairwise, ctx.terms, ctx.tile, ctx.n_features = pairwise, terms, tile, n_features
+        ctx.fn, ctx.terms, ctx.tile, ctx.n_features = fn, terms, tile, n_features
         ctx.has_bias = bias is not None
         ctx.save_for_backward(scale, *([bias] if bias is not None else []), *features, *params, *saved)
-        return total
+        ctx.mark_non_differentiable(stats)
+        return total, stats
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out, _grad_stats):  # noqa: D102
         saved = ctx.saved_tensors
         scale, rest = saved[0], saved[1:]
         bias = None
@@ -266,6 +204,11 @@ class _TiledLoss(torch.autograd.Function):
         compute = torch.promote_types(_upcast(features[0]).dtype, scale.dtype)
         grad_feat = [torch.zeros_like(f, dtype=_upcast(f).dtype) if need else None
                      for f, need in zip(features, need_feat)]
+        # leaves standing in for the parameters, read through non-leaf views: a hook on a parameter (the clamp
+        # rule of manifold_align.bounds) must see the sum over the tiles, not fire on every tile
+        leaves = [p.detach().requires_grad_(need) for p, need in zip(params, need_param)]
+        with torch.enable_grad():  # backward runs without grad mode: the views must record their origin
+            standins = [leaf.view_as(leaf) for leaf in leaves]
         # float64 sums over the tiles: a parameter's gradient adds up every score's, with cancellation
         grad_param = [torch.zeros_like(p, dtype=torch.float64) if need else None for p, need in zip(params, need_param)]
         grad_scale = torch.zeros((), dtype=torch.float64, device=device)
@@ -273,10 +216,12 @@ class _TiledLoss(torch.autograd.Function):
         scale_v = scale.detach().reshape(())
         bias_v = None if bias is None else bias.detach().reshape(())
         g = grad_out.detach().reshape(()).to(compute)
+        pairwise = lambda a, b: ctx.fn(a, b, *standins)  # noqa: E731
+        wanted = [leaf for leaf, need in zip(leaves, need_param) if need]
         with autocast_disabled(device):
             for index, term in enumerate(ctx.terms):
-                _backward_term(ctx.pairwise, term, features, params, lses[2 * index], lses[2 * index + 1],
-                               ctx.tile, scale_v, bias_v, g, grad_feat, grad_param, need_param,
+                _backward_term(pairwise, term, features, wanted, lses[2 * index], lses[2 * index + 1], ctx.tile,
+                               scale_v, bias_v, g, grad_feat, [gp for gp in grad_param if gp is not None],
                                grad_scale, grad_bias)
         out_feat = [None if gf is None else gf.to(f.dtype) for gf, f in zip(grad_feat, features)]
         return (None, None, None, None,
@@ -286,31 +231,31 @@ class _TiledLoss(torch.autograd.Function):
 
 
 def _forward_term(pairwise, term, features, tile, scale, bias):
-    """(loss contribution, row log-sum-exps or None, column log-sum-exps or None) of one term, no graph."""
+    """One term without a graph: (loss contribution, row log-sum-exps or None, column log-sum-exps or None,
+    (sum of scores, sum of positive scores))."""
     a, b = features[term.a], features[term.b]
     n, m = a.shape[0], b.shape[0]
     rows = term.kind in ("row", "both")
     cols = term.kind in ("col", "both")
-    lse_r = lse_c = None
-    pos_sum = None
-    partial = None  # sigmoid: per-row sums of softplus(logits)
+    lse_r = lse_c = partial = pos_logits = pos_scores = score_sum = None
     for i0, i1 in _tiles(n, tile):
         a_t = _upcast(a[i0:i1])
         row_acc = None
         for j0, j1 in _tiles(m, tile):
             s = _upcast(pairwise(a_t, _upcast(b[j0:j1])))
             logits = _logits(s, scale, bias)
-            if lse_r is None and lse_c is None and partial is None:
-                if rows:
-                    lse_r = torch.full((n,), -math.inf, dtype=logits.dtype, device=logits.device)
-                if cols:
-                    lse_c = torch.full((m,), -math.inf, dtype=logits.dtype, device=logits.device)
-                if term.kind == "sigmoid":
-                    partial = torch.zeros(n, dtype=logits.dtype, device=logits.device)
-                pos_sum = torch.zeros(term.n_pos, dtype=logits.dtype, device=logits.device)
+            if pos_logits is None:  # the dtypes are known once the first tile is scored
+                new = lambda size, fill: torch.full((size,), fill, dtype=logits.dtype, device=logits.device)  # noqa: E731
+                lse_r = new(n, -math.inf) if rows else None
+                lse_c = new(m, -math.inf) if cols else None
+                partial = new(n, 0.0) if term.kind == "sigmoid" else None  # per-row sums of softplus(logits)
+                pos_logits, pos_scores = new(term.n_pos, 0.0), new(term.n_pos, 0.0)
+                score_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+            score_sum += s.sum(dtype=torch.float64)
             where = _positives(term, i0, i1, j0, j1)
             if where is not None:
-                pos_sum[where[2]] = _pos_values(logits, where)
+                pos_logits[where[2]] = _pos_values(logits, where)
+                pos_scores[where[2]] = _pos_values(s, where)
             if term.kind == "sigmoid":
                 tile_sum = F.softplus(logits).sum(1)
                 row_acc = tile_sum if row_acc is None else row_acc + tile_sum
@@ -324,36 +269,39 @@ def _forward_term(pairwise, term, features, tile, scale, bias):
             partial[i0:i1] = row_acc
         elif rows:
             lse_r[i0:i1] = row_acc
+    sums = torch.stack([score_sum, pos_scores.sum(dtype=torch.float64)])
     if term.kind == "sigmoid":
-        # -log sigmoid(y l) = softplus(-y l): softplus(l) for the negatives, softplus(-l) = softplus(l) - l
-        # for the positives
-        return (partial.sum() - pos_sum.sum()) * term.weight, None, None
+        # -log sigmoid(y l) = softplus(-y l): softplus(l) for the negatives, softplus(-l) = softplus(l) - l for
+        # the positives
+        return (partial.sum() - pos_logits.sum()) * term.weight, None, None, sums
     value = 0.0
     if rows:
-        value = value + (lse_r[term.row_offset: term.row_offset + term.n_pos] - pos_sum).sum()
+        value = value + (lse_r[term.row_offset: term.row_offset + term.n_pos] - pos_logits).sum()
     if cols:
-        value = value + (lse_c[term.col_offset: term.col_offset + term.n_pos] - pos_sum).sum()
-    return value * term.weight, lse_r, lse_c
+        value = value + (lse_c[term.col_offset: term.col_offset + term.n_pos] - pos_logits).sum()
+    return value * term.weight, lse_r, lse_c, sums
 
 
-def _backward_term(pairwise, term, features, params, lse_r, lse_c, tile, scale, bias, g, grad_feat,
-                   grad_param, need_param, grad_scale, grad_bias):
-    """Accumulate one term's gradients into ``grad_feat``, ``grad_param``, ``grad_scale``, ``grad_bias``."""
+def _backward_term(pairwise, term, features, leaves, lse_r, lse_c, tile, scale, bias, g, grad_feat, grad_leaves,
+                   grad_scale, grad_bias):
+    """Accumulate one term's gradients into ``grad_feat``, ``grad_leaves`` (one per entry of ``leaves``, the
+    parameter stand-ins ``pairwise`` reads), ``grad_scale`` and ``grad_bias``."""
     a, b = features[term.a], features[term.b]
     need_a, need_b = grad_feat[term.a] is not None, grad_feat[term.b] is not None
-    wanted_params = [p for p, need in zip(params, need_param) if need]
     n, m = a.shape[0], b.shape[0]
     w = term.weight
+    n_dirs = 2 if term.kind == "both" else 1
     for i0, i1 in _tiles(n, tile):
         a_t = _upcast(a[i0:i1].detach()).requires_grad_(need_a)
         for j0, j1 in _tiles(m, tile):
             b_t = _upcast(b[j0:j1].detach()).requires_grad_(need_b)
-            inputs = ([a_t] if need_a else []) + ([b_t] if need_b else []) + wanted_params
+            inputs = ([a_t] if need_a else []) + ([b_t] if need_b else []) + list(leaves)
             with torch.set_grad_enabled(bool(inputs)):
                 s = _upcast(pairwise(a_t, b_t))
             with torch.no_grad():
                 sd = s.detach()
                 logits = _logits(sd, scale, bias)
+                # d loss / d logits: the softmaxes (or sigmoids) minus the labels, times the term's weight
                 if term.kind == "sigmoid":
                     grad = torch.sigmoid(logits).mul_(w)
                 else:
@@ -364,13 +312,12 @@ def _backward_term(pairwise, term, features, params, lse_r, lse_c, tile, scale, 
                         grad.add_(torch.exp(logits - lse_c[None, j0:j1]), alpha=w)
                 where = _positives(term, i0, i1, j0, j1)
                 if where is not None:
-                    n_dirs = 1 if term.kind in ("row", "col", "sigmoid") else 2
                     torch.diagonal(grad[where[0], where[1]]).sub_(w * n_dirs)
                 grad.mul_(g)
                 grad_scale.add_((grad * sd).sum(dtype=torch.float64))
                 if bias is not None:
                     grad_bias.add_(grad.sum(dtype=torch.float64))
-            if not inputs:
+            if not inputs or s.grad_fn is None:
                 continue
             grads = torch.autograd.grad(s, inputs, grad_outputs=grad.mul_(scale), allow_unused=True)
             k = 0
@@ -380,26 +327,38 @@ def _backward_term(pairwise, term, features, params, lse_r, lse_c, tile, scale, 
             if need_b:
                 grad_feat[term.b][j0:j1] += grads[k]
                 k += 1
-            p_iter = iter(grads[k:])
-            for index, need in enumerate(need_param):
-                if need:
-                    gp = next(p_iter)
-                    if gp is not None:
-                        grad_param[index] += gp
+            for acc, gp in zip(grad_leaves, grads[k:]):
+                if gp is not None:
+                    acc += gp
 
 
 # --------------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------------
-def _resolve_tile(tile_size, n_rows: int, n_cols: int, pairwise: Pairwise, features: torch.Tensor) -> Optional[int]:
-    if tile_size is None or tile_size == "auto":
-        return auto_tile_size(n_rows, n_cols, _grid_factor(pairwise, features))
+class TiledLoss(NamedTuple):
+    """Result of the tiled losses: the loss and, without gradient, the diagnostics of the materialized loss.
+
+    Attributes
+    ----------
+    loss : torch.Tensor, 0-dim
+    positive_similarity, negative_similarity : torch.Tensor, 0-dim
+        Mean score of matched and unmatched pairs over the image rows scored (NaN without unmatched pairs).
+    """
+
+    loss: torch.Tensor
+    positive_similarity: torch.Tensor
+    negative_similarity: torch.Tensor
+
+
+def _resolve_tile(tile_size, scores, features: torch.Tensor) -> int:
+    if tile_size == "auto":
+        return tile_side(_grid_factor(scores, features))
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"`tile_size` must be None, 'auto' or an int >= 1, got {tile_size!r}")
+        raise ValueError(f"`tile_size` must be 'auto' or an int >= 1, got {tile_size!r}")
     return tile_size
 
 
-def _check_args(image, text, logit_scale, params, offset, n_cols, name_cols, *, same_rows=False):
+def _check_args(image, text, logit_scale, offset, n_cols, name_cols, *, same_rows=False):
     for t, name in ((image, "image_features"), (text, "text_features")):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2 or t.shape[0] < 1:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -409,9 +368,6 @@ def _check_args(image, text, logit_scale, params, offset, n_cols, name_cols, *, 
                          f"{image.shape[0]} and {text.shape[0]}")
     if not (isinstance(logit_scale, torch.Tensor) and logit_scale.numel() == 1):
         raise ValueError(f"`logit_scale` must be a one-element tensor, got {logit_scale!r}")
-    for p in params:
-        if not isinstance(p, torch.Tensor):
-            raise ValueError(f"`params` must hold tensors, got {type(p).__name__}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"`offset` must be an int >= 0, got {offset!r}")
     if offset + image.shape[0] > n_cols:
@@ -419,51 +375,52 @@ def _check_args(image, text, logit_scale, params, offset, n_cols, name_cols, *, 
                          f"got {n_cols}")
 
 
-def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwise, *,
-                       logit_scale: torch.Tensor, params: Sequence[torch.Tensor] = (),
+def _result(out, n_rows: int, n_cols: int) -> TiledLoss:
+    loss, (score_sum, positive_sum) = out
+    n_negative = n_rows * n_cols - n_rows
+    dtype = loss.dtype
+    negative = (score_sum - positive_sum) / n_negative if n_negative else torch.full_like(score_sum, math.nan)
+    return TiledLoss(loss, (positive_sum / n_rows).to(dtype), negative.to(dtype))
+
+
+def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit_scale: torch.Tensor,
                        image_all: Optional[torch.Tensor] = None, text_all: Optional[torch.Tensor] = None,
-                       offset: int = 0, tile_size=None) -> torch.Tensor:
-    """Symmetric InfoNCE (open_clip's ``ClipLoss``) on ``pairwise`` scores, tile by tile.
+                       offset: int = 0, tile_size="auto") -> TiledLoss:
+    """Symmetric InfoNCE (open_clip's ``ClipLoss``) tile by tile.
 
     Parameters
     ----------
-    image, text : torch.Tensor, shape (n, ...)
+    image, text : torch.Tensor, shape (n, k, d)
         Projected features, row i of each a matched pair.
-    pairwise : callable
-        ``pairwise(a, b) -> (n_a, n_b)`` scores, float32 or float64 (it is called with autocast off and
-        16-bit inputs upcast to float32); see the module docstring.
+    scores : Geometry or callable
+        The geometry that scores them (its ``_pairwise`` per tile, its parameters' gradients returned), or a
+        ``pairwise(a, b) -> (n_a, n_b)`` callable without parameters. Called with autocast off and 16-bit inputs
+        upcast to float32.
     logit_scale : torch.Tensor, one element, keyword-only
         Logits are ``logit_scale * scores``; its gradient is returned.
-    params : sequence of torch.Tensor, keyword-only
-        Every tensor with a gradient that ``pairwise`` reads besides its arguments (:func:`pairwise_for`).
-    image_all, text_all : torch.Tensor, shape (M, ...), optional, keyword-only
-        ``local_loss`` with gathered features (both or neither): ``image`` scored against ``text_all`` (the
-        image direction) and ``image_all`` against ``text`` (the text direction), the positives of row i at
-        column ``offset + i``; ``image`` and ``text`` are then this rank's rows. Without them the loss is
-        the full (n, n) one (pass gathered features as ``image`` and ``text`` for the non-local loss).
+    image_all, text_all : torch.Tensor, shape (M, k, d), optional, keyword-only
+        ``local_loss`` with gathered features (both or neither): ``image`` scored against ``text_all`` (the image
+        direction) and ``image_all`` against ``text`` (the text direction), the positives of row i at column
+        ``offset + i``; ``image`` and ``text`` are then this rank's rows. Without them the loss is the full (n, n)
+        one (pass gathered features as ``image`` and ``text`` for the non-local loss).
     offset : int, default 0, keyword-only
         ``rank * n`` with ``image_all``.
-    tile_size : int, "auto" or None, keyword-only
-        The side of the square tiles; None or ``"auto"``: :func:`auto_tile_size` (the materialized loss
-        where that is cheaper). An int at least the batch size gives one tile (still recomputed).
+    tile_size : int or "auto", default "auto", keyword-only
+        The side of the square tiles; ``"auto"``: :func:`tile_side` of the geometry's ``score_grid()``.
 
     Returns
     -------
-    torch.Tensor, 0-dim
-        The loss in nats, float32 (float64 for float64 inputs), also under autocast.
+    TiledLoss
+        The loss in nats, float32 (float64 for float64 inputs), also under autocast, and the diagnostics.
     """
     if (image_all is None) != (text_all is None):
         raise ValueError("`image_all` and `text_all` go together (local_loss), got only one of them")
     local = image_all is not None
-    _check_args(image, text, logit_scale, params, offset if local else 0,
-                text_all.shape[0] if local else text.shape[0], "text_all" if local else "text_features",
-                same_rows=True)
+    _check_args(image, text, logit_scale, offset if local else 0, text_all.shape[0] if local else text.shape[0],
+                "text_all" if local else "text_features", same_rows=True)
+    fn, params = _score_source(scores)
+    tile = _resolve_tile(tile_size, scores, image)
     n = image.shape[0]
-    n_cols = text_all.shape[0] if local else n
-    tile = _resolve_tile(tile_size, n, n_cols, pairwise, image)
-    if tile is None:
-        return materialized_softmax_loss(image, text, pairwise, logit_scale=logit_scale, image_all=image_all,
-                                         text_all=text_all, offset=offset)
     w = 1.0 / (2 * n)
     if local:
         features = (image, text_all, image_all, text)
@@ -471,21 +428,21 @@ def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwi
     else:
         features = (image, text)
         terms = (_Term(0, 1, 0, 0, n, "both", w),)
-    return _TiledLoss.apply(pairwise, terms, tile, len(features), logit_scale, None, *features, *params)
+    out = _TiledLoss.apply(fn, terms, tile, len(features), logit_scale, None, *features, *params)
+    return _result(out, n, features[1].shape[0])
 
 
-def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwise, *,
-                       logit_scale: torch.Tensor, logit_bias: torch.Tensor, params: Sequence[torch.Tensor] = (),
-                       offset: int = 0, tile_size=None) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss (open_clip's ``SigLipLoss``) on ``pairwise`` scores, tile by tile.
+def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit_scale: torch.Tensor,
+                       logit_bias: torch.Tensor, offset: int = 0, tile_size="auto") -> TiledLoss:
+    """SigLIP's pairwise sigmoid loss (open_clip's ``SigLipLoss``) tile by tile.
 
     Parameters
     ----------
-    image : torch.Tensor, shape (n, ...)
+    image : torch.Tensor, shape (n, k, d)
         This rank's projected image features.
-    text : torch.Tensor, shape (M, ...)
+    text : torch.Tensor, shape (M, k, d)
         Text features, all ranks' (gathered) under DDP; the positive of image row i is text row ``offset + i``.
-    pairwise, params, tile_size
+    scores, tile_size
         As in :func:`tiled_softmax_loss`.
     logit_scale, logit_bias : torch.Tensor, one element each, keyword-only
         Logits are ``logit_scale * scores + logit_bias``.
@@ -494,16 +451,15 @@ def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, pairwise: Pairwi
 
     Returns
     -------
-    torch.Tensor, 0-dim
-        ``-sum log sigmoid(y * logits) / n``, float32 (float64 for float64 inputs).
+    TiledLoss
+        ``-sum log sigmoid(y * logits) / n``, float32 (float64 for float64 inputs), and the diagnostics.
     """
-    _check_args(image, text, logit_scale, params, offset, text.shape[0], "text_features")
+    _check_args(image, text, logit_scale, offset, text.shape[0], "text_features")
     if not (isinstance(logit_bias, torch.Tensor) and logit_bias.numel() == 1):
         raise ValueError(f"`logit_bias` must be a one-element tensor, got {logit_bias!r}")
+    fn, params = _score_source(scores)
+    tile = _resolve_tile(tile_size, scores, image)
     n = image.shape[0]
-    tile = _resolve_tile(tile_size, n, text.shape[0], pairwise, image)
-    if tile is None:
-        return materialized_sigmoid_loss(image, text, pairwise, logit_scale=logit_scale, logit_bias=logit_bias,
-                                         offset=offset)
     terms = (_Term(0, 1, 0, offset, n, "sigmoid", 1.0 / n),)
-    return _TiledLoss.apply(pairwise, terms, tile, 2, logit_scale, logit_bias, image, text, *params)
+    out = _TiledLoss.apply(fn, terms, tile, 2, logit_scale, logit_bias, image, text, *params)
+    return _result(out, n, text.shape[0])

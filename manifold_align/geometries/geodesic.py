@@ -27,6 +27,10 @@ class GeodesicGeometry(ObliqueGeometry):
     def value_range(self) -> tuple[float, float]:  # noqa: D102
         return (-math.pi * math.sqrt(self.n_tokens), 0.0)
 
+    def score_grid(self) -> int:
+        """``k``: :meth:`Oblique.cdist` holds one angle per token and pair."""
+        return self.n_tokens
+
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return -_OBLIQUE.cdist(a, b)
 
