@@ -7,6 +7,7 @@ backward); the accumulated step sees the same 128 pairs as four batches of 32.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -68,3 +69,24 @@ def test_independent_mode_keeps_the_micro_batch_objective(tmp_path):
     assert len(results) == 4
     assert float(loss) < float(ref_loss) - 0.5
     assert abs(float(ref_loss) - math.log(128)) < abs(float(ref_loss) - math.log(32))
+
+
+@pytest.mark.slow
+def test_cli_step_one_with_accumulation_logs_the_big_batch_loss_and_gradient_norm(tmp_path):
+    """``manifold-align train --set data.batch_size=32 --set train.accumulation=4`` logs at step 1 the loss and
+    gradient norm of ``--set data.batch_size=128`` (same seed, same data)."""
+    from manifold_align_train.cli import main
+
+    common = ["--set", "train.steps=2", "--set", "train.warmup=1", "--set", "log.every=1", "--set", "log.progress=false",
+              "--set", "log.tensorboard=false", "--set", "train.threads=1", "--set", "train.device=cpu"]
+    rows = {}
+    for name, settings in (("big", ["--set", "data.batch_size=128"]),
+                           ("accumulated", ["--set", "data.batch_size=32", "--set", "train.accumulation=4"])):
+        run = tmp_path / name
+        assert main(["train", "--output", str(run), *common, *settings]) == 0
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rows[name] = next(row for row in lines if row["kind"] == "train")  # the first logged step
+    big, accumulated = rows["big"], rows["accumulated"]
+    assert big["step"] == accumulated["step"] == 1
+    assert accumulated["loss"] == pytest.approx(big["loss"], rel=1e-5)
+    assert accumulated["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-5)
