@@ -90,3 +90,32 @@ def test_cli_step_one_with_accumulation_logs_the_big_batch_loss_and_gradient_nor
     assert big["step"] == accumulated["step"] == 1
     assert accumulated["loss"] == pytest.approx(big["loss"], rel=1e-5)
     assert accumulated["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_resumed_run_with_exact_accumulation_ends_with_the_uninterrupted_weights(tmp_path):
+    """A run stopped after its step-2 checkpoint and resumed ends at step 4 with the weights of the run that went
+    straight through (the replayed random state of each micro-batch does not shift the run's generators)."""
+    import shutil
+
+    from manifold_align_train import checkpoint as ckpt
+    from manifold_align_train.cli import main
+
+    settings = ["data.batch_size=16", "train.accumulation=2", "train.steps=4", "train.warmup=1",
+                "train.checkpoint_every=2", "log.progress=false", "log.tensorboard=false", "train.threads=1",
+                "train.device=cpu", "model.geometry=lorentz", "model.geometry_options.entailment_weight=0.2"]
+    sets = [arg for item in settings for arg in ("--set", item)]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(["train", "--output", str(straight), *sets]) == 0
+    # the stopped run: the straight run's folder as a kill after the step-2 checkpoint leaves it
+    shutil.copytree(straight, stopped)
+    (stopped / "summary.json").unlink()
+    for step, path in ckpt.list_checkpoints(stopped / "checkpoints"):
+        if step > 2:
+            path.unlink()
+    assert main(["train", "--output", str(stopped), "--resume", "latest", *sets]) == 0
+    final = {run: ckpt.load_checkpoint(ckpt.find_latest_checkpoint(run / "checkpoints"))["model"]
+             for run in (straight, stopped)}
+    assert final[straight].keys() == final[stopped].keys()
+    for name, value in final[straight].items():
+        torch.testing.assert_close(final[stopped][name], value, atol=1e-6, rtol=0, msg=name)
