@@ -119,3 +119,39 @@ def test_resumed_run_with_exact_accumulation_ends_with_the_uninterrupted_weights
     assert final[straight].keys() == final[stopped].keys()
     for name, value in final[straight].items():
         torch.testing.assert_close(final[stopped][name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_each_micro_batch_is_re_run_with_the_random_state_of_its_encoding(tmp_path):
+    """With patch dropout (random per forward), the exact step's gradient is that of one graph over the four
+    micro-batches encoded in sequence from the same generator state: the re-runs replay each encoding's draws.
+    Without the replay the re-run would drop other patches and the gradient would differ."""
+    from manifold_align.clip.towers import PrefixPatchDropout
+    from manifold_align_train.config import load_config
+    from manifold_align_train.trainer import Trainer
+
+    cfg = load_config(None, BASE + ["data.batch_size=32", "train.accumulation=4"])
+    torch.set_num_threads(1)
+    trainer = Trainer(cfg, tmp_path / "run")
+    towers = [m for m in trainer.model.modules() if hasattr(m, "patch_dropout") and hasattr(m, "n_tokens")]
+    assert towers
+    for tower in towers:
+        tower.patch_dropout = PrefixPatchDropout(0.5, tower.n_tokens)
+    batches = trainer._batches()
+    micro = [next(batches) for _ in range(4)]
+    trainer.forward_model.train()
+    state = torch.get_rng_state()
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    (result,), _ = trainer._gradients(micro, validate=True)
+    exact = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+
+    torch.set_rng_state(state)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    outs = [trainer.forward_model(image=b.images, text=b.texts) for b in micro]
+    reference = trainer.loss_fn(torch.cat([o["image_features"] for o in outs]),
+                                torch.cat([o["text_features"] for o in outs]), outs[0]["logit_scale"])
+    reference.loss.backward()
+    assert abs(float(result.loss.detach()) - float(reference.loss.detach())) <= 1e-5 * abs(float(reference.loss.detach()))
+    for name, p in trainer.model.named_parameters():
+        if p.grad is not None:
+            assert _rel(exact[name], p.grad) < 1e-5, name
