@@ -12,7 +12,7 @@ What is measured (k = 16, d = 32, so k * d = 512; torch.utils.benchmark medians,
   in the same run. Each logits row reports its achieved TFLOP/s as a fraction of the peak of its dtype.
 - *Logits*: ``ObliqueSimilarity.pairwise`` on (B, k, d) bf16 features (what the towers emit under bf16
   autocast). It upcasts to float32 and switches autocast off (logits of range [-k, k] need float32, see
-  docs/similarities-and-temperatures.md), so its baseline is the float32 product of the same shape; the bf16
+  docs/geometries.md), so its baseline is the float32 product of the same shape; the bf16
   product that open_clip's ``ClipLoss`` runs under autocast is the other baseline. FLOPs = 2 B^2 k d.
 - *Loss*: forward + backward of ``ContrastiveLoss("oblique", learnable temperature)`` against open_clip's
   ``ClipLoss`` on (B, k * d) features with the same bf16 inputs under autocast. FLOPs = 3 x 2 B^2 k d.

@@ -8,7 +8,7 @@ seconds).
 
 from . import _geoopt  # noqa: F401  (first: geoopt without its import-time FutureWarning)
 from . import optim
-from .entailment import entailment_loss
+from .manifolds.lorentz.cone import entailment_loss
 from .geometries import Geometry, get_geometry, list_geometries, register_geometry
 from .geometries.lorentz import LorentzGeometry
 from .losses import ContrastiveLoss, ContrastiveLossOutput

@@ -17,10 +17,11 @@ theirs. What this module changes is where geoopt departs from ``torch.optim``:
 - ``RiemannianAdamW`` steps its Euclidean float32/float64 parameters together with torch's own
   AdamW kernel (fused on CPU and CUDA, multi-tensor elsewhere) instead of geoopt's per-tensor
   Python update with its full-size temporaries;
-- on an :class:`~manifold_align.manifolds.Oblique` parameter (float32/float64) ``RiemannianAdamW``
-  and ``RiemannianSGD`` take the same step in place (:mod:`manifold_align.oblique_steps`), with the
-  manifold's operations written out instead of geoopt's calls, each of which returns a new
-  parameter-sized tensor.
+- where a parameter's manifold offers in-place steps (``manifold.inplace_steps(param)`` returns them,
+  as :class:`~manifold_align.manifolds.Oblique` does for float32/float64 parameters, see
+  :mod:`manifold_align.manifolds.oblique.steps`) ``RiemannianAdamW`` and ``RiemannianSGD`` take the same
+  step in place, with the manifold's operations written out instead of geoopt's calls, each of which
+  returns a new parameter-sized tensor.
 
 ``parameter_groups`` splits a model's parameters into "manifold", "decay" and "no_decay" groups.
 """
@@ -37,8 +38,6 @@ from torch import nn
 from torch.optim.adamw import adamw as _torch_adamw
 
 from .dtypes import compute_dtype as _compute_dtype
-from .manifolds.oblique import Oblique
-from . import oblique_steps
 
 __all__ = ["NO_DECAY_KEYWORDS", "RiemannianAdamW", "RiemannianSGD", "parameter_groups"]
 
@@ -153,17 +152,15 @@ def _is_manifold_constrained(param: torch.Tensor) -> bool:
     return not _is_euclidean(_manifold_of(param))
 
 
-def _takes_oblique_path(param: torch.Tensor, manifold: geoopt.Manifold) -> bool:
-    """Whether the optimizers can step ``param`` in place (:mod:`manifold_align.oblique_steps`): an
-    :class:`Oblique` exactly (subclasses may change the retraction, as ObliqueExact does), float32 or
-    float64, contiguous, with a gradient of the same dtype and shape."""
-    grad = param.grad
-    return (type(manifold) is Oblique and param.dtype in _BATCHED_DTYPES and param.is_contiguous()
-            and not grad.is_sparse and grad.dtype == param.dtype and grad.shape == param.shape)
+def _inplace_steps(param: torch.Tensor, manifold: geoopt.Manifold):
+    """The manifold's in-place steps for ``param`` (``manifold.inplace_steps(param)``), or None: manifolds
+    without the method (geoopt's own, third-party ones) take the generic path."""
+    offer = getattr(manifold, "inplace_steps", None)
+    return None if offer is None else offer(param)
 
 
 def _scratch_like(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
-    """Work space shaped like ``param`` for the in-place Oblique steps: one buffer per optimizer, device
+    """Work space shaped like ``param`` for the in-place steps: one buffer per optimizer, device
     and dtype, as large as the largest parameter that needed one (not optimizer state: never saved)."""
     key = (param.device, param.dtype)
     buffers = optimizer.__dict__.setdefault("_scratch", {})
@@ -405,8 +402,9 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
     def _update(self, param: torch.Tensor, group: dict) -> int:
         """One AdamW step for ``param``; returns its step count."""
         manifold = _manifold_of(param)
-        if _takes_oblique_path(param, manifold):
-            return self._update_oblique(param, group)
+        steps = _inplace_steps(param, manifold)
+        if steps is not None:
+            return self._update_in_place(param, group, steps)
         euclidean = _is_euclidean(manifold)
         dtype = _compute_dtype(param.dtype)
         grad = _read_grad(param, dtype, private=not euclidean)
@@ -430,12 +428,12 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
         exp_avg.copy_(new_exp_avg)
         return state["step"]
 
-    def _update_oblique(self, param: torch.Tensor, group: dict) -> int:
-        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_steps`)."""
+    def _update_in_place(self, param: torch.Tensor, group: dict, steps) -> int:
+        """The same step with the manifold's in-place ``steps`` (``InplaceSteps``)."""
         state = self._init_state(param, param.dtype, amsgrad=group["amsgrad"])
         state["step"] += 1
         beta1, beta2 = (_as_float(beta) for beta in group["betas"])
-        oblique_steps.adam_step_(
+        steps.adam_step_(
             param, param.grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
             _scratch_like(self, param), lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2,
             eps=group["eps"], step=state["step"],
@@ -529,8 +527,9 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
     def _update(self, param: torch.Tensor, group: dict) -> None:
         """One SGD step for ``param``."""
         manifold = _manifold_of(param)
-        if _takes_oblique_path(param, manifold):
-            self._update_oblique(param, group)
+        steps = _inplace_steps(param, manifold)
+        if steps is not None:
+            self._update_in_place(param, group, steps)
             return
         euclidean = _is_euclidean(manifold)
         dtype = _compute_dtype(param.dtype)
@@ -549,17 +548,17 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
         param.copy_(new_point)
         buffer.copy_(new_buffer)
 
-    def _update_oblique(self, param: torch.Tensor, group: dict) -> None:
-        """The same step on an :class:`Oblique` parameter, in place (:mod:`manifold_align.oblique_steps`)."""
-        rgrad = oblique_steps.riemannian_grad(param, param.grad, out=_scratch_like(self, param))
+    def _update_in_place(self, param: torch.Tensor, group: dict, steps) -> None:
+        """The same step with the manifold's in-place ``steps`` (``InplaceSteps``)."""
+        rgrad = steps.riemannian_grad(param, param.grad, out=_scratch_like(self, param))
         momentum, buffer = group["momentum"], None
         direction = rgrad
         if momentum != 0:
             buffer = self._momentum(param, rgrad, param.dtype, momentum=momentum, dampening=group["dampening"])
             direction = rgrad.add_(buffer, alpha=momentum) if group["nesterov"] else buffer
-        oblique_steps.retract_(param.add_(direction, alpha=-_as_float(group["lr"])))
+        steps.retract_(param.add_(direction, alpha=-_as_float(group["lr"])))
         if buffer is not None:
-            oblique_steps.transport_(param, buffer)
+            steps.transport_(param, buffer)
 
     def _momentum(self, param, rgrad, dtype, *, momentum: float, dampening: float) -> torch.Tensor:
         """Update and return the momentum buffer; the first buffer is the gradient (torch rule)."""

@@ -120,8 +120,8 @@ def check_broadcastable(a_shape, a_name: str, b_shape, b_name: str, what: str) -
 def check_on_manifold(deviation: float, tolerance: float, name: str, manifold: str) -> None:
     """Raise ``ValueError`` if a measured distance from a manifold exceeds ``tolerance``.
 
-    The measuring belongs to whoever owns the manifold (for the similarities,
-    :meth:`manifold_align.similarity.Similarity.manifold_deviation`); this only compares and words
+    The measuring belongs to whoever owns the manifold (for the geometries,
+    :meth:`manifold_align.Geometry.manifold_deviation`); this only compares and words
     the error. A NaN deviation (from NaN input) passes: finiteness has its own check.
 
     Parameters
@@ -138,6 +138,6 @@ def check_on_manifold(deviation: float, tolerance: float, name: str, manifold: s
     if deviation > tolerance:
         raise ValueError(
             f"`{name}` must lie on {manifold} (largest accepted | |row| - 1 | is {tolerance:.3g}), "
-            f"got a largest | |row| - 1 | of {deviation:.3g}; project raw features with the similarity's "
+            f"got a largest | |row| - 1 | of {deviation:.3g}; project raw features with the geometry's "
             f"`project` first"
         )

@@ -14,7 +14,7 @@ from hypothesis import settings
 # A geometry from another package, declared the way an installed one is (a .dist-info with an entry point in the
 # `manifold_align.geometries` group): on the path for this process and the subprocesses tests start, before any
 # test module is collected, so every suite parametrized over list_geometries() covers it by registration alone.
-PLUGIN_SITE = Path(__file__).parent / "plugins" / "site"
+PLUGIN_SITE = Path(__file__).parent / "plugins" / "packages"
 sys.path.insert(0, str(PLUGIN_SITE))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_SITE), os.environ.get("PYTHONPATH")]))
 

@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.parametrize("override, key", [("model.token_dim=1", "'model.token_dim'"),
                                            ("model.name=ViT-B-61", "did you mean 'ViT-B-16'"),
-                                           ("loss.similarity=obliq", "did you mean 'oblique'"),
+                                           ("model.geometry=obliq", "did you mean 'oblique'"),
                                            ("data.dataset=digit", "did you mean 'digits'")])
 def test_a_bad_value_fails_before_anything_runs_and_leaves_nothing(tmp_path, capsys, override, key):
     code, err = _train(capsys, "--output", str(tmp_path / "run"), sets=QUICK + [override])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clip_reference import clip_temperature
 
 from manifold_align_train.cli import build_parser, main
 from manifold_align_train.config import (
@@ -25,7 +28,8 @@ CONFIGS = REPO / "configs"
 
 # -- defaults and shipped files ----------------------------------------------------------------
 def test_default_yaml_equals_dataclass_defaults():
-    assert load_config(CONFIGS / "digits-oblique.yaml") == RunConfig()
+    assert load_config(CONFIGS / "digits-oblique.yaml") == load_config(None) == config_from_dict(
+        config_to_dict(RunConfig()))
 
 
 SHIPPED = sorted(path.name for path in CONFIGS.glob("*.yaml"))
@@ -44,23 +48,26 @@ def test_shipped_configs_load(name):
 
 def test_sphere_baseline_is_clip_like():
     cfg = load_config(CONFIGS / "digits-sphere.yaml")
-    assert (cfg.loss.similarity, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
-    assert cfg.loss.temperature.name == "learnable" and cfg.loss.temperature.max_scale == 100.0
+    assert (cfg.model.geometry, cfg.model.n_tokens, cfg.model.token_dim) == ("cosine", 1, 512)
+    temperature = cfg.loss.temperature
+    clip = clip_temperature()  # open_clip's initial temperature and cap
+    assert (temperature.name, temperature.init, temperature.max_scale) == pytest.approx(
+        (clip["name"], clip["init"], clip["max_scale"]))
     # everything but the geometry matches the default run
     assert cfg.train == RunConfig().train and cfg.data == RunConfig().data
 
 
 def test_dump_and_load_round_trip(tmp_path):
-    cfg = load_config(None, ["loss.similarity=cosine", "train.grad_clip=null", "seed=3"])
+    cfg = load_config(None, ["model.geometry=cosine", "train.grad_clip=null", "seed=3"])
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
 
 
 # -- overrides -----------------------------------------------------------------------------------
 def test_overrides_from_the_issue():
-    cfg = load_config(None, ["loss.similarity=cosine", "loss.temperature.name=learnable",
+    cfg = load_config(None, ["model.geometry=cosine", "loss.temperature.name=learnable",
                              "data.caption_noise=0.4", "train.steps=500", "seed=1"])
-    assert cfg.loss.similarity == "cosine"
+    assert cfg.model.geometry == "cosine"
     assert cfg.loss.temperature.name == "learnable"
     assert cfg.data.caption_noise == 0.4
     assert cfg.train.steps == 500 and cfg.seed == 1
@@ -79,16 +86,24 @@ def test_apply_overrides_does_not_modify_input():
 
 
 def test_temperature_spec_only_passes_used_fields():
-    cfg = load_config(None, ["loss.temperature.name=cosine", "loss.temperature.end=4"])
-    assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 1.0, "end": 4.0,
-                                                   "steps": 100, "warmup": 0}
-    assert RunConfig().loss.temperature.to_kwargs(100) == {"name": "auto"}
+    scheduled = ["loss.temperature.start=2", "loss.temperature.end=4", "loss.temperature.warmup=3",
+                 "loss.temperature.init=0.5", "loss.temperature.scale=7"]  # the last two: not a schedule's
+    cfg = load_config(None, ["loss.temperature.name=cosine", *scheduled])
+    assert cfg.loss.temperature.to_kwargs(100) == {"name": "cosine", "start": 2.0, "end": 4.0,
+                                                   "steps": 100, "warmup": 3}
+    assert load_config(None, ["loss.temperature.name=none", *scheduled]).loss.temperature.to_kwargs(100) == {
+        "name": "none"}
 
 
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_key_names_it_and_suggests():
-    with pytest.raises(ConfigError, match=r"'loss\.similarty'.*did you mean 'similarity'"):
-        load_config(None, ["loss.similarty=cosine"])
+    with pytest.raises(ConfigError, match=r"'model\.geometri'.*did you mean 'geometry'"):
+        load_config(None, ["model.geometri=cosine"])
+    # the keys that moved to `model` are gone from `loss`
+    with pytest.raises(ConfigError, match=r"'loss\.similarity'"):
+        load_config(None, ["loss.similarity=cosine"])
+    with pytest.raises(ConfigError, match=r"'loss\.entailment_weight'"):
+        load_config(None, ["loss.entailment_weight=0.2"])
 
 
 def test_unknown_section_suggests():
@@ -108,8 +123,8 @@ def test_bad_type_names_key_and_expected_type():
 def test_bad_choice_suggests():
     with pytest.raises(ConfigError, match=r"'train\.precision'.*did you mean 'bf16'"):
         load_config(None, ["train.precision=bf61"])
-    with pytest.raises(ConfigError, match=r"'loss\.similarity'.*did you mean 'cosine'"):
-        load_config(None, ["loss.similarity=cosin"])
+    with pytest.raises(ConfigError, match=r"'model\.geometry'.*did you mean 'cosine'"):
+        load_config(None, ["model.geometry=cosin"])
 
 
 def test_bad_range():
@@ -122,34 +137,66 @@ def test_bad_range():
 def test_class_tokens_must_divide_n_tokens():
     assert load_config(None, []).model.class_tokens is None
     assert load_config(None, ["model.class_tokens=4"]).model.class_tokens == 4
-    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*must divide n_tokens = 16"):
-        load_config(None, ["model.class_tokens=5"])
+    with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*must divide n_tokens = 12"):
+        load_config(None, ["model.n_tokens=12", "model.class_tokens=5"])
     with pytest.raises(ConfigError, match=r"'model\.class_tokens'.*>= 1, got 0"):
         load_config(None, ["model.class_tokens=0"])
 
 
 def test_geometry_keys():
-    cfg = load_config(None, ["loss.similarity=euclidean", "loss.similarity_options.squared=false"])
-    assert cfg.loss.similarity_options == {"squared": False} and cfg.loss.entailment_weight == 0.0
+    cfg = load_config(None, ["model.geometry=euclidean", "model.geometry_options.squared=false"])
+    assert cfg.model.geometry_options == {"squared": False}
     from manifold_align_train.config import embed_config
 
-    assert embed_config(cfg).make_similarity().squared is False
-    cfg = load_config(None, ["loss.similarity=lorentz", "loss.entailment_weight=0.2",
-                             "loss.similarity_options={curvature_init: 0.5, learn_curvature: false}"])
-    assert cfg.loss.entailment_weight == 0.2 and cfg.loss.similarity_options["curvature_init"] == 0.5
+    assert embed_config(cfg).make_geometry().squared is False
+    cfg = load_config(None, ["model.geometry=lorentz", "model.geometry_options.entailment_weight=0.2",
+                             "model.geometry_options={curvature_init: 0.5, learn_curvature: false, "
+                             "entailment_weight: 0.2}"])
+    assert cfg.model.geometry_options["curvature_init"] == 0.5
+    geometry = embed_config(cfg).make_geometry()
+    assert geometry.entailment_weight == 0.2 and not geometry.log_curvature.requires_grad
+
+
+@pytest.mark.parametrize("geometry", ["oblique", "cosine", "euclidean", "lorentz"])
+def test_auto_temperature_is_resolved_once_into_the_config(geometry):
+    """The saved configuration names the temperature the run trains with: a later default cannot change it."""
+    from manifold_align import get_geometry
+
+    cfg = load_config(None, [f"model.geometry={geometry}"])
+    spec = get_geometry(geometry, n_tokens=2, token_dim=4).default_temperature
+    assert cfg.loss.temperature.name == spec["name"] != "auto"
+    assert cfg.loss.temperature.to_kwargs(cfg.train.steps) == {**cfg.loss.temperature.to_kwargs(1), **spec}
+    assert config_to_dict(cfg)["loss"]["temperature"]["name"] == spec["name"]
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["loss.entailment_weight=0.2"], r"'loss\.entailment_weight'.*needs the hyperboloid.*'oblique'"),
-    (["loss.similarity=lorentz", "loss.entailment_weight=-1"], r"'loss\.entailment_weight'.*non-negative"),
-    (["loss.similarity=euclidean", "loss.similarity_options.sqared=false"],
-     r"'loss\.similarity_options'.*accepted: squared"),
-    (["loss.similarity=lorentz", "loss.similarity_options.curvature_init=0"], r"'loss\.similarity_options'.*positive"),
-    (["loss.similarity_options=3"], r"'loss\.similarity_options'.*mapping"),
+    (["model.geometry_options.entailment_weight=0.2"],
+     r"'model\.geometry_options'.*'oblique' takes no option\(s\) \['entailment_weight'\]"),
+    (["model.geometry=euclidean", "model.geometry_options.sqared=false"],
+     r"'model\.geometry_options'.*accepted: squared"),
+    (["model.geometry_options=3"], r"'model\.geometry_options'.*mapping"),
 ])
 def test_bad_geometry_keys_name_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.geometry=lorentz", "model.geometry_options.entailment_weight=-1"],
+     r"'model\.geometry_options'.*`entailment_weight` must be a finite number >= 0"),
+    (["model.geometry=lorentz", "model.geometry_options.curvature_init=0"],
+     r"'model\.geometry_options'.*`curvature_init` must be a positive"),
+    (["model.geometry=euclidean", "model.geometry_options.squared=maybe"],
+     r"'model\.geometry_options'.*`squared` must be True or False"),
+])
+def test_bad_geometry_option_values_stop_the_cli_before_anything_runs(tmp_path, monkeypatch, capsys, overrides,
+                                                                      match):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", *[a for o in overrides for a in ("--set", o)], "--set", "name=bad"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_section_given_a_value():
@@ -167,9 +214,11 @@ def test_yaml_file_error_names_the_file(tmp_path):
 
 
 def test_config_to_dict_is_plain():
-    values = config_to_dict(RunConfig())
-    assert values["loss"]["temperature"]["name"] == "auto"
-    assert config_from_dict(values) == RunConfig()
+    cfg = load_config(None, [])
+    values = config_to_dict(cfg)
+    assert type(values["loss"]["temperature"]) is dict
+    json.loads(json.dumps(values))  # plain containers and scalars only
+    assert config_from_dict(values) == cfg
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from manifold_align_train.data import (
     make_digit_pairs,
     make_digits,
     make_synthetic,
-    make_transforms,
 )
 from manifold_align_train.data.digit_pairs import (
     PAIR_RETRIEVAL_PHRASING,
@@ -41,7 +40,13 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def transforms():
-    return make_transforms(IMAGE_SIZE, context_length=16)
+    """``(preprocess_train, preprocess_val, tokenizer)``: open_clip's, as the trainer builds them for digits-fast."""
+    import open_clip
+
+    from manifold_align.clip import get_tokenizer
+
+    return (open_clip.image_transform(IMAGE_SIZE, is_train=True),
+            open_clip.image_transform(IMAGE_SIZE, is_train=False), get_tokenizer("digits-fast"))
 
 
 def held_out(source, batch_size: int = 4):
@@ -485,6 +490,34 @@ def test_csv_validation_counts_its_bad_rows(transforms, csv_folder):
 def small_dataset(transforms):
     task = make_synthetic(IMAGE_SIZE, seed=0, n_train=48)
     return InMemoryImageText(task.train_images, task.train_captions, transforms[0], transforms[2])
+
+
+class _PlainPairs(torch.utils.data.Dataset):
+    """``n`` items ``(image, tokens)`` made without transforms (torchvision's random crops read tensors)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        return torch.full((3, 2, 2), float(index)), torch.tensor([index, 1, 0])
+
+
+def test_the_loader_reads_no_tensor_per_sample():
+    """The epoch order is indexed without tensor reads: at most one per epoch (the DataLoader's base
+    seed, drawn with ``.item()`` when its iterator starts), whatever the number of samples."""
+    from test_host_reads import counting_reads
+
+    loader = ResumableLoader(_PlainPairs(64), 8, seed=0)
+    with counting_reads() as reads:
+        batches = list(loader.epoch_batches(0))
+    assert len(reads) <= 1, reads
+    assert len(batches) == 8
+    indices = torch.cat([b.texts[:, 0] for b in batches])
+    assert sorted(indices.tolist()) == list(range(64))
+    assert torch.equal(indices, torch.tensor([i for b in range(8) for i in loader.batch_indices(0, b)]))
 
 
 def _same(a: Batch, b: Batch):

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from manifold_align.distributed import gather_features
 from manifold_align.losses import ContrastiveLoss
-from manifold_align.similarity import get_similarity
+from manifold_align import get_geometry
 
 WORLD = 2
 N_PER_RANK = 4
@@ -24,23 +24,25 @@ CASES = [  # (objective, local_loss, gather_with_grad)
 
 def _batch():
     g = torch.Generator().manual_seed(0)
-    sim = get_similarity("oblique")
-    img = sim.project(torch.randn(WORLD * N_PER_RANK, 3, 4, generator=g, dtype=torch.float64))
-    txt = sim.project(torch.randn(WORLD * N_PER_RANK, 3, 4, generator=g, dtype=torch.float64))
+    geometry = get_geometry("oblique", n_tokens=3, token_dim=4)
+    img = geometry.project(torch.randn(WORLD * N_PER_RANK, 3, 4, generator=g, dtype=torch.float64))
+    txt = geometry.project(torch.randn(WORLD * N_PER_RANK, 3, 4, generator=g, dtype=torch.float64))
     return img, txt
 
 
 def _make_loss(objective, local_loss, gather_with_grad, rank, world_size):
     return ContrastiveLoss(
-        "oblique", {"name": "fixed", "scale": 2.0}, objective, bias_init=-1.0, local_loss=local_loss,
+        get_geometry("oblique", n_tokens=3, token_dim=4), objective=objective, local_loss=local_loss,
         gather_with_grad=gather_with_grad, rank=rank, world_size=world_size,
-    ).double()
+    )
 
 
 def _run(img, txt, loss):
     img = img.clone().requires_grad_()
     txt = txt.clone().requires_grad_()
-    out = loss(img, txt)
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    bias = torch.tensor(-1.0, dtype=torch.float64) if loss.objective == "sigmoid" else None
+    out = loss(img, txt, scale, bias)
     out.loss.backward()
     return out.loss.detach(), img.grad, txt.grad
 

@@ -55,7 +55,7 @@ def model_and_transforms():
     from manifold_align.clip import create_model, get_tokenizer
 
     torch.manual_seed(0)
-    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 16, "similarity": "oblique",
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 16, "geometry": "oblique",
                                       "temperature": {"name": "none"}})
     return model, get_tokenizer(tiny_cfg()), open_clip.image_transform(32, is_train=True), \
         open_clip.image_transform(32, is_train=False)

@@ -1,4 +1,4 @@
-"""A geometry defined in another package (tests/plugins/site, an entry point in ``manifold_align.geometries``) is
+"""A geometry defined in another package (tests/plugins/packages, an entry point in ``manifold_align.geometries``) is
 found by name everywhere, with no file of manifold-align naming it."""
 
 from __future__ import annotations

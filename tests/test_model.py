@@ -23,17 +23,17 @@ from manifold_align.clip import (
 from manifold_align.clip.pretrained import convert_stock_state_dict
 from manifold_align.clip.towers import PrefixPatchDropout
 
-from manifold_align import ContrastiveLoss
+from manifold_align import ContrastiveLoss, Geometry
 from manifold_align.optim import parameter_groups
-from test_geometries import meru_loss
+from geometries.test_lorentz import meru_loss
 from tiny_config import tiny_cfg
 
 CAPTIONS = ["a photo of a cat", "two dogs playing in the snow!", "x", "a red car parked next to a tree"]
 
 
 
-def embed(k: int, d: int, similarity: str = "oblique", **kwargs) -> EmbedConfig:
-    return EmbedConfig(n_tokens=k, token_dim=d, similarity=similarity, **kwargs)
+def embed(k: int, d: int, geometry: str = "oblique", **kwargs) -> EmbedConfig:
+    return EmbedConfig(n_tokens=k, token_dim=d, geometry=geometry, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,20 @@ def test_caption_length_keeps_every_column_up_to_the_last_end_of_text():
     assert caption_length(torch.tensor([[49406, 0, 0, 49407, 0, 0], [49406, 49407, 0, 0, 0, 0]])) == 4
 
 
+def test_caption_length_of_a_cpu_batch_reads_no_tensor():
+    """The trainer calls it on every batch it draws: it reads the CPU tokens without a tensor read."""
+    from test_host_reads import counting_reads
+
+    text = open_clip.tokenizer.SimpleTokenizer(context_length=24)(CAPTIONS)
+    rows = text.tolist()
+    last_eot = max(row.index(max(row)) for row in rows)
+    strided = text.T.contiguous().T  # the same values in a column-major (non-contiguous) layout
+    with counting_reads() as reads:
+        lengths = [caption_length(text), caption_length(strided), caption_length(torch.zeros(3, 5, dtype=torch.long))]
+    assert not reads, reads
+    assert lengths == [last_eot + 1, last_eot + 1, 1]
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(24, dtype=torch.long), torch.zeros(2, 24),
                                  torch.zeros(0, 24, dtype=torch.long)])
 def test_caption_length_rejects_what_is_not_a_batch_of_token_ids(bad):
@@ -335,15 +349,15 @@ def test_state_dict_round_trip(tmp_path, images, tokens):
 def test_create_model_from_name_json_and_dict(tmp_path):
     assert open_clip.get_model_config("tiny-vit-oblique")["embed_cfg"]["n_tokens"] == 16
     by_name = create_model("tiny-vit-oblique")
-    assert (by_name.n_tokens, by_name.token_dim, by_name.similarity.name) == (16, 32, "oblique")
+    assert (by_name.n_tokens, by_name.token_dim, by_name.geometry.name) == (16, 32, "oblique")
     sphere = create_model("tiny-vit-sphere")
-    assert (sphere.n_tokens, sphere.similarity.name) == (1, "cosine") and sphere.temperature.value() > 1
-    cfg = {**tiny_cfg(), "embed_cfg": {"n_tokens": 8, "token_dim": 16, "similarity": "geodesic"}}
+    assert (sphere.n_tokens, sphere.geometry.name) == (1, "cosine") and sphere.temperature.value() > 1
+    cfg = {**tiny_cfg(), "embed_cfg": {"n_tokens": 8, "token_dim": 16, "geometry": "geodesic"}}
     path = tmp_path / "my-model.json"
     path.write_text(json.dumps(cfg))
     for spec in (cfg, path, str(path)):
         model = create_model(spec)
-        assert (model.n_tokens, model.token_dim, model.similarity.name) == (8, 16, "geodesic")
+        assert (model.n_tokens, model.token_dim, model.geometry.name) == (8, 16, "geodesic")
     assert create_model(cfg, {"n_tokens": 2, "token_dim": 4}).n_tokens == 2  # argument wins over the file
     assert get_tokenizer("tiny-vit-oblique")(["a cat"]).shape == (1, 20)
 
@@ -372,7 +386,7 @@ def test_shipped_configs_load_and_are_registered():
         ({"embed": {"n_tokens": 0}}, r"n_tokens.*>= 1"),
         ({"embed": {"token_dim": 1}}, r"token_dim.*>= 2"),
         ({"embed": {"n_tokens": 4, "token_dim": 32, "embed_dim": 512}}, r"embed_dim.*4 \* 32"),
-        ({"embed": {"similarity": "manhattan"}}, r"similarity.*manhattan.*oblique"),
+        ({"embed": {"geometry": "manhattan"}}, r"geometry.*manhattan.*oblique"),
         ({"embed": {"objective": "hinge"}}, r"objective.*softmax, sigmoid"),
         ({"embed": {"n_token": 4}}, r"unknown keys in `embed_cfg`.*n_tokens"),
         ({"vision": {"attentional_pool": True}}, r"vision_cfg.attentional_pool.*accepted: False"),
@@ -456,27 +470,28 @@ def test_compiled_model_reads_no_length_off_the_data(k, images):
 
 
 # ---------------------------------------------------------------------------------------------------
-# the similarity's geometry, owned by the model (euclidean, lorentz)
+# the model's one geometry: its parameters, its loss, its options
 
 
 @pytest.mark.parametrize("k, d", [(1, 128), (16, 8)])
-@pytest.mark.parametrize("similarity", ["lorentz", "euclidean"])
-def test_each_geometry_builds_and_runs_for_k1_and_k16(similarity, k, d, images, tokens):
+@pytest.mark.parametrize("geometry", ["lorentz", "euclidean"])
+def test_each_geometry_builds_and_runs_for_k1_and_k16(geometry, k, d, images, tokens):
     torch.manual_seed(0)
-    model = create_model(tiny_cfg(), {"similarity": similarity, "n_tokens": k, "token_dim": d})
+    model = create_model(tiny_cfg(), {"geometry": geometry, "n_tokens": k, "token_dim": d})
     out = model(images, tokens)
     assert out["image_features"].shape == out["text_features"].shape == (len(CAPTIONS), k, d)
-    assert out["geometry"] is model.geometry
-    loss = ContrastiveLoss(similarity)(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
-                                       geometry=out["geometry"])
+    assert set(out) == {"image_features", "text_features", "logit_scale"}
+    assert isinstance(model.geometry, Geometry) and model.geometry.name == geometry
+    loss = ContrastiveLoss(model.geometry)(out["image_features"], out["text_features"], out["logit_scale"])
     loss.loss.backward()
-    if similarity == "euclidean":
-        assert model.geometry is None
+    if geometry == "euclidean":
+        assert list(model.geometry.parameters()) == []
         torch.testing.assert_close(out["image_features"], model.encode_image(images, normalize=False))
         return
     assert {"geometry.log_curvature", "geometry.log_image_scale", "geometry.log_text_scale"} <= model.state_dict().keys()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.geometry.parameters())
-    assert model.geometry.d == d  # the scales start at 1 / sqrt(d), MERU's init for the token width
+    # the scales start at 1 / sqrt(d), MERU's init for the token width
+    assert model.geometry.values()["image_scale"].item() == pytest.approx(d**-0.5)
 
 
 def test_geometry_parameters_get_no_weight_decay():
@@ -498,12 +513,11 @@ def test_k1_lorentz_model_forward_and_loss_equal_merus_formula(images, tokens):
         model.geometry.log_image_scale.fill_(math.log(0.3))
         model.geometry.log_text_scale.fill_(math.log(0.45))
     out = model(images, tokens)
-    got = ContrastiveLoss("lorentz")(out["image_features"], out["text_features"], logit_scale=out["logit_scale"],
-                                     geometry=out["geometry"])
+    got = ContrastiveLoss(model.geometry)(out["image_features"], out["text_features"], out["logit_scale"])
     raw_image = model.encode_image(images, normalize=False)[:, 0].double()
     raw_text = model.encode_text(tokens, normalize=False)[:, 0].double()
-    expected = meru_loss(raw_image, raw_text, 0.6, 0.3, 0.45, float(out["logit_scale"].detach()))
-    assert abs(float(got.loss.detach()) - float(expected)) < 1e-5
+    expected = meru_loss(raw_image, raw_text, 0.6, 0.3, 0.45, out["logit_scale"].item())
+    assert abs(got.loss.item() - expected.item()) < 1e-5
 
 
 def test_lorentz_geometry_survives_the_state_dict_and_pretrained_loading(tmp_path, images, tokens):
@@ -514,35 +528,41 @@ def test_lorentz_geometry_survives_the_state_dict_and_pretrained_loading(tmp_pat
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
     loaded = create_model(tiny_cfg(), embed(4, 32, "lorentz"), pretrained=path).eval()
-    assert loaded.geometry_values() == model.geometry_values()
+    assert {k: v.item() for k, v in loaded.geometry.values().items()} == \
+        {k: v.item() for k, v in model.geometry.values().items()}
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, tokens)["text_features"], model(images, tokens)["text_features"],
                                    atol=0, rtol=0)
 
 
 def test_clamp_puts_temperature_and_geometry_back_in_range():
-    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0}))
+    # the ranges given here, not the defaults: c in [2 / 4, 2 * 4], modality scales <= 1, temperature scale <= 10
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", temperature={"name": "learnable", "max_scale": 10.0},
+                                           geometry_options={"curvature_init": 2.0, "curvature_range": 4.0}))
     with torch.no_grad():
         model.geometry.log_curvature.fill_(10.0)
         model.geometry.log_image_scale.fill_(1.0)
         model.temperature.log_scale.fill_(5.0)
     model.clamp_()
-    assert float(model.geometry.log_curvature) == pytest.approx(math.log(10.0))
+    assert float(model.geometry.log_curvature) == pytest.approx(math.log(2.0 * 4.0))
     assert float(model.geometry.log_image_scale) == 0.0
-    assert float(model.temperature.scale()) == pytest.approx(10.0)
-    create_model(tiny_cfg(), embed(2, 16)).clamp_()  # no geometry: the temperature alone
+    assert model.temperature.scale().item() == pytest.approx(10.0)
+    create_model(tiny_cfg(), embed(2, 16)).clamp_()  # no geometry parameters: the temperature alone
 
 
-def test_similarity_options_reach_the_model_and_bad_ones_name_the_field():
-    model = create_model(tiny_cfg(), embed(2, 16, "euclidean", similarity_options={"squared": False}))
-    assert model.similarity.squared is False
-    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", similarity_options={"curvature_init": 0.5,
-                                                                                  "learn_curvature": False}))
-    assert model.geometry_values()["curvature"] == pytest.approx(0.5)
-    assert not model.geometry.log_curvature.requires_grad
+def test_geometry_options_reach_the_model_and_bad_ones_name_the_field():
+    model = create_model(tiny_cfg(), embed(2, 16, "euclidean", geometry_options={"squared": False}))
+    assert model.geometry.squared is False
+    model = create_model(tiny_cfg(), embed(2, 16, "lorentz", geometry_options={"curvature_init": 0.5,
+                                                                                "learn_curvature": False,
+                                                                                "entailment_weight": 0.2}))
+    assert model.geometry.values()["curvature"].item() == pytest.approx(0.5)
+    assert not model.geometry.log_curvature.requires_grad and model.geometry.entailment_weight == 0.2
     for options, match in (({"squard": True}, "accepted: squared"), ({"squared": "no"}, "True or False")):
         with pytest.raises(ValueError, match=match) as err:
-            embed(2, 16, "euclidean", similarity_options=options)
-        assert err.value.field == "similarity_options"
+            create_model(tiny_cfg(), embed(2, 16, "euclidean", geometry_options=options))
+        assert err.value.field == "geometry_options"
     with pytest.raises(ValueError, match="curvature_init"):
-        embed(2, 16, "lorentz", similarity_options={"curvature_init": -1.0})
+        create_model(tiny_cfg(), embed(2, 16, "lorentz", geometry_options={"curvature_init": -1.0}))
+    with pytest.raises(ValueError, match="geometry_options.*mapping"):
+        embed(2, 16, "lorentz", geometry_options=3)

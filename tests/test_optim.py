@@ -16,6 +16,7 @@ from torch import nn
 
 import manifold_align.optim as optim_module
 from manifold_align.manifolds import Oblique, ObliqueExact
+from manifold_align.manifolds.oblique.steps import OBLIQUE_STEPS
 from manifold_align.optim import RiemannianAdamW, RiemannianSGD, parameter_groups
 
 DTYPE = torch.float64
@@ -331,7 +332,7 @@ def test_weight_decay_has_no_effect_on_manifold_trajectory(manifold, optimizer_c
 @pytest.mark.parametrize("config", [dict(lr=0.05), dict(lr=0.02, amsgrad=True, betas=(0.8, 0.95), eps=1e-6)])
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_adamw_on_oblique_follows_geoopt_adam_on_its_spheres(config, dtype, atol):
-    """The in-place Oblique step (manifold_align.oblique_steps) against geoopt's RiemannianAdam on
+    """The in-place Oblique step (manifold_align.manifolds.oblique.steps) against geoopt's RiemannianAdam on
     geoopt.Sphere, whose rows are the same spheres (projection retraction and transport)."""
     start = torch.stack([_random_point(4, 6, seed=seed, dtype=dtype) for seed in range(5)])  # (5, 4, 6)
     target = torch.randn(5, 4, 6, dtype=dtype, generator=torch.Generator().manual_seed(9))
@@ -368,7 +369,69 @@ def test_sgd_on_oblique_follows_geoopt_sgd_on_its_spheres(dtype, atol):
 
 
 class _ObliqueByGeooptCalls(Oblique):
-    """Oblique, but not exactly: the optimizers take their generic path (geoopt's manifold calls)."""
+    """Oblique without in-place steps: the optimizers take their generic path (geoopt's manifold calls)."""
+
+    def inplace_steps(self, param):
+        return None
+
+
+def test_oblique_offers_in_place_steps_only_where_they_apply():
+    def param(manifold, dtype=DTYPE, transposed=False):
+        data = _random_point(4, 6, seed=0, dtype=dtype)[None].expand(3, 4, 6).clone()
+        if transposed:
+            data = data.transpose(0, 1).contiguous().transpose(0, 1)
+        p = geoopt.ManifoldParameter(data, manifold=manifold)
+        p.grad = torch.ones_like(p)
+        return p
+
+    assert Oblique().inplace_steps(param(Oblique())) is OBLIQUE_STEPS
+    assert Oblique().inplace_steps(param(Oblique(), torch.float32)) is OBLIQUE_STEPS
+    assert Oblique().inplace_steps(param(Oblique(), torch.bfloat16)) is None  # float32 state: generic path
+    assert Oblique().inplace_steps(param(Oblique(), transposed=True)) is None
+    assert ObliqueExact().inplace_steps(param(ObliqueExact())) is None  # its retraction is the exponential map
+
+    class Retracting(Oblique):  # a subclass that changes the retraction falls back without saying so
+        retr = Oblique.expmap
+
+    assert Retracting().inplace_steps(param(Retracting())) is None
+
+
+class _SpheresWithSteps(geoopt.Sphere):
+    """geoopt's Sphere on rows (its math is the oblique one, row by row), offering the in-place steps, counting
+    how often the optimizers take them: the optimizers ask the manifold, not its type."""
+
+    calls = 0
+
+    def inplace_steps(self, param):
+        def counted(fn):
+            def wrapper(*args, **kwargs):
+                type(self).calls += 1
+                return fn(*args, **kwargs)
+            return wrapper
+
+        return OBLIQUE_STEPS._replace(riemannian_grad=counted(OBLIQUE_STEPS.riemannian_grad),
+                                      adam_step_=counted(OBLIQUE_STEPS.adam_step_))
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda p: RiemannianAdamW(p, lr=0.05), id="adamw"),
+    pytest.param(lambda p: RiemannianSGD(p, lr=0.05, momentum=0.9), id="sgd_momentum"),
+])
+def test_optimizers_take_the_steps_any_manifold_offers(make):
+    start = torch.stack([_random_point(4, 6, seed=seed) for seed in range(5)])
+    target = torch.randn(5, 4, 6, dtype=DTYPE, generator=torch.Generator().manual_seed(9))
+    finals = []
+    _SpheresWithSteps.calls = 0
+    for manifold in (_SpheresWithSteps(), geoopt.Sphere()):
+        x = geoopt.ManifoldParameter(start.clone(), manifold=manifold)
+        opt = make([x])
+        for _ in range(10):
+            x.grad = None
+            ((x - target).pow(2) * (1 + x.sin().pow(2))).sum().backward()
+            opt.step()
+        finals.append(x.detach())
+    assert _SpheresWithSteps.calls == 10
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("make", [

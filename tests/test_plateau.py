@@ -1,7 +1,7 @@
 """The ViT-B-16 recipe leaves loss log(N) from scratch (the from-scratch plateau, docs/training.md).
 
 ``configs/vit-b-16-webdataset.yaml``'s loss, optimizer and warmup on towers a CPU can run (``digits-deep``),
-batch 256 of digit-pairs. A recipe whose scale starts too high (the similarity sums k = 16 cosines) first
+batch 256 of digit-pairs. A recipe whose scale starts too high (the oblique score sums k = 16 cosines) first
 collapses the text features onto the already collapsed image features and then sits at log(256); see
 ``benchmarks/plateau.py`` and ``benchmarks/results/plateau.md``.
 """

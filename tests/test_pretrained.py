@@ -98,8 +98,8 @@ def test_create_model_with_a_stock_checkpoint_converts_it(checkpoint, stock, inp
     model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32}, pretrained=checkpoint).eval()
     images, _ = inputs
     with torch.no_grad():
-        similarity = (model.encode_image(images) * per_block(stock.encode_image(images), 4)).sum(-1)
-    assert similarity.min() > 0.9  # noise 0.02 on the extra class tokens only
+        cosines = (model.encode_image(images) * per_block(stock.encode_image(images), 4)).sum(-1)
+    assert cosines.min() > 0.9  # noise 0.02 on the extra class tokens only
 
 
 def test_width_mismatch_is_refused(stock):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from manifold_align.temperature import Temperature, get_temperature, list_temperatures
+from manifold_align.temperature import Temperature, get_temperature, list_temperatures, resolve_auto
 
 SCHEDULES = ["cosine", "linear", "exponential"]
 
@@ -118,12 +118,14 @@ def test_get_temperature_accepts_instances_dicts_none():
 @pytest.mark.parametrize(
     "args,kwargs,match",
     [
-        (("nope",), {}, "accepted: none, fixed, learnable"),
+        (("nope",), {}, "unknown temperature .nope. for argument `name`; accepted: cosine, exponential, fixed, learnable, "
+         "linear, none, auto"),
         (("learnable",), {"init": 0.0}, "`init`"),
         (("learnable",), {"init": -1.0}, "`init`"),
         (("learnable",), {"max_scale": 0.0}, "`max_scale`"),
         (("learnable",), {"min_scale": 200.0}, "`min_scale`"),
-        (("learnable",), {"temperature": 0.1}, r"unknown keyword.*temperature.*accepted: \['init', 'max_scale'"),
+        (("learnable",), {"temperature": 0.1},
+         r"'learnable' takes no option\(s\) \['temperature'\]; accepted: init, max_scale"),
         (("fixed",), {}, "needs arguments"),
         (("fixed",), {"scale": -1}, "`scale`"),
         (("cosine",), {"start": 1, "end": 2, "steps": 5, "warmup": 5}, "`steps`"),
@@ -136,34 +138,47 @@ def test_bad_arguments_raise(args, kwargs, match):
         get_temperature(*args, **kwargs)
 
 
-# -- "auto": the similarity's own temperature ----------------------------------------------------------------
-@pytest.mark.parametrize("similarity, kind, scale", [
+# -- "auto": the geometry's own temperature -----------------------------------------------------------------
+@pytest.mark.parametrize("geometry, kind, scale", [
     ("oblique", "NoTemperature", 1.0),  # the paper's: no scale on [-k, k]
     ("cosine", "LearnableTemperature", 1 / 0.07),  # CLIP's
     ("euclidean", "LearnableTemperature", 1 / 20),  # measured on the digits task (scale 1 stays at chance)
     ("lorentz", "LearnableTemperature", 1.0),
 ])
-def test_auto_is_the_similarity_s_own_temperature(similarity, kind, scale):
-    from manifold_align import get_similarity
+def test_auto_is_the_geometry_s_own_temperature(geometry, kind, scale):
+    from manifold_align import get_geometry
     from manifold_align.clip.embed_config import EmbedConfig
-    from manifold_align.losses import ContrastiveLoss
+    from manifold_align.geometries import geometry_class
 
-    built = get_temperature("auto", similarity=get_similarity(similarity))
-    assert type(built).__name__ == kind and built.value() == pytest.approx(scale, rel=1e-6)
-    assert ContrastiveLoss(similarity, "auto").temperature.value() == pytest.approx(scale, rel=1e-6)
+    # an instance or the class: the builders resolve "auto" from the class, before anything is built
+    for source in (get_geometry(geometry, n_tokens=2, token_dim=4), geometry_class(geometry)):
+        built = get_temperature("auto", geometry=source)
+        assert type(built).__name__ == kind and built.value() == pytest.approx(scale, rel=1e-6)
+        assert resolve_auto("auto", source) == source.default_temperature
+        assert resolve_auto({"name": "auto"}, source) == source.default_temperature
     # a config names the temperature it resolved to, so that a saved model rebuilds the same module
-    resolved = EmbedConfig(similarity=similarity).temperature
+    resolved = EmbedConfig(geometry=geometry).temperature
     assert isinstance(resolved, dict) and resolved["name"] != "auto"
     assert type(get_temperature(resolved)).__name__ == kind
 
 
-def test_auto_needs_a_similarity_and_takes_no_options():
-    from manifold_align import get_similarity
+def test_auto_needs_a_geometry_and_takes_no_options():
+    from manifold_align import get_geometry
 
-    with pytest.raises(ValueError, match="pass `similarity`"):
+    cosine = get_geometry("cosine", n_tokens=1, token_dim=4)
+    with pytest.raises(ValueError, match="pass `geometry`"):
         get_temperature("auto")
     with pytest.raises(ValueError, match=r"takes no options.*'init'"):
-        get_temperature("auto", similarity=get_similarity("cosine"), init=0.5)
+        get_temperature("auto", geometry=cosine, init=0.5)
     with pytest.raises(ValueError, match=r"takes no options.*'init'"):
-        get_temperature({"name": "auto", "init": 0.5}, similarity=get_similarity("cosine"))
+        get_temperature({"name": "auto", "init": 0.5}, geometry=cosine)
     assert "auto" in list_temperatures()
+    assert resolve_auto({"name": "fixed", "scale": 2.0}, None) == {"name": "fixed", "scale": 2.0}
+
+
+def test_clip_constants_are_clips():
+    from manifold_align.temperature import CLIP_MAX_SCALE, CLIP_TEMPERATURE
+
+    assert (CLIP_TEMPERATURE, CLIP_MAX_SCALE) == (0.07, 100.0)  # Radford et al., 2021
+    default = get_temperature("learnable")
+    assert default.value() == pytest.approx(1 / 0.07, rel=1e-6) and default.max_scale == 100.0

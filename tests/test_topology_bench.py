@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clip_reference import clip_temperature
 
 from manifold_align_train.cli import _load_script
 
@@ -43,12 +44,13 @@ def test_topology_overrides_build_valid_configs(bench):
         assert (cfg.model.n_tokens, cfg.model.token_dim) == (topo.n_tokens, topo.token_dim)
         assert cfg.loss.temperature.name == topo.temperature["name"]
         assert cfg.model.class_tokens == topo.class_tokens
+    reference = clip_temperature()  # open_clip's initial temperature and cap
     clip = load_config(None, bench.TOPOLOGIES["sphere-learnable"].overrides()).loss.temperature
-    assert (clip.init, clip.max_scale) == (0.07, 100.0)
+    assert (clip.init, clip.max_scale) == pytest.approx((reference["init"], reference["max_scale"]))
     capped = load_config(None, bench.TOPOLOGIES["oblique-learnable-3.95"].overrides()).loss.temperature
     assert capped.max_scale == 3.95
     fixed = load_config(None, bench.TOPOLOGIES["sphere-fixed"].overrides()).loss.temperature
-    assert fixed.name == "fixed" and fixed.scale == pytest.approx(1 / 0.07)
+    assert fixed.name == "fixed" and fixed.scale == pytest.approx(1 / reference["init"])
 
 
 def test_full_plan_counts_and_reuses_k16(bench):
@@ -191,7 +193,8 @@ def test_quick_end_to_end_and_resume(bench, tmp_path, capsys):
     assert by_topo["block-control"]["similarity"] == "oblique"
     assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
     assert by_topo["block-control"]["final_temperature"] == 1.0
-    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= 100.0
+    cap = bench.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
+    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
     assert by_topo["sphere-learnable"]["temperature_trajectory"]
     md = (out / "results.md").read_text()
     assert "task synthetic, towers digits-tiny, 2 steps, batch 32, seeds 0" in md
@@ -337,7 +340,9 @@ def test_fast_grid_resumes_and_report_only_reproduces(bench, fast, tmp_path, cap
 def test_gpu_profile_plan_and_budget_on_cpu(bench, fast, tmp_path, capsys):
     _, grid, _ = fast
     args = grid.resolve_args(grid.build_parser().parse_args(["--profile", "gpu"]))
-    assert (args.device, args.hidden, args.batch_size, args.time_budget) == ("cuda", 1024, 512, 540.0)
+    profile = grid.PROFILES["gpu"]
+    assert {key: getattr(args, key) for key in ("device", "hidden", "batch_size", "time_budget")} == {
+        key: profile[key] for key in ("device", "hidden", "batch_size", "time_budget")}
     assert args.output.name == "topologies-fast-gpu" and args.docs_img is None
     assert bench.main(["--mode", "fast", "--profile", "gpu", "--dry-run"]) == 0
     assert "cells, then seed chunks" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from manifold_align.geometries import geometry_class
 import manifold_align_train.builders as builders_module
 from manifold_align_train import checkpoint as ckpt
 from manifold_align_train.cli import main
@@ -42,7 +44,8 @@ def _rows(run: Path, kind: str) -> list[dict]:
 def learned_run(tmp_path_factory):
     """One 150-step run shared by the tests that only read its outputs."""
     run = tmp_path_factory.mktemp("learn") / "run"
-    cfg = load_config(None, FAST + ["train.steps=150", "train.warmup=15", "train.checkpoint_every=50"])
+    cfg = load_config(None, FAST + ["train.steps=150", "train.warmup=15", "train.checkpoint_every=50",
+                                    "train.keep_checkpoints=2"])
     summary = train(cfg, run)
     return run, summary
 
@@ -69,7 +72,7 @@ def test_outputs_are_written(learned_run):
         assert key in _rows(run, "train")[-1]
     assert {"zero_shot_top1", "zero_shot_top5", "image_to_text_R@1", "text_to_image_R@10"} <= set(
         _rows(run, "eval")[-1])
-    assert [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")] == [100, 150]  # keep 2
+    assert [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")] == [100, 150]  # the last 2
     assert (run / "config.yaml").is_file()
 
 
@@ -100,23 +103,54 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(ckpt.find_latest_checkpoint(run / "checkpoints"))["model"]
 
 
+# ``manifold-align train`` that freezes itself (SIGSTOP) once it has logged the train row of step STOP_AT,
+# so that the test's SIGKILL lands at that step whatever the machine's speed: a kill timed by the clock
+# races the run. The process is otherwise the CLI's own.
+STOP_AT = 10  # logged (log.every=5) past the last checkpoint (8): the resumed run repeats steps 9-10
+_FREEZE_AT_STEP = f"""
+import os, signal, sys
+from manifold_align_train import metrics_log
+from manifold_align_train.cli import main
+
+log = metrics_log.MetricsLog.log
+
+def log_then_freeze(self, step, metrics, *, kind="train"):
+    log(self, step, metrics, kind=kind)
+    if kind == "train" and step == {STOP_AT}:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+metrics_log.MetricsLog.log = log_then_freeze
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _sigkill_once_stopped(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for ``proc`` to freeze itself, then SIGKILL it (a stopped process dies without running again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)  # reaps only an exited child
+        assert not pid or os.WIFSTOPPED(status), f"the run ended (wait status {status}) before step {STOP_AT}"
+        if pid or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert pid, f"the run did not reach step {STOP_AT} in {timeout} s"
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_cli(straight), check=True, env=env, cwd=tmp_path, capture_output=True)
 
-    proc = subprocess.Popen(_cli(killed), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while ckpt.find_latest_checkpoint(killed / "checkpoints") is None:
-        assert proc.poll() is None, "the run ended before writing its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", _FREEZE_AT_STEP, *_cli(killed)[3:]], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _sigkill_once_stopped(proc, timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    assert [row["step"] for row in _rows(killed, "train")] == [5, 10]
     killed_at = ckpt.list_checkpoints(killed / "checkpoints")[-1][0]
-    assert killed_at < 16, "the kill came too late to test anything"
+    assert killed_at == 8
 
     subprocess.run(_cli(killed, "--resume", "latest"), check=True, env=env, cwd=tmp_path,
                    capture_output=True)
@@ -126,9 +160,9 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
-    # the resumed run's log has each step once
-    steps = [row["step"] for row in _rows(killed, "train")]
-    assert steps == sorted(set(steps))
+    # the resumed run's log has each step once: the killed run's row of step 10 (past checkpoint 8) was
+    # dropped and written again
+    assert [row["step"] for row in _rows(killed, "train")] == [5, 10, 15, 16]
 
 
 # -- non-finite losses and bad samples ---------------------------------------------------------
@@ -233,8 +267,8 @@ def test_resume_from_an_older_checkpoint_next_to_newer_ones_is_refused(tmp_path)
 
 
 # -- each geometry, from scratch with the CLI ------------------------------------------------------
-# `manifold-align train --set loss.similarity=<geometry>`: the default run (250 steps of 128 pairs, 20% wrong
-# captions) with only the geometry changed, so the temperature is the similarity's own ("auto"). Zero-shot
+# `manifold-align train --set model.geometry=<geometry>`: the default run (250 steps of 128 pairs, 20% wrong
+# captions) with only the geometry changed, so the temperature is the geometry's own ("auto"). Zero-shot
 # top-1 on the 360 held-out digits (10 classes, chance 10%), measured once each on the development machine
 # (2 CPU cores shared with other jobs, 30-45 s per run): lorentz k = 16 93.9%, k = 1 86.7%; euclidean k = 16
 # 88.1%, k = 1 87.8%. Before "auto", euclidean trained at scale 1 and stayed at chance (10.3%). Shorter runs
@@ -248,7 +282,7 @@ GEOMETRY_MIN_TOP1 = 0.5
 def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, k):
     run = tmp_path / "run"
     shape = [] if k == 16 else ["model.n_tokens=1", "model.token_dim=512"]  # the same width, k = 1
-    sets = [f"loss.similarity={geometry}", *shape, "train.checkpoint_every=0", "train.threads=1",
+    sets = [f"model.geometry={geometry}", *shape, "train.checkpoint_every=0", "train.threads=1",
             "log.progress=false", "log.tensorboard=false"]
     cmd = [sys.executable, "-m", "manifold_align_train", "train", "--output", str(run),
            *[arg for item in sets for arg in ("--set", item)]]
@@ -256,13 +290,15 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
                           text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["config"]["loss"]["similarity"] == geometry and summary["config"]["model"]["n_tokens"] == k
+    assert summary["config"]["model"]["geometry"] == geometry and summary["config"]["model"]["n_tokens"] == k
     assert summary["final_metrics"]["zero_shot_top1"] >= GEOMETRY_MIN_TOP1, summary["final_metrics"]
     if geometry == "euclidean":
         assert summary["final_geometry"] == {} and "curvature" not in done.stdout
-        # "auto": the report and summary.json name the temperature the similarity chose
-        assert summary["temperature"] == {"name": "learnable", "init": 20.0, "max_scale": 100.0}
-        assert "(learnable from 1/20, auto)" in done.stdout
+        # "auto": the report, summary.json and the saved config name the temperature the geometry chose
+        chosen = geometry_class("euclidean").default_temperature
+        assert {key: summary["temperature"].get(key) for key in chosen} == chosen  # (plus the config's min_scale)
+        assert re.search(rf"final temperature scale \S+ \({chosen['name']}\b", done.stdout), done.stdout
+        assert {key: summary["config"]["loss"]["temperature"][key] for key in chosen} == chosen
         return
     # the geometry's parameters: in summary.json, the report, metrics.jsonl and the checkpoint, all the same
     values = summary["final_geometry"]
@@ -277,13 +313,14 @@ def test_each_geometry_trains_from_scratch_and_beats_chance(tmp_path, geometry, 
 def test_lorentz_resume_restores_the_geometry_and_logs_entailment(tmp_path):
     """4 steps straight == 2 steps, then resumed from the step-2 checkpoint; entailment on, logged apart."""
     cfg = load_config(REPO / "configs" / "digits-lorentz.yaml", FAST + [
-        "data.batch_size=16", "model.n_tokens=2", "model.token_dim=16", "loss.entailment_weight=0.2",
+        "data.batch_size=16", "model.n_tokens=2", "model.token_dim=16",
+        "model.geometry_options.entailment_weight=0.2",
         "train.steps=4", "train.warmup=1", "train.checkpoint_every=2", "train.keep_checkpoints=5",
         "train.deterministic=true", "train.threads=1", "log.every=1"])
     straight = train(cfg, tmp_path / "straight")
     rows = _rows(tmp_path / "straight", "train")
     assert all(row["entailment_loss"] > 0 and "geometry_image_scale" in row for row in rows)
-    assert straight["final_entailment_loss"] == pytest.approx(rows[-1]["entailment_loss"])
+    assert straight["final_extra_losses"] == {"entailment_loss": pytest.approx(rows[-1]["entailment_loss"])}
     (step, path), *_ = ckpt.list_checkpoints(tmp_path / "straight" / "checkpoints")
     assert step == 2
     resumed_dir = tmp_path / "resumed" / "checkpoints"

@@ -64,10 +64,12 @@ def test_classifier_is_invariant_to_template_order_and_callables(model, tokenize
     torch.testing.assert_close(from_callables, classifier, atol=1e-6, rtol=0)
 
 
-def test_logits_use_the_model_similarity_and_temperature(model, classifier):
+def test_logits_use_the_model_geometry_and_temperature(model, classifier):
     images = encode_images(model, torch.randn(5, 3, 32, 32))
     logits = zero_shot_logits(model, images, classifier)
-    torch.testing.assert_close(logits, 3.0 * model.similarity.pairwise(images, classifier))
+    # the oblique score written out: sum over tokens of the inner products of unit tokens
+    torch.testing.assert_close(logits, 3.0 * torch.einsum("itd,jtd->ij", images, classifier))
+    torch.testing.assert_close(logits, model.geometry.logits(images, classifier, torch.tensor(3.0)))
     probs = logits.softmax(dim=1)
     assert probs.shape == (5, len(CLASSES))
     assert torch.isfinite(logits).all()
@@ -99,15 +101,15 @@ def brute_force_recall(scores: torch.Tensor, text_to_image: torch.Tensor, k: int
     return sum(i2t) / len(i2t), sum(t2i) / len(t2i)
 
 
-@pytest.mark.parametrize("similarity", ["oblique", "geodesic"])
-def test_retrieval_matches_brute_force_with_several_captions_per_image(similarity):
-    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": similarity})
+@pytest.mark.parametrize("geometry", ["oblique", "geodesic"])
+def test_retrieval_matches_brute_force_with_several_captions_per_image(geometry):
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "geometry": geometry})
     generator = torch.Generator().manual_seed(5)
     images = F.normalize(torch.randn(20, 4, 32, generator=generator), dim=-1)
     text_to_image = torch.arange(20).repeat_interleave(3)[torch.randperm(60, generator=generator)]
     texts = F.normalize(images[text_to_image] + 0.8 * torch.randn(60, 4, 32, generator=generator), dim=-1)
     metrics = retrieval_metrics(model, images, texts, text_to_image=text_to_image, chunk_size=7)
-    scores = model.similarity.pairwise(images, texts)
+    scores = model.geometry.pairwise(images, texts)
     for k in (1, 5, 10):
         i2t, t2i = brute_force_recall(scores, text_to_image, k)
         assert metrics[f"image_to_text_R@{k}"] == pytest.approx(i2t)
@@ -144,7 +146,7 @@ def test_class_recall_matches_float64_brute_force_with_tied_captions(model, chun
     texts = prototypes[labels]
     images = F.normalize(texts + 1.2 * torch.randn(40, 4, 32, generator=generator, dtype=torch.float64), dim=-1)
     metrics = retrieval_metrics(model, images.float(), texts.float(), labels=labels, chunk_size=chunk_size)
-    scores = (images.flatten(1) @ texts.flatten(1).T)  # the oblique similarity, in float64
+    scores = (images.flatten(1) @ texts.flatten(1).T)  # the oblique score, in float64
     for k in (1, 5, 10):
         assert metrics[f"image_to_text_class_R@{k}"] == pytest.approx(brute_force_class_recall(scores, labels, labels, k))
         assert metrics[f"text_to_image_class_R@{k}"] == pytest.approx(brute_force_class_recall(scores.T, labels, labels, k))
@@ -162,7 +164,7 @@ def test_class_recall_with_several_captions_per_image_and_label_errors(model):
     texts = F.normalize(images[text_to_image] + 0.5 * torch.randn(20, 4, 32, generator=generator), dim=-1)
     labels = torch.arange(10) % 3
     metrics = retrieval_metrics(model, images, texts, text_to_image=text_to_image, labels=labels)
-    scores = model.similarity.pairwise(images, texts).double()
+    scores = torch.einsum("itd,jtd->ij", images.double(), texts.double())  # the oblique score, written out
     for k in (1, 5, 10):
         assert metrics[f"image_to_text_class_R@{k}"] == pytest.approx(
             brute_force_class_recall(scores, labels, labels[text_to_image], k))
@@ -201,7 +203,7 @@ def _tangent_mean_float64(points: torch.Tensor, c: float) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def lorentz_model():
     torch.manual_seed(1)
-    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": "lorentz",
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "geometry": "lorentz",
                                       "temperature": {"name": "fixed", "scale": 2.0}})
     with torch.no_grad():  # curvature and text scale away from 1, so that they matter
         model.geometry.log_curvature.fill_(math.log(0.7))
@@ -233,7 +235,7 @@ def test_lorentz_logits_are_the_models_scaled_distances(lorentz_model, tokenizer
 
 def test_euclidean_classifier_is_the_plain_mean(tokenizer):
     torch.manual_seed(2)
-    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "similarity": "euclidean"})
+    model = create_model(tiny_cfg(), {"n_tokens": 4, "token_dim": 32, "geometry": "euclidean"})
     classifier = build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES)
     prompts = [t.format(c) for c in CLASSES for t in TEMPLATES]
     features = encode_texts(model, tokenizer(prompts)).view(len(CLASSES), len(TEMPLATES), 4, 32)
@@ -245,7 +247,7 @@ def test_retrieval_ranks_with_the_models_geometry(lorentz_model):
     images = 0.5 * torch.randn(12, 4, 32, generator=generator)
     texts = images + 0.3 * torch.randn(12, 4, 32, generator=generator)
     metrics = retrieval_metrics(lorentz_model, images, texts, chunk_size=5)
-    scores = lorentz_model.similarity.pairwise(images, texts, geometry=lorentz_model.geometry)
+    scores = lorentz_model.geometry.pairwise(images, texts)
     for k in (1, 5):
         i2t, t2i = brute_force_recall(scores, torch.arange(12), k)
         assert metrics[f"image_to_text_R@{k}"] == pytest.approx(i2t)

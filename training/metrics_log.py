@@ -1,4 +1,5 @@
-"""Run logging: ``metrics.jsonl`` rows, TensorBoard scalars and a tqdm progress bar.
+"""Run logging: ``metrics.jsonl`` rows, TensorBoard scalars and progress (a tqdm bar on a
+terminal, plain lines in a log file).
 
 Only rank 0 logs; on other ranks :class:`MetricsLog` and :class:`Progress` are silent no-ops, so the
 trainer calls them unconditionally.
@@ -10,6 +11,7 @@ import json
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,32 +105,77 @@ class MetricsLog:
 
 
 class Progress:
-    """A tqdm bar over optimizer steps showing loss, temperature scale and samples/s (rank 0)."""
+    """Progress over optimizer steps (rank 0): a tqdm bar on a terminal, plain lines elsewhere.
 
-    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True):
+    On a terminal (or in a notebook) a tqdm bar shows loss, learning rate, temperature scale and
+    samples/s. When the stream is not a terminal (a scheduler's log file, ``| tee``), a bar would write
+    one carriage-return update per step into a single line, so each log step writes one plain line
+    instead, as open_clip's trainer logs::
+
+        train step 20/100 (20%) loss 2.3026 lr 1.000e-03 scale 14.3 samples/s 812 elapsed 00:12 eta 00:48
+
+    Parameters
+    ----------
+    total : int
+        The last optimizer step (``train.steps``).
+    initial : int
+        The step the run starts from (a resumed run's checkpoint step).
+    enabled : bool
+        ``False`` on ranks other than 0 and with ``log.progress=false``.
+    file : file object, optional
+        Where to write; default ``sys.stderr`` (looked up when the progress is created).
+    """
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True, file=None):
         self._bar = None
-        if enabled:
-            from tqdm.auto import tqdm
+        self._lines = None  # the stream of plain lines, when it is not a terminal
+        if not enabled:
+            return
+        from tqdm import autonotebook
+        from tqdm.auto import tqdm
+        from tqdm.std import tqdm as console_tqdm
 
+        file = sys.stderr if file is None else file
+        notebook = autonotebook.tqdm is not console_tqdm  # tqdm.auto's widget writes no carriage returns
+        if notebook or _isatty(file):
             self._bar = tqdm(total=total, initial=initial, desc="train", unit="step",
-                             dynamic_ncols=True, file=sys.stderr)
+                             dynamic_ncols=True, file=file)
+        else:
+            self._lines, self._format_interval = file, console_tqdm.format_interval
+            self._total, self._step, self._initial = total, initial, initial
+            self._start = time.monotonic()
 
-    def update(self, n: int, *, loss: float | None = None, scale: float | None = None,
-               samples_per_second: float | None = None) -> None:
+    def update(self, n: int, *, loss: float | None = None, lr: float | None = None,
+               scale: float | None = None, samples_per_second: float | None = None) -> None:
         """Advance ``n`` steps; with numbers (the trainer passes them at its log steps), show them."""
         if self._bar is not None:
             if loss is not None:
-                self._bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:.3g}",
+                self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", scale=f"{scale:.3g}",
                                       samples_s=f"{samples_per_second:.0f}", refresh=False)
             self._bar.update(n)
+        elif self._lines is not None:
+            self._step += n
+            if loss is not None:
+                self._lines.write(self._line(loss, lr, scale, samples_per_second) + "\n")
+                self._lines.flush()  # a log file is read while the run goes on
 
-    def write(self, text: str) -> None:
-        """Print a line without breaking the bar."""
-        if self._bar is not None:
-            self._bar.write(text)
+    def _line(self, loss: float, lr: float, scale: float, samples_per_second: float) -> str:
+        elapsed = time.monotonic() - self._start
+        done = self._step - self._initial
+        eta = elapsed / done * (self._total - self._step) if done > 0 else float("nan")
+        fmt = self._format_interval
+        return (f"train step {self._step}/{self._total} ({100 * self._step / max(self._total, 1):.0f}%) "
+                f"loss {loss:.4f} lr {lr:.3e} scale {scale:.3g} samples/s {samples_per_second:.0f} "
+                f"elapsed {fmt(elapsed)} eta {fmt(eta) if math.isfinite(eta) else '?'}")
 
     def close(self) -> None:
         """Close the bar."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._lines = None
+
+
+def _isatty(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

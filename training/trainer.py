@@ -412,7 +412,8 @@ class Trainer:
             window_samples += metrics["samples"]
             if log_step:
                 rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
-                progress.update(1, loss=metrics["loss"], scale=metrics["temperature"], samples_per_second=rate)
+                progress.update(1, loss=metrics["loss"], lr=metrics["lr"], scale=metrics["temperature"],
+                                samples_per_second=rate)
                 self._log_train(log, metrics, rate)
                 window_start, window_samples = time.perf_counter(), 0
             else:

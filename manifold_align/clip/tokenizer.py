@@ -10,6 +10,7 @@ be a host-device sync).
 
 from __future__ import annotations
 
+import numpy as np
 import open_clip
 import torch
 
@@ -42,7 +43,9 @@ def caption_length(tokens: torch.Tensor, pad_id: int = 0) -> int:
     Parameters
     ----------
     tokens : torch.Tensor, shape (B, L), integer
-        Token ids, B >= 1; on the CPU (elsewhere the read is a device sync).
+        Token ids, B >= 1; on the CPU, where they are read through numpy without any tensor read (the
+        trainer trims every batch it draws, before the batch moves to the device). On another device the
+        read is a device sync.
     pad_id : int
         The tokenizer's padding id (0 for open_clip's BPE tokenizer).
 
@@ -54,6 +57,9 @@ def caption_length(tokens: torch.Tensor, pad_id: int = 0) -> int:
     if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0 or tokens.is_floating_point():
         raise ValueError(f"`tokens` must be integer token ids of shape (B, L) with B, L >= 1, got "
                          f"{tokens.dtype} of shape {tuple(tokens.shape)}")
+    if tokens.device.type == "cpu":
+        used = np.flatnonzero((tokens.numpy() != pad_id).any(axis=0))  # a view of the same memory
+        return int(used[-1]) + 1 if used.size else 1
     used = (tokens != pad_id).any(dim=0).nonzero()
     return int(used.max()) + 1 if used.numel() else 1
 

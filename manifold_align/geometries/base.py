@@ -104,7 +104,7 @@ class Geometry(nn.Module):
 
     # ---- to implement ---------------------------------------------------------------------------------
     def _project(self, features: torch.Tensor, modality: str) -> torch.Tensor:
-        """Raw (N, k, d) features (validated, float32/float64, autocast off) -> points (N, k, d)."""
+        """Raw (N, k, d) features (shape-checked; their own dtype, the caller's autocast) -> points (N, k, d)."""
         raise NotImplementedError
 
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

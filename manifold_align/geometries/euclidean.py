@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..manifolds.rows import flat_indices, near_budget, recompute_pairs, safe_sqrt
 from . import register_geometry
 from .base import Geometry, check_flag
 
@@ -16,19 +17,9 @@ __all__ = ["EuclideanGeometry"]
 _NEAR_SQUARED = 1e-2
 
 
-class _Sqrt(torch.autograd.Function):
-    """``sqrt(t)`` of ``t >= 0`` in one pass, gradient 0 (not inf, which times 0 is NaN) where ``t == 0``."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = torch.sqrt(t)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        (out,) = ctx.saved_tensors
-        return torch.where(out > 0, grad / (2 * out), 0)
+def _row_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(P, d), (P, d) -> (P,): ``|u - v|`` from the rows, exact near coincidence."""
+    return torch.linalg.vector_norm(u - v, dim=-1)
 
 
 @register_geometry("euclidean")
@@ -89,23 +80,13 @@ class EuclideanGeometry(Geometry):
             return torch.addmm(minus_norms, af, bf.T, alpha=2.0).clamp_(max=0.0)
         a_sq, b_sq = (a * a).sum(-1).T[:, :, None], (b * b).sum(-1).T[:, None, :]  # (k, n, 1), (k, 1, m)
         squared = torch.baddbmm(a_sq + b_sq, a.transpose(0, 1), b.permute(1, 2, 0), alpha=-2.0).clamp_(min=0.0)
-        dist = _Sqrt.apply(squared)
+        dist = safe_sqrt(squared)
         if self.precise and squared.device.type != "meta":
-            dist = self._recompute_near(dist, squared.detach(), a_sq.detach(), b_sq.detach(), a, b)
+            near = squared.detach() < _NEAR_SQUARED * (a_sq + b_sq).detach()
+            # a fixed budget of near pairs (the diagonal of pairwise(x, x) and more): no device sync for their count
+            flat = flat_indices(near, budget=near_budget(*near.shape))
+            dist = recompute_pairs(dist, flat, a, b, _row_distance)
         return -dist.sum(0)
-
-    @staticmethod
-    def _recompute_near(dist, squared, a_sq, b_sq, a, b):
-        """Entries of ``dist`` (k, n, m) with ``squared < _NEAR_SQUARED (|a_i|^2 + |b_j|^2)`` replaced by the exact
-        ``|a[i, t] - b[j, t]|`` of the rows."""
-        near = squared < _NEAR_SQUARED * (a_sq + b_sq)
-        if not bool(near.any()):
-            return dist
-        n, m = a.shape[0], b.shape[0]
-        flat = torch.nonzero(near.view(-1)).squeeze(1)
-        tok, i, j = flat // (n * m), flat // m % n, flat % m
-        exact = torch.linalg.vector_norm(a[i, tok] - b[j, tok], dim=-1)
-        return dist.reshape(-1).index_put((flat,), exact).view_as(dist)
 
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.squared:

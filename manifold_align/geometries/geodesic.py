@@ -20,8 +20,9 @@ class GeodesicGeometry(ObliqueGeometry):
     """``-sqrt(sum_b theta_b^2)``, ``theta_b`` the angle between tokens b. Range [-pi sqrt(k), 0].
 
     ``pairwise`` is :meth:`manifold_align.Oblique.cdist` (one batched matmul, near pairs recomputed exactly; never
-    an (Na, Nb, k, d) tensor) and ``paired`` is :meth:`manifold_align.Oblique.dist` (see ``docs/geometry.md`` for
-    their accuracy).
+    an (Na, Nb, k, d) tensor). ``paired`` computes each angle as ``2 atan2(|u - v|, |u + v|)``, accurate to ~eps
+    on all of [0, pi] as ``cdist`` is: :meth:`manifold_align.Oblique.dist` (``2 asin(|u - v| / 2)``) has a
+    ~sqrt(eps) floor at antipodes (4e-4 in float32 for k = 3), which would break ``paired == diag(pairwise)``.
     """
 
     def value_range(self) -> tuple[float, float]:  # noqa: D102
@@ -35,4 +36,7 @@ class GeodesicGeometry(ObliqueGeometry):
         return -_OBLIQUE.cdist(a, b)
 
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return -_OBLIQUE.dist(a, b)
+        chord = torch.linalg.vector_norm(a - b, dim=-1)
+        # 0 * chord is NaN for an Inf chord, where atan2(inf, inf) would be a plausible pi / 4
+        theta = 2 * torch.atan2(chord, torch.linalg.vector_norm(a + b, dim=-1)) + 0 * chord
+        return -torch.linalg.vector_norm(theta, dim=-1)

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..bounds import clamped
 from ..dtypes import autocast_disabled, compute_dtype
-from ..entailment import entailment_loss
-from ..manifolds.lorentz import space_cdist, space_dist, space_expmap0, space_logmap0
+from ..manifolds.lorentz.cone import entailment_loss
+from ..manifolds.lorentz.math import scaled_cdist, space_dist, space_expmap0, space_logmap0
 from . import register_geometry
 from .base import Geometry, LossTerm, check_flag
 
@@ -163,8 +163,11 @@ class LorentzGeometry(Geometry):
         return (-math.inf, 0.0)
 
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # summed over the tokens inside the kernel: no (k, n, m) distances, a few logs per score instead of k
-        return -space_cdist(a, b, self.curvature().to(a.dtype), precise=self.precise, sum_factors=True)
+        # the sign and 1/sqrt(c) folded into one (n, m) pass over the token sum
+        c = self.curvature().to(a.dtype)
+        per_token = scaled_cdist(a, b, c, self.precise)
+        summed = per_token[0] if per_token.shape[0] == 1 else per_token.sum(0)
+        return summed * (-torch.rsqrt(c))
 
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return -space_dist(a, b, self.curvature()).sum(-1)

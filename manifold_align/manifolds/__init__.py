@@ -1,4 +1,5 @@
-"""Manifolds: one per module, re-exported here."""
+"""Manifolds, one package each (the geoopt class in ``__init__``, the functional math in ``math``), and the
+row-wise helpers they share (:mod:`.rows`)."""
 
 from .lorentz import Hyperboloid, HyperboloidExact
 from .oblique import Oblique, ObliqueExact

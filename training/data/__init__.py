@@ -12,7 +12,6 @@ from .in_memory import InMemoryImageText
 from .loader import ResumableLoader
 from .synthetic import make_synthetic
 from .tasks import EmbeddedTask, RetrievalTask, ZeroShotTask
-from .transforms import make_transforms
 from .webdataset_source import WebDatasetLoader
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "EmbeddedTask",
     "RetrievalTask",
     "ZeroShotTask",
-    "make_transforms",
     "WebDatasetLoader",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,8 +65,3 @@ class InMemoryImageText(Dataset):
             return None
         return self.transform(self.pil_image(index)), self.tokens[index]
 
-
-def stack_images(dataset: InMemoryImageText, transform: Optional[Callable] = None) -> torch.Tensor:
-    """All images of ``dataset`` through ``transform`` (default: its own), shape (N, 3, H, W)."""
-    transform = transform or dataset.transform
-    return torch.stack([transform(dataset.pil_image(i)) for i in range(len(dataset))])

@@ -64,8 +64,9 @@ class _EpochItems(Dataset):
 
     def __init__(self, dataset, perm: torch.Tensor, item_seeds: torch.Tensor, stride: int):
         self.dataset = dataset
-        self.perm = perm
-        self.item_seeds = item_seeds
+        # numpy views of the (CPU) order: indexing them per item reads no tensor (no Tensor.__int__ per sample)
+        self.perm = perm.numpy()
+        self.item_seeds = item_seeds.numpy()
         self.stride = stride
 
     def __len__(self) -> int:

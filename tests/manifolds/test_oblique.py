@@ -15,7 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import manifold_align.optim as ma_optim
-from manifold_align.manifolds.oblique import Oblique, ObliqueExact
+from manifold_align.manifolds import Oblique, ObliqueExact
+
+from .contract import assert_point_zero_non_finite
 
 SETTINGS = settings(max_examples=25, deadline=None)
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -259,13 +261,13 @@ def test_cdist_gradcheck_float64_with_near_pairs():
 
 
 def test_cdist_recomputation_chunks_agree(monkeypatch):
-    from manifold_align.manifolds import oblique
+    from manifold_align.manifolds import rows
 
     x = ref_points((5, 3, 6), 31, torch.float32).requires_grad_()
     y = torch.cat([moved_by(x.detach(), 1e-4, 32), ref_points((4, 3, 6), 33, torch.float32)])
     whole = M.cdist(x, y)
     (grad_whole,) = torch.autograd.grad(whole.sum(), x)
-    monkeypatch.setattr(oblique, "_PAIR_CHUNK", 12)  # 2 pairs per chunk at d = 6
+    monkeypatch.setattr(rows, "PAIR_CHUNK", 12)  # 2 pairs per chunk at d = 6
     chunked = M.cdist(x, y)
     (grad_chunked,) = torch.autograd.grad(chunked.sum(), x)
     torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
@@ -768,3 +770,51 @@ def test_optimizers_keep_iterates_on_manifold_to_rounding_and_reach_optimum(mani
         worst = max(worst, float((x.detach().double().norm(dim=-1) - 1).abs().max()))
     assert worst <= ON_MANIFOLD[dtype]
     assert float(M.dist(x.detach().double(), target.double())) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and Inf propagate through every entry point
+# ---------------------------------------------------------------------------------------------
+# name -> (function of (x, y, u, v) with x, y points, u, v tangent at x; the arguments it reads; "row" for a
+# (..., k, d) output, "batch" for (...), "grid" for cdist's (n, m); see contract.py)
+OBLIQUE_ENTRY_POINTS = {
+    "proju": (lambda x, y, u, v: M.proju(x, u), "xu", "row"),
+    "egrad2rgrad": (lambda x, y, u, v: M.egrad2rgrad(x, u), "xu", "row"),
+    "ehess2rhess": (lambda x, y, u, v: M.ehess2rhess(x, u, v, u), "xuv", "row"),
+    "inner": (lambda x, y, u, v: M.inner(x, u, v), "uv", "batch"),
+    "component_inner": (lambda x, y, u, v: M.component_inner(x, u, v), "uv", "row"),
+    "norm": (lambda x, y, u, v: M.norm(x, u), "u", "batch"),
+    "retr": (lambda x, y, u, v: M.retr(x, u), "xu", "row"),
+    "expmap": (lambda x, y, u, v: M.expmap(x, u), "xu", "row"),
+    "exact_expmap": (lambda x, y, u, v: ObliqueExact().expmap(x, u), "xu", "row"),
+    "retr_transp": (lambda x, y, u, v: torch.cat(M.retr_transp(x, u, v), -1), "xuv", "row"),
+    "logmap": (lambda x, y, u, v: M.logmap(x, y), "xy", "row"),
+    "dist": (lambda x, y, u, v: M.dist(x, y), "xy", "batch"),
+    "dist2": (lambda x, y, u, v: M.dist2(x, y), "xy", "batch"),
+    "cdist": (lambda x, y, u, v: M.cdist(x, y), "xy", "grid"),
+    "cdist_fast": (lambda x, y, u, v: M.cdist(x, y, precise=False), "xy", "grid"),
+    "transp": (lambda x, y, u, v: M.transp(y, x, u), "xu", "row"),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", sorted(OBLIQUE_ENTRY_POINTS))
+def test_non_finite_input_propagates_through_every_entry_point(name, bad):
+    fn, reads, layout = OBLIQUE_ENTRY_POINTS[name]
+    for arg in reads:
+        x = ref_points((3, 2, 5), 60, torch.float32)
+        y = torch.cat([x[:1], ref_points((2, 2, 5), 61, torch.float32)])  # a coincident pair: the precise path
+        u = M.proju(x, ref_points((3, 2, 5), 62, torch.float32))
+        v = M.proju(x, ref_points((3, 2, 5), 63, torch.float32))
+        tensors = {"x": x, "y": y, "u": u, "v": v}
+        tensors[arg] = tensors[arg].clone()
+        tensors[arg][0, 0, 1] = bad
+        out = fn(tensors["x"], tensors["y"], tensors["u"], tensors["v"])
+        assert_point_zero_non_finite(out, "grid_y" if layout == "grid" and arg == "y" else layout, f"{name}({arg})")
+
+
+def test_projx_refuses_non_finite_input():
+    x = ref_points((2, 3, 4), 64, torch.float32)
+    x[0, 0, 1] = math.nan
+    with pytest.raises(ValueError, match="`x`"):
+        M.projx(x)

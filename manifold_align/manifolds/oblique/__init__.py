@@ -8,170 +8,23 @@ axis; there is no Python loop over the factors. Formulas and numerical choices a
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import geoopt
 import torch
 from geoopt.manifolds.base import Manifold, ScalingInfo
-from geoopt.utils import broadcast_shapes, size2shape
-from torch.utils.checkpoint import checkpoint
+from geoopt.utils import broadcast_shapes
 
-from ..dtypes import autocast_disabled
-from ..dtypes import compute_dtype as _compute_dtype
-from ..validation import check_broadcastable, check_finite, check_floating, describe_shape
+from ...dtypes import compute_dtype
+from ...validation import check_broadcastable, check_finite, describe_shape
+from ..rows import RowManifold, result_dtype, row_dot, row_norm, safe_sqrt, upcast
+from . import math, steps
+from .math import chord_row_angle, unit_rows
 
-__all__ = ["Oblique", "ObliqueExact"]
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers (one formula each)
-# ----------------------------------------------------------------------------------------------
-def _up(t: torch.Tensor) -> torch.Tensor:
-    return t.to(_compute_dtype(t.dtype))
+__all__ = ["Oblique", "ObliqueExact", "math", "steps"]
 
 
-def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    if len(tensors) == 2:
-        return torch.result_type(*tensors)
-    dtype = tensors[0].dtype  # torch.result_type takes two tensors at most
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """sqrt with gradient 0 (instead of inf, which times 0 gives NaN) where ``t <= 0``; NaN stays NaN."""
-    # the mask is ``t <= 0``, not ``not t > 0``: a NaN (from NaN input) must not become 0
-    zero = t <= 0
-    return torch.where(zero, torch.zeros_like(t), torch.sqrt(torch.where(zero, torch.ones_like(t), t)))
-
-
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(..., k, d), (..., k, d) -> (..., k, 1) row inner products, without an (..., k, d) temporary.
-
-    A batched matmul (einsum), kept out of autocast, which would run it in 16 bits.
-    """
-    with autocast_disabled(a.device):
-        return torch.einsum("...d,...d->...", a, b).unsqueeze(-1)
-
-
-def _row_norm(a: torch.Tensor) -> torch.Tensor:
-    # torch's norm backward masks the zero vector to gradient 0, so no NaN at a = 0
-    return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
-
-
-def _first_basis_vector(like: torch.Tensor) -> torch.Tensor:
-    e1 = torch.zeros(like.shape[-1], dtype=like.dtype, device=like.device)
-    e1[0] = 1
-    return e1
-
-
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Normalize each row; a zero row becomes e_1 = (1, 0, ..., 0) instead of 0/0 = NaN.
-
-    A row with NaN or Inf comes out with NaN (``n == 0`` is False for a NaN norm): replacing it by
-    e_1 would turn bad input into a plausible point.
-    """
-    n = _row_norm(x)
-    zero = n == 0
-    unit = x / torch.where(zero, torch.ones_like(n), n)
-    return torch.where(zero, _first_basis_vector(x), unit)
-
-
-def _row_angle(x: torch.Tensor, y: torch.Tensor, y_minus_x: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Angle between matching rows, 2 atan2(|x - y|, |x + y|): relative accuracy ~eps on all of [0, pi].
-
-    ``y_minus_x``, when the caller has it, saves computing the chord again.
-    """
-    chord = y - x if y_minus_x is None else y_minus_x
-    return 2 * torch.atan2(
-        torch.linalg.vector_norm(chord, dim=-1), torch.linalg.vector_norm(x + y, dim=-1)
-    )
-
-
-class _ChordAngle(torch.autograd.Function):
-    """Angle from chord length on the unit sphere, ``2 asin(a / 2)``, gradient 0 at ``a >= 2``.
-
-    ``a = |x - y|`` for unit rows. The derivative ``2 / sqrt(4 - a^2) = 2 / |x + y|`` is infinite
-    at antipodes, where the distance has a kink anyway; the backward returns 0 there instead of
-    ``inf`` (which times 0 would give NaN), like torch's norm backward at the zero vector.
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a)
-        # The clamp absorbs rounding (a slightly above 2) but would turn an Inf chord, from Inf
-        # input, into a plausible pi; adding 0 * a (alpha=0, fused in one pass) puts NaN back there
-        # (0 * Inf = NaN) and adds exactly 0 elsewhere. NaN passes through clamp and asin by itself.
-        # In place: one temporary instead of five (measured as fast as the plain clamp-and-asin).
-        return (0.5 * a).clamp_(max=1).asin_().mul_(2).add_(a, alpha=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (a,) = ctx.saved_tensors
-        h = 4 - a * a
-        inside = h > 0
-        return torch.where(inside, 2 * grad * torch.rsqrt(torch.where(inside, h, torch.ones_like(h))), 0)
-
-
-def _chord_row_angle(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Angle between matching unit rows from ``|x - y|`` alone: one temporary and one reduction.
-
-    Uses ``|x + y|^2 = 4 - |x - y|^2`` (unit rows): exact near 0, but near antipodes the rounding
-    of ``|x - y|`` and of the unit norms (~eps) becomes an absolute floor of ~sqrt(eps) rad at
-    theta = pi (~1e-3 in float32, ~3e-8 in float64, per sphere).
-    """
-    return _ChordAngle.apply(torch.linalg.vector_norm(x - y, dim=-1))
-
-
-class _CosineAngle(torch.autograd.Function):
-    """``acos(c)`` with ``c`` clamped to [-1, 1]; gradient 0 (not inf) where ``|c| >= 1``."""
-
-    @staticmethod
-    def forward(ctx, c: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(c)
-        return torch.acos(c.clamp(-1, 1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (c,) = ctx.saved_tensors
-        h = 1 - c * c
-        inside = h > 0
-        return torch.where(inside, -grad * torch.rsqrt(torch.where(inside, h, torch.ones_like(h))), 0)
-
-
-# |c| above this is recomputed from the rows: acos of a rounded cosine has error ~eps_c / sin(theta)
-_NEAR_COSINE = 0.95
-# values per chunk of gathered rows in cdist's exact recomputation (2^20 / d pairs)
-_PAIR_CHUNK = 2**20
-
-
-def _gathered_angles(xu: torch.Tensor, yu: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """Exact angles for flat indices into a (k, n, m) grid: rows ``xu[i, b]`` and ``yu[j, b]``."""
-    n, m = xu.shape[0], yu.shape[0]
-    b, i, j = flat // (n * m), flat // m % n, flat % m
-    return _row_angle(xu[i, b], yu[j, b])
-
-
-def _near_pair_angles(xu: torch.Tensor, yu: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """Exact angles for the entries ``flat`` (flat indices into (k, n, m)), shape (P,) -> (P,).
-
-    Chunked so that at most ``_PAIR_CHUNK`` gathered values exist at a time; under autograd each
-    chunk is checkpointed (its rows are gathered again in backward, not stored).
-    """
-    chunk = max(1, _PAIR_CHUNK // xu.shape[-1])
-    track = torch.is_grad_enabled() and (xu.requires_grad or yu.requires_grad)
-    out = [
-        checkpoint(_gathered_angles, xu, yu, part, use_reentrant=False, preserve_rng_state=False)
-        if track
-        else _gathered_angles(xu, yu, part)
-        for part in flat.split(chunk)
-    ]
-    return torch.cat(out)
-
-
-class Oblique(Manifold):
+class Oblique(RowManifold):
     r"""Oblique manifold OB(d, k) = S^(d-1) x ... x S^(d-1) (k factors), points stored as rows.
 
     Parameters
@@ -199,23 +52,10 @@ class Oblique(Manifold):
     :class:`ObliqueExact`
     """
 
-    ndim = 2
     name = "Oblique"
-    reversible = False
+    row_description = "k >= 1 spheres of dimension d >= 2"
+    min_d = 2
     __scaling__ = Manifold.__scaling__.copy()
-
-    def __init__(self, k: Optional[int] = None, d: Optional[int] = None):
-        super().__init__()
-        self.k = self._validate_size(k, "k", 1)
-        self.d = self._validate_size(d, "d", 2)
-
-    @staticmethod
-    def _validate_size(value: Optional[int], name: str, minimum: int) -> Optional[int]:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"`{name}` must be None or an int >= {minimum}, got {value!r}")
-        return value
 
     def extra_repr(self) -> str:
         return f"k={self.k}, d={self.d}"
@@ -223,35 +63,6 @@ class Oblique(Manifold):
     # ------------------------------------------------------------------------------------------
     # checks
     # ------------------------------------------------------------------------------------------
-    def _expected_shape(self) -> str:
-        return "(..., {}, {})".format("k" if self.k is None else self.k, "d" if self.d is None else self.d)
-
-    def _check_shape(self, shape: Tuple[int, ...], name: str) -> Tuple[bool, Optional[str]]:
-        shape = tuple(shape)
-        ok = (
-            len(shape) >= 2
-            and shape[-1] >= 2
-            and shape[-2] >= 1
-            and (self.k is None or shape[-2] == self.k)
-            and (self.d is None or shape[-1] == self.d)
-        )
-        if ok:
-            return True, None
-        return False, (
-            f"`{name}` must have shape {self._expected_shape()} (k >= 1 spheres of dimension d >= 2), "
-            f"got shape {describe_shape(shape)}"
-        )
-
-    def _assert_shape(self, tensor: torch.Tensor, name: str) -> None:
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"`{name}` must be a torch.Tensor of shape {self._expected_shape()}, got {type(tensor).__name__}"
-            )
-        ok, reason = self._check_shape(tensor.shape, name)
-        if not ok:
-            raise ValueError(reason)
-        check_floating(tensor, name)
-
     def _assert_pair(self, a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
         """Both valid, with the same (k, d) and broadcastable batch dims (checked only when the shapes differ)."""
         self._assert_shape(a, a_name)
@@ -269,24 +80,12 @@ class Oblique(Manifold):
                 f"got shape {describe_shape(b.shape)}"
             )
 
-    def check_point(self, x: torch.Tensor, *, explain=False) -> Union[Tuple[bool, Optional[str]], bool]:
-        """Check shape and finiteness of ``x``, shape ``(..., k, d)`` (not the unit norms)."""
-        ok, reason = self._check_shape(x.shape, "x")
-        if ok and not bool(torch.isfinite(x).all()):
-            ok, reason = False, "`x` has non-finite values (NaN or Inf)"
-        return (ok, reason) if explain else ok
-
-    def assert_check_point(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` has shape ``(..., k, d)`` and finite values."""
-        self._assert_shape(x, "x")
-        check_finite(x, "x")
-
     def _check_point_on_manifold(self, x: torch.Tensor, *, atol=1e-5, rtol=1e-5) -> Tuple[bool, Optional[str]]:
         if not x.is_floating_point():
             return False, f"`x` must be a floating-point tensor, got dtype {x.dtype}"
         if not bool(torch.isfinite(x).all()):
             return False, "`x` has non-finite values (NaN or Inf)"
-        norms = _row_norm(_up(x)).squeeze(-1)
+        norms = row_norm(upcast(x)).squeeze(-1)
         ok = torch.allclose(norms, torch.ones_like(norms), atol=atol, rtol=rtol)
         if not ok:
             worst = float((norms - 1).abs().max())
@@ -299,7 +98,7 @@ class Oblique(Manifold):
         if not bool(torch.isfinite(u).all()):
             return False, "`u` has non-finite values (NaN or Inf)"
         # per row: a sum over the k spheres could cancel
-        dots = _row_dot(_up(x), _up(u))
+        dots = row_dot(upcast(x), upcast(u))
         ok = torch.allclose(dots, torch.zeros_like(dots), atol=atol, rtol=rtol)
         if not ok:
             worst = float(dots.abs().max())
@@ -328,14 +127,14 @@ class Oblique(Manifold):
             Wrong shape, or NaN / Inf in ``x``.
         """
         self._assert_shape(x, "x")
-        xc = _up(x)
+        xc = upcast(x)
         # dividing by the row's max |x_i| first keeps the squared norm from under/overflowing
         # (1e-30 or 1e30 entries in float32); the result is invariant to that scale, so detach it
         scale = xc.detach().abs().amax(dim=-1, keepdim=True)
         if not bool(torch.isfinite(scale).all()):  # k values per point, d times cheaper than x
             check_finite(x, "x")
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return _unit_rows(xc / scale).to(x.dtype)
+        return unit_rows(xc / scale).to(x.dtype)
 
     def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Project ``u`` onto the tangent space at ``x``: ``u_b - <x_b, u_b> x_b`` per row.
@@ -356,8 +155,7 @@ class Oblique(Manifold):
 
     @staticmethod
     def _proju(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        xc, uc = _up(x), _up(u)
-        return torch.addcmul(uc, xc, _row_dot(xc, uc), value=-1).to(_result_dtype(x, u))
+        return math.proju(upcast(x), upcast(u)).to(result_dtype(x, u))
 
     egrad2rgrad = proju
 
@@ -393,9 +191,9 @@ class Oblique(Manifold):
         self._assert_pair(x, "x", egrad, "egrad")
         self._assert_pair(x, "x", ehess, "ehess")
         self._assert_pair(x, "x", u, "u")
-        xc, gc, hc, uc = _up(x), _up(egrad), _up(ehess), _up(u)
-        return self._proju(xc, torch.addcmul(hc, uc, _row_dot(xc, gc), value=-1)).to(
-            _result_dtype(x, egrad, ehess, u)
+        xc, gc, hc, uc = upcast(x), upcast(egrad), upcast(ehess), upcast(u)
+        return self._proju(xc, torch.addcmul(hc, uc, row_dot(xc, gc), value=-1)).to(
+            result_dtype(x, egrad, ehess, u)
         )
 
     @property
@@ -436,9 +234,9 @@ class Oblique(Manifold):
             v = u
         else:
             self._assert_pair(x, "x", v, "v")
-        out = (_up(u) * _up(v)).sum(dim=(-2, -1), keepdim=keepdim)
+        out = (upcast(u) * upcast(v)).sum(dim=(-2, -1), keepdim=keepdim)
         target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
-        return out.expand(target).to(_result_dtype(u, v))
+        return out.expand(target).to(result_dtype(u, v))
 
     def component_inner(self, x: torch.Tensor, u: torch.Tensor, v: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inner product per sphere, broadcast over its row (what RiemannianAdam's second moment uses).
@@ -459,7 +257,7 @@ class Oblique(Manifold):
             v = u
         else:
             self._assert_pair(x, "x", v, "v")
-        out = _row_dot(_up(u), _up(v)).to(_result_dtype(u, v))
+        out = row_dot(upcast(u), upcast(v)).to(result_dtype(u, v))
         return out.expand(broadcast_shapes(x.shape, u.shape, v.shape))
 
     def norm(self, x: torch.Tensor, u: torch.Tensor, *, keepdim=False) -> torch.Tensor:
@@ -476,7 +274,7 @@ class Oblique(Manifold):
         torch.Tensor, shape (...) or (..., 1, 1)
         """
         self._assert_pair(x, "x", u, "u")
-        out = torch.linalg.vector_norm(_up(u), dim=(-2, -1), keepdim=keepdim)
+        out = torch.linalg.vector_norm(upcast(u), dim=(-2, -1), keepdim=keepdim)
         target = broadcast_shapes(x.shape[:-2] + (1, 1) * keepdim, out.shape)
         return out.expand(target).to(u.dtype)
 
@@ -497,7 +295,7 @@ class Oblique(Manifold):
         torch.Tensor, shape (..., k, d)
         """
         self._assert_pair(x, "x", u, "u")
-        return _unit_rows(_up(x) + _up(u)).to(_result_dtype(x, u))
+        return unit_rows(upcast(x) + upcast(u)).to(result_dtype(x, u))
 
     def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r"""Exponential map ``cos(|u_b|) x_b + sin(|u_b|) u_b / |u_b|`` per row.
@@ -516,14 +314,7 @@ class Oblique(Manifold):
         torch.Tensor, shape (..., k, d)
         """
         self._assert_pair(x, "x", u, "u")
-        return self._expmap(_up(x), _up(u)).to(_result_dtype(x, u))
-
-    @staticmethod
-    def _expmap(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        n = _row_norm(u)
-        # one parameter-sized result, updated in place (the product's backward does not need it)
-        out = x * torch.cos(n)
-        return out.addcmul_(u, torch.sinc(n / math.pi))
+        return math.expmap(upcast(x), upcast(u)).to(result_dtype(x, u))
 
     def logmap(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Logarithmic map: per row, ``theta_b w_b / |w_b|`` with ``w_b`` the tangent part of ``y_b - x_b``.
@@ -542,16 +333,7 @@ class Oblique(Manifold):
             residue is below ``eps * pi``. Never NaN.
         """
         self._assert_pair(x, "x", y, "y")
-        xc, yc = _up(x), _up(y)
-        diff = yc - xc
-        # (y - x) - <x, y - x> x, not y - <x, y> x: relative accuracy eps even for nearby points
-        w = torch.addcmul(diff, xc, _row_dot(xc, diff), value=-1)
-        wn = _row_norm(w)
-        theta = _row_angle(xc, yc, diff).unsqueeze(-1)
-        # |w| = sin(theta) up to round-off; the ratio -> 1 as theta -> 0
-        regular = wn > torch.finfo(wn.dtype).eps * theta
-        factor = torch.where(regular, theta / torch.where(regular, wn, torch.ones_like(wn)), torch.ones_like(wn))
-        return (w * factor).to(_result_dtype(x, y))
+        return math.logmap(upcast(x), upcast(y)).to(result_dtype(x, y))
 
     def dist2(self, x: torch.Tensor, y: torch.Tensor, *, keepdim=False) -> torch.Tensor:
         """Squared geodesic distance ``sum_b theta_b^2`` (smooth everywhere, no sqrt).
@@ -566,12 +348,8 @@ class Oblique(Manifold):
         torch.Tensor, shape (...) or (..., 1, 1)
         """
         self._assert_pair(x, "x", y, "y")
-        return self._dist2(_up(x), _up(y), keepdim=keepdim).to(_result_dtype(x, y))
-
-    @staticmethod
-    def _dist2(x: torch.Tensor, y: torch.Tensor, *, keepdim: bool) -> torch.Tensor:
-        out = _chord_row_angle(x, y).square().sum(dim=-1)
-        return out[..., None, None] if keepdim else out
+        out = chord_row_angle(upcast(x), upcast(y)).square().sum(dim=-1)
+        return (out[..., None, None] if keepdim else out).to(result_dtype(x, y))
 
     def dist(self, x: torch.Tensor, y: torch.Tensor, *, keepdim=False) -> torch.Tensor:
         """Geodesic distance ``sqrt(sum_b theta_b^2)``, ``theta_b = 2 asin(|x_b - y_b| / 2)``.
@@ -596,8 +374,8 @@ class Oblique(Manifold):
             Values in [0, pi sqrt(k)].
         """
         self._assert_pair(x, "x", y, "y")
-        out = torch.linalg.vector_norm(_chord_row_angle(_up(x), _up(y)), dim=-1)
-        return (out[..., None, None] if keepdim else out).to(_result_dtype(x, y))
+        out = torch.linalg.vector_norm(chord_row_angle(upcast(x), upcast(y)), dim=-1)
+        return (out[..., None, None] if keepdim else out).to(result_dtype(x, y))
 
     @__scaling__(ScalingInfo(1))
     def cdist(self, x: torch.Tensor, y: torch.Tensor, *, precise: bool = True) -> torch.Tensor:
@@ -634,29 +412,11 @@ class Oblique(Manifold):
                     f"`{name}` must have shape ({dim}, {self._expected_shape()[6:]}, got shape {describe_shape(t)}"
                 )
         self._assert_same_rows(x, "x", y, "y")
-        out_dtype = _result_dtype(x, y)
-        dtype = _compute_dtype(out_dtype)
-        # autocast would run the matmul in 16 bits: cosines with ~3 significant digits
-        with autocast_disabled(x.device):
-            # renormalized rows: |x|^2 = 1 +- 1e-7 alone would put a ~4e-4 rad floor under acos
-            xu, yu = _unit_rows(x.to(dtype)), _unit_rows(y.to(dtype))
-            cos = torch.bmm(xu.transpose(0, 1), yu.permute(1, 2, 0))  # (k, n, m)
-        theta = _CosineAngle.apply(cos)
-        if precise:
-            theta = self._recompute_near_pairs(theta, cos, xu, yu)
-        return _safe_sqrt(theta.square().sum(dim=0)).to(out_dtype)
-
-    @staticmethod
-    def _recompute_near_pairs(
-        theta: torch.Tensor, cos: torch.Tensor, xu: torch.Tensor, yu: torch.Tensor
-    ) -> torch.Tensor:
-        """Replace ``theta`` (k, n, m) where ``|cos| > _NEAR_COSINE`` by exact angles of the rows."""
-        low, high = torch.aminmax(cos.detach())  # one pass, no temporary: usually nothing to do
-        if max(-float(low), float(high)) <= _NEAR_COSINE:
-            return theta
-        # flat indices (8 bytes per near entry), not (P, 3) triples
-        flat = torch.nonzero(cos.detach().abs().view(-1) > _NEAR_COSINE).squeeze(1)
-        return theta.reshape(-1).index_put((flat,), _near_pair_angles(xu, yu, flat)).view_as(theta)
+        out_dtype = result_dtype(x, y)
+        dtype = compute_dtype(out_dtype)
+        # renormalized rows: |x|^2 = 1 +- 1e-7 alone would put a ~4e-4 rad floor under acos
+        theta = math.angle_grid(unit_rows(x.to(dtype)), unit_rows(y.to(dtype)), precise=precise)
+        return safe_sqrt(theta.square().sum(dim=0)).to(out_dtype)
 
     def transp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Vector transport by projection onto the tangent space at ``y`` (as geoopt's Sphere).
@@ -680,6 +440,32 @@ class Oblique(Manifold):
         return self._proju(y, v)
 
     # ------------------------------------------------------------------------------------------
+    # optimizer support
+    # ------------------------------------------------------------------------------------------
+    def inplace_steps(self, param: torch.Tensor) -> Optional[steps.InplaceSteps]:
+        """The in-place optimizer steps for ``param`` on this manifold, or None for the generic path.
+
+        :mod:`manifold_align.optim` asks every manifold parameter's manifold for these: the projection
+        retraction and the transport by projection written out in place (:mod:`.steps`), with no
+        parameter-sized temporaries. None when ``param`` does not suit them (16-bit, non-contiguous, a
+        sparse gradient or one of another dtype or shape), or for a subclass that changes the retraction
+        without overriding this (:class:`ObliqueExact` returns None: its retraction is the exponential map).
+
+        Parameters
+        ----------
+        param : torch.Tensor, shape (..., k, d)
+            A parameter on this manifold, with its gradient.
+
+        Returns
+        -------
+        InplaceSteps or None
+        """
+        changed = type(self).retr is not Oblique.retr or type(self).transp is not Oblique.transp
+        if changed or not steps.can_step_in_place(param):
+            return None
+        return steps.OBLIQUE_STEPS
+
+    # ------------------------------------------------------------------------------------------
     # sampling
     # ------------------------------------------------------------------------------------------
     def random_uniform(self, *size, dtype=None, device=None) -> geoopt.ManifoldTensor:
@@ -696,12 +482,9 @@ class Oblique(Manifold):
         -------
         geoopt.ManifoldTensor, shape (..., k, d), ``manifold=self``
         """
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         x = torch.randn(*shape, dtype=dtype, device=device)
-        return geoopt.ManifoldTensor(_unit_rows(_up(x)).to(x.dtype), manifold=self)
+        return geoopt.ManifoldTensor(unit_rows(upcast(x)).to(x.dtype), manifold=self)
 
     random = random_uniform
 
@@ -722,10 +505,7 @@ class Oblique(Manifold):
         """
         if seed is not None:
             return super().origin(*size, dtype=dtype, device=device, seed=seed)
-        shape = size2shape(*size)
-        ok, reason = self._check_shape(shape, "size")
-        if not ok:
-            raise ValueError(reason)
+        shape = self._checked_size(*size)
         x = torch.zeros(*shape, dtype=dtype, device=device)
         x[..., 0] = 1
         return geoopt.ManifoldTensor(x, manifold=self)
@@ -764,9 +544,9 @@ class ObliqueExact(Oblique):
             Unit rows (NaN rows where ``x`` or ``u`` has NaN or Inf in that row).
         """
         self._assert_pair(x, "x", u, "u")
-        out = self._expmap(_up(x), _up(u))
+        out = math.expmap(upcast(x), upcast(u))
         # out of place: the norm's backward reads ``out``
-        return (out / _row_norm(out)).to(_result_dtype(x, u))
+        return (out / row_norm(out)).to(result_dtype(x, u))
 
     retr = expmap
     retr_transp = Oblique.expmap_transp

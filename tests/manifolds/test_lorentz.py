@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import geoopt
+import mpmath
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,6 +23,8 @@ from manifold_align.manifolds.lorentz import (
     space_expmap0,
     space_logmap0,
 )
+
+from .contract import assert_point_zero_non_finite
 
 SETTINGS = settings(max_examples=20, deadline=None)
 dims = st.tuples(st.integers(1, 5), st.integers(1, 8))  # (k, d)
@@ -59,6 +62,21 @@ def ref_dist(xs, ys, c):
     """acosh(-c <x, y>_L) / sqrt(c) per row in float64: accurate away from the diagonal."""
     z = -c * ref_inner(ref_full(xs, c), ref_full(ys, c))
     return torch.acosh(z.clamp(min=1)) / math.sqrt(c)
+
+
+def mp_dist(x, y, c):
+    """acosh(-c <x, y>_L) / sqrt(c) of one pair of (float32 or float64) space vectors, in 40-digit arithmetic."""
+    with mpmath.workdps(40):
+        xs, ys, cm = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y], mpmath.mpf(float(c))
+        x0 = mpmath.sqrt(1 / cm + sum(v * v for v in xs))
+        y0 = mpmath.sqrt(1 / cm + sum(v * v for v in ys))
+        return float(mpmath.acosh(cm * (x0 * y0 - sum(a * b for a, b in zip(xs, ys)))) / mpmath.sqrt(cm))
+
+
+def at_radius(r, c, d, seed):
+    """A float64 space vector at scaled distance r from the origin (|x_s| = sinh(r) / sqrt(c)), random direction."""
+    u = torch.randn(d, generator=gen(seed), dtype=torch.float64)
+    return math.sinh(r) / math.sqrt(c) * u / u.norm()
 
 
 def geoopt_lorentz(c):
@@ -177,6 +195,45 @@ def test_distance_near_the_diagonal_is_accurate_in_float32():
     assert float((naive.double() - ref).abs().max()) > 1e-4  # the cancellation the test is about
 
 
+def test_space_dist_far_pair_float32_issue_case():
+    # c = 1, x = [sinh 0.3, 0], y = [0, sinh 11]: the Minkowski chord put space_dist 8.5e-5 off (11.0434017)
+    x = torch.tensor([[[math.sinh(0.3), 0.0]]])
+    y = torch.tensor([[[0.0, math.sinh(11.0)]]])
+    ref = mp_dist(x[0, 0], y[0, 0], 1.0)  # 11.044340748 for the float64 inputs; these are float32
+    assert abs(ref - 11.044340748) < 1e-6
+    got = space_dist(x, y)
+    assert got.dtype == torch.float32 and abs(float(got) - ref) <= 1e-6 * ref
+    M = Hyperboloid()
+    assert abs(float(M.dist(M.lift(x), M.lift(y))) - ref) <= 1e-6 * ref
+    assert abs(float(space_cdist(x, y)) - ref) <= 1e-6 * ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.0, 2.0), st.floats(3.0, 12.0), st.integers(1, 6), curvatures, seeds)
+def test_space_dist_float32_near_far_pairs_within_1e_6(r_near, r_far, d, c, seed):
+    """A point near the origin and one far out, float32, against the exact distance of the same float32 inputs."""
+    x, y = at_radius(r_near, c, d, seed).float(), at_radius(r_far, c, d, seed + 1).float()
+    ref = mp_dist(x, y, c)
+    for a, b in ((x, y), (y, x)):
+        got = float(space_dist(a[None, None], b[None, None], c))
+        assert abs(got - ref) <= 1e-6 * ref
+        assert abs(float(space_cdist(a[None, None], b[None, None], c)) - ref) <= 2e-6 * ref
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims, curvatures, seeds, st.sampled_from([0.1, 1.0, 3.0]))
+def test_space_dist_is_the_diagonal_of_space_cdist_in_float32(kd, c, seed, scale):
+    k, d = kd
+    xs = space_points((6, k, d), seed, scale, torch.float32)
+    ys = torch.cat([xs[:2] + space_points((2, k, d), seed + 2, 1e-3 * scale, torch.float32),
+                    space_points((4, k, d), seed + 1, scale, torch.float32)])
+    ref = torch.tensor([[mp_dist(xs[i, b], ys[i, b], c) for b in range(k)] for i in range(6)], dtype=torch.float64)
+    pair = space_dist(xs, ys, c).double()
+    diag = space_cdist(xs, ys, c).diagonal(dim1=1, dim2=2).T.double()
+    torch.testing.assert_close(pair, ref, atol=1e-30, rtol=1e-6)
+    torch.testing.assert_close(diag, pair, atol=1e-30, rtol=3e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # invariants
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +326,28 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, cc: space_expmap0(a, cc), (xs, c))
 
 
+def test_gradcheck_float64_with_a_learnable_curvature_and_second_derivatives():
+    xs = space_points((3, 2, 3), 2).requires_grad_()
+    ys = space_points((3, 2, 3), 3, 2.0).requires_grad_()
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, cc: space_dist(a, b, cc), (xs, ys, c))
+    assert torch.autograd.gradgradcheck(lambda a, b, cc: space_dist(a, b, cc), (xs, ys, c))
+    assert torch.autograd.gradcheck(lambda a, b, cc: space_cdist(a, b, cc), (xs, ys, c))
+
+
+def test_gradient_at_the_origin_is_the_true_one():
+    """The distance is smooth in x at the origin (for y elsewhere): the gradient there is that of the acosh
+    formula, not a subgradient of the |x| kinks in the law-of-cosines terms."""
+    ys = space_points((4, 2, 3), 4, 1.5)
+    for c in (0.5, 2.0):
+        xs = torch.zeros(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(space_dist(xs, ys, c).sum(), xs)
+        xr = torch.zeros(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        (ref,) = torch.autograd.grad(ref_dist(xr, ys, c).sum(), xr)
+        torch.testing.assert_close(grad, ref, atol=1e-12, rtol=1e-10)
+        assert float(ref.abs().min()) > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # errors and optimizer integration
 # ---------------------------------------------------------------------------------------------
@@ -299,3 +378,81 @@ def test_riemannian_adam_converges_to_a_target():
         opt.step()
     assert float(M.dist(p, target).max()) < 1e-3
     M.assert_check_point_on_manifold(p.detach(), atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and Inf propagate through every entry point (issue 19: NaN was scored as distance 0)
+# ---------------------------------------------------------------------------------------------
+def _full_points(seed):
+    M = Hyperboloid(c=0.7)
+    x = M.lift(space_points((3, 2, 4), seed, dtype=torch.float32))
+    u = M.proju(x, space_points((3, 2, 5), seed + 1, 0.3, torch.float32))
+    return M, x, u
+
+
+# name -> (function of (x, y, u) with x, y points and u a tangent vector at x, in full coordinates, the
+# arguments it reads, and how row 0 of factor 0 shows in the output: "row" (..., k, w), "factor" (..., k),
+# "batch" (...), "grid" (n, m) or (k, n, m) with x's row first)
+HYPERBOLOID_ENTRY_POINTS = {
+    "lift": (lambda M, x, y, u: M.lift(x[..., 1:]), "x", "row"),
+    "proju": (lambda M, x, y, u: M.proju(x, u), "xu", "row"),
+    "egrad2rgrad": (lambda M, x, y, u: M.egrad2rgrad(x, u), "xu", "row"),
+    "inner": (lambda M, x, y, u: M.inner(x, u, y), "uy", "batch"),
+    "norm": (lambda M, x, y, u: M.norm(x, u), "u", "batch"),
+    "expmap": (lambda M, x, y, u: M.expmap(x, u), "xu", "row"),
+    "retr": (lambda M, x, y, u: M.retr(x, u), "xu", "row"),
+    "exact_retr": (lambda M, x, y, u: HyperboloidExact(c=M.c).retr(x, u), "xu", "row"),
+    "logmap": (lambda M, x, y, u: M.logmap(x, y), "xy", "row"),
+    "dist": (lambda M, x, y, u: M.dist(x, y), "xy", "batch"),
+    "dist2": (lambda M, x, y, u: M.dist2(x, y), "xy", "batch"),
+    "cdist": (lambda M, x, y, u: M.cdist(x, y), "x", "grid"),
+    "expmap0": (lambda M, x, y, u: M.expmap0(u), "u", "row"),
+    "logmap0": (lambda M, x, y, u: M.logmap0(x), "x", "row"),
+    "dist0": (lambda M, x, y, u: M.dist0(x), "x", "factor"),
+    "transp": (lambda M, x, y, u: M.transp(y, x, u), "xu", "row"),
+    "lorentz_inner": (lambda M, x, y, u: lorentz_inner(x, y), "xy", "factor"),
+    "space_dist": (lambda M, x, y, u: space_dist(x[..., 1:], y[..., 1:], M.c), "xy", "factor"),
+    "space_dist0": (lambda M, x, y, u: space_dist0(x[..., 1:], M.c), "x", "factor"),
+    "space_expmap0": (lambda M, x, y, u: space_expmap0(u[..., 1:], M.c), "u", "row"),
+    "space_logmap0": (lambda M, x, y, u: space_logmap0(x[..., 1:], M.c), "x", "row"),
+    "space_cdist": (lambda M, x, y, u: space_cdist(x[..., 1:], y[..., 1:], M.c), "x", "grid"),
+    "space_cdist_summed": (lambda M, x, y, u: space_cdist(x[..., 1:], y[..., 1:], M.c, sum_factors=True), "x",
+                           "grid"),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("coordinate", [0, 2], ids=["time", "space"])
+@pytest.mark.parametrize("name", sorted(HYPERBOLOID_ENTRY_POINTS))
+def test_non_finite_input_propagates_through_every_entry_point(name, coordinate, bad):
+    fn, reads, layout = HYPERBOLOID_ENTRY_POINTS[name]
+    for arg in reads:
+        M, x, u = _full_points(0)
+        y = M.lift(space_points((3, 2, 4), 9, dtype=torch.float32))
+        tensors = {"x": x, "y": y, "u": u}
+        if coordinate == 0 and (name == "lift" or name.startswith("space_")):
+            continue  # these read space components only
+        if arg == "u" and name in ("expmap0", "space_expmap0") and coordinate == 0:
+            continue  # a tangent vector at the origin has no time part: documented as ignored
+        tensors[arg] = tensors[arg].clone()
+        tensors[arg][0, 0, coordinate] = bad
+        out = fn(M, tensors["x"], tensors["y"], tensors["u"])
+        assert_point_zero_non_finite(out, "grid_y" if layout == "grid" and arg == "y" else layout, f"{name}({arg})")
+
+
+def test_projx_refuses_non_finite_input():
+    M = Hyperboloid()
+    x = torch.randn(2, 3, 4)
+    x[0, 0, 1] = math.nan
+    with pytest.raises(ValueError, match="`x` must be finite"):
+        M.projx(x)
+
+
+def test_space_dist_with_one_nan_token_is_nan_as_cdist_is():
+    # the issue's reproduction: space_dist scored the NaN token as distance 0
+    x = torch.randn(2, 3, 4, generator=gen(0))
+    y = torch.randn(2, 3, 4, generator=gen(1))
+    y[0, 0] = math.nan
+    out = space_dist(x, y)
+    assert bool(torch.isnan(out[0, 0])) and bool(torch.isfinite(out.flatten()[1:]).all())
+    assert bool(torch.isnan(space_cdist(x, y)[0, 0, 0]))

@@ -1,4 +1,4 @@
-"""The optimizers' steps on an Oblique parameter, in place.
+"""The optimizers' steps on an Oblique parameter, in place (what :meth:`Oblique.inplace_steps` hands out).
 
 The optimizers' generic manifold path calls geoopt's API (``egrad2rgrad``, ``component_inner``,
 ``retr_transp``), and each call returns new tensors of the parameter's size. On a CPU every such
@@ -11,16 +11,27 @@ parameter-sized temporaries. Row ``b`` of a tensor of shape ``(..., k, d)`` is o
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple, Optional
+
 import torch
 
-from .manifolds.oblique import _row_dot
+from ..rows import row_dot
 
-__all__ = ["adam_step_", "riemannian_grad", "retract_", "transport_"]
+__all__ = [
+    "OBLIQUE_STEPS",
+    "STEP_DTYPES",
+    "InplaceSteps",
+    "adam_step_",
+    "can_step_in_place",
+    "retract_",
+    "riemannian_grad",
+    "transport_",
+]
 
 
 def riemannian_grad(point: torch.Tensor, grad: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
     """``out = g - <x_b, g_b> x_b`` (egrad2rgrad); ``grad`` is only read. Returns ``out``."""
-    return torch.addcmul(grad, point, _row_dot(point, grad), value=-1, out=out)
+    return torch.addcmul(grad, point, row_dot(point, grad), value=-1, out=out)
 
 
 def retract_(moved: torch.Tensor) -> torch.Tensor:
@@ -33,7 +44,7 @@ def retract_(moved: torch.Tensor) -> torch.Tensor:
 
 def transport_(point: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """Transport by projection onto the tangent space at ``point``: ``v -= <x_b, v_b> x_b``."""
-    return vector.addcmul_(point, _row_dot(point, vector), value=-1)
+    return vector.addcmul_(point, row_dot(point, vector), value=-1)
 
 
 def adam_step_(
@@ -89,3 +100,39 @@ def adam_step_(
     denom = (second[..., :1] / (1 - beta2**step)).sqrt_().add_(eps)  # (..., k, 1)
     point.addcmul_(exp_avg, denom.reciprocal_().mul_(-lr / (1 - beta1**step)))
     transport_(retract_(point), exp_avg)
+
+
+class InplaceSteps(NamedTuple):
+    """The in-place step functions a manifold hands to :mod:`manifold_align.optim` (see ``inplace_steps``).
+
+    Attributes
+    ----------
+    riemannian_grad : callable ``(point, grad, *, out) -> out``
+        The Riemannian gradient written into ``out``.
+    retract_ : callable ``(moved) -> moved``
+        The retraction's last half on ``x + u``, already in ``moved``, in place.
+    transport_ : callable ``(point, vector) -> vector``
+        Transport ``vector`` onto the tangent space at ``point`` (the new point), in place.
+    adam_step_ : callable
+        One Riemannian Adam step, with the signature of :func:`adam_step_`.
+    """
+
+    riemannian_grad: Callable[..., torch.Tensor]
+    retract_: Callable[[torch.Tensor], torch.Tensor]
+    transport_: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    adam_step_: Callable[..., None]
+
+
+#: The steps of :class:`~manifold_align.manifolds.Oblique` (projection retraction, transport by projection)
+OBLIQUE_STEPS = InplaceSteps(riemannian_grad, retract_, transport_, adam_step_)
+
+#: dtypes the in-place steps handle (16-bit parameters keep float32 state: the generic path)
+STEP_DTYPES = (torch.float32, torch.float64)
+
+
+def can_step_in_place(param: torch.Tensor) -> bool:
+    """Whether ``param`` suits the in-place steps: float32 or float64, contiguous, with a dense gradient
+    of the same dtype and shape."""
+    grad: Optional[torch.Tensor] = param.grad
+    return (param.dtype in STEP_DTYPES and param.is_contiguous() and grad is not None and not grad.is_sparse
+            and grad.dtype == param.dtype and grad.shape == param.shape)
