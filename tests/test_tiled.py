@@ -3,7 +3,8 @@
 The reference scores the whole matrix with the geometry's own ``pairwise`` and takes F.cross_entropy /
 F.logsigmoid of it, as open_clip's ClipLoss and SigLipLoss do. Loss and every gradient (raw features
 through the projection, the temperature's log-scale, the bias, each geometry parameter) must agree to 1e-5
-relative in float32 and 1e-10 in float64, for every registered geometry, both objectives, with and
+relative in float32 (or, for a gradient the materialized float32 loss itself gets less accurately than that,
+within twice its error against float64) and 1e-10 in float64, for every registered geometry, both objectives, with and
 without local_loss (one rank's rows against all ranks' columns, labels offset by rank).
 """
 
@@ -92,8 +93,15 @@ def test_tiled_equals_materialized(name, objective, local, dtype):
     assert loss.dtype == dtype
     assert _rel(loss, ref_loss) < TOL[dtype], (float(loss), float(ref_loss))
     assert grads.keys() == ref_grads.keys()
+    truth = _loss_and_grads(_reference, name, torch.float64, objective, local)[1] if dtype == torch.float32 else None
     for key in grads:
-        assert _rel(grads[key], ref_grads[key]) < TOL[dtype], key
+        tolerance = TOL[dtype]
+        if truth is not None:
+            # a gradient that sums many signed contributions (lorentz's curvature: 0.07 from terms of order 1)
+            # has a float32 rounding error above 1e-5 of itself in the materialized loss too: there the bar is
+            # the materialized float32's own error against float64 (twice it), where that is the larger
+            tolerance = max(tolerance, 2 * _rel(ref_grads[key].double(), truth[key]))
+        assert _rel(grads[key], ref_grads[key]) < tolerance, key
 
 
 @pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
