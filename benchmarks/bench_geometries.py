@@ -1,9 +1,9 @@
-"""Time the logits of every similarity against the ``oblique`` logits at the same width and batch.
+"""Time the scores of every registered geometry against the ``oblique`` scores at the same width and batch.
 
 Run: python benchmarks/bench_geometries.py [--quick] [--repeat R] [--device cpu|cuda] [--no-write]
 Prints a markdown table and writes it to --out (default benchmarks/results/geometries.md; the file name
 gets a ``_gpu`` suffix on CUDA). For each setting (k tokens of d dims, batch B, features already projected)
-it times ``similarity.pairwise(a, b)`` -- forward, and forward + backward -- for oblique and the others,
+it times ``geometry.pairwise(a, b)`` -- forward, and forward + backward -- for oblique and the others,
 alternating R times (torch.utils.benchmark medians), and reports the median of the per-repeat ratios
 ``other / oblique``. The issue's target for ``lorentz`` and ``euclidean`` is within 1.2x.
 """
@@ -12,48 +12,36 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 
 import numpy as np
 import torch
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
-NAMES = ("oblique", "geodesic", "chordal", "euclidean", "euclidean (unsquared)", "lorentz")
-
-
-def _similarity(name: str, k: int, d: int, device):
-    from manifold_align import get_similarity
-
-    if name == "euclidean (unsquared)":
-        sim = get_similarity("euclidean")
-        sim.squared = False
-        return sim, None
-    sim = get_similarity(name)
-    geometry = sim.make_geometry(d=d)
-    return sim, (geometry.to(device) if geometry is not None else None)
+#: option variants timed beside the registered geometries at their defaults: label -> (geometry, options)
+VARIANTS = {"euclidean (unsquared)": ("euclidean", {"squared": False})}
 
 
-def _inputs(name, sim, geometry, b, k, d, device, seed):
+def cases() -> dict[str, tuple[str, dict]]:
+    """``oblique`` first (the reference), then every registered geometry at its defaults, then the variants."""
+    from manifold_align import list_geometries
+
+    names = ["oblique", *(n for n in list_geometries() if n != "oblique")]
+    return {**{n: (n, {}) for n in names}, **VARIANTS}
+
+
+def _geometry(name: str, options: dict, k: int, d: int, device):
+    from manifold_align import get_geometry
+
+    return get_geometry(name, n_tokens=k, token_dim=d, **options).to(device)
+
+
+def _inputs(geometry, b, k, d, device, seed):
     g = torch.Generator().manual_seed(seed)
     raw = [torch.randn(b, k, d, generator=g).to(device) for _ in range(2)]
-    kwargs = {} if geometry is None else {"geometry": geometry}
     with torch.no_grad():
-        a = sim.project(raw[0], modality="image", **kwargs)
-        t = sim.project(raw[1], modality="text", **kwargs)
-    return a, t, kwargs
-
-
-def median_s(fn, min_run_time: float, device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run():
-        fn()
-        sync()
-
-    return tb.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time).median
+        return geometry.project(raw[0], modality="image"), geometry.project(raw[1], modality="text")
 
 
 def settings(quick: bool, device) -> list[tuple[int, int, int]]:
@@ -77,40 +65,39 @@ def main() -> None:
     t_min = 0.05 if args.quick else 0.3
     rows = []
     for k, d, b in settings(args.quick, device):
-        sims = {n: _similarity(n, k, d, device) for n in NAMES}
-        data = {n: _inputs(n, *sims[n], b, k, d, device, seed=0) for n in NAMES}
+        geometries = {label: _geometry(name, options, k, d, device) for label, (name, options) in cases().items()}
+        data = {label: _inputs(g, b, k, d, device, seed=0) for label, g in geometries.items()}
 
         def forward(n):
-            a, t, kw = data[n]
-            return lambda: sims[n][0].pairwise(a, t, **kw)
+            a, t = data[n]
+            return lambda: geometries[n].pairwise(a, t)
 
         def backward(n):
-            a, t, kw = data[n]
-            a, t = a.detach().requires_grad_(), t.detach().requires_grad_()
-            return lambda: sims[n][0].pairwise(a, t, **kw).sum().backward()
+            a, t = (x.detach().requires_grad_() for x in data[n])
+            return lambda: geometries[n].pairwise(a, t).sum().backward()
 
         for mode, make in (("forward", forward), ("fwd+bwd", backward)):
             base = make("oblique")
-            for n in NAMES[1:]:
+            for n in list(geometries)[1:]:
                 fn = make(n)
-                pairs = [(median_s(base, t_min, device), median_s(fn, t_min, device)) for _ in range(args.repeat)]
+                cuda = device.type == "cuda"
+                pairs = [(median_s(base, t_min, sync_cuda=cuda), median_s(fn, t_min, sync_cuda=cuda))
+                         for _ in range(args.repeat)]
                 rows.append((n, mode, k, d, b, float(np.median([p[0] for p in pairs])),
                              float(np.median([p[1] for p in pairs])), float(np.median([o / r for r, o in pairs]))))
                 print(f"[geometries] {rows[-1]}", file=sys.stderr, flush=True)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{cpu_model()}; {torch.get_num_threads()} threads")
     lines = [
-        "# Logits of each similarity against `oblique`",
+        "# Scores of each geometry against `oblique`",
         "",
         f"Command: `python benchmarks/bench_geometries.py{' --quick' if args.quick else ''}"
         f"{'' if args.repeat == 5 else f' --repeat {args.repeat}'}"
         f"{'' if args.device == 'cpu' else f' --device {args.device}'}`  ",
-        f"Machine: {machine}; torch {torch.__version__}; python {platform.python_version()}  ",
-        "`similarity.pairwise(a, b)` on projected float32 features (B, k, d), B x B logits. Times: median over",
+        f"Machine: {machine()}; timed on {device}  ",
+        "`geometry.pairwise(a, b)` on projected float32 features (B, k, d), B x B logits. Times: median over",
         f"{args.repeat} alternating repeats of the blocked_autorange median; ratio: median of the per-repeat",
-        "ratios (similarity / oblique: lower is faster, the target for lorentz and euclidean is <= 1.2x).",
+        "ratios (geometry / oblique: lower is faster, the target for lorentz and euclidean is <= 1.2x).",
         "",
-        "| similarity | pass | k x d | B | oblique (ms) | similarity (ms) | similarity / oblique |",
+        "| geometry | pass | k x d | B | oblique (ms) | geometry (ms) | geometry / oblique |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for n, mode, k, d, b, base, ours, ratio in rows:

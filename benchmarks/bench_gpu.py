@@ -22,24 +22,16 @@ What is measured (k = 16, d = 32, so k * d = 512; torch.utils.benchmark medians,
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
 RESULTS = Path(__file__).parent / "results" / "gpu.md"
 K, D = 16, 32
-
-
-def median_s(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median seconds per call (``blocked_autorange``; it synchronizes CUDA around each block)."""
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
 def tokens(b: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -57,9 +49,9 @@ def matrix_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, min_run
 
 def logits_rows(device, batches, peaks, min_run_time) -> list[dict]:
     """One row per (B, implementation): time, TFLOP/s, fraction of the dtype's peak, ratio to ours."""
-    from manifold_align.similarity import get_similarity
+    from manifold_align import get_geometry
 
-    oblique = get_similarity("oblique")
+    oblique = get_geometry("oblique", n_tokens=K, token_dim=D)
     rows = []
     for b in batches:
         x, y = tokens(b, device, torch.bfloat16, 0), tokens(b, device, torch.bfloat16, 1)
@@ -85,9 +77,10 @@ def loss_rows(device, batches, min_run_time) -> list[dict]:
     """Forward + backward of our loss against open_clip's ClipLoss, same bf16 features, autocast on."""
     from open_clip.loss import ClipLoss
 
-    from manifold_align.losses import ContrastiveLoss
+    from manifold_align import ContrastiveLoss, get_geometry, get_temperature
 
-    ours_loss = ContrastiveLoss("oblique", {"name": "learnable", "init": 0.07, "max_scale": 100.0}).to(device)
+    ours_loss = ContrastiveLoss(get_geometry("oblique", n_tokens=K, token_dim=D))
+    temperature = get_temperature({"name": "learnable", "init": 0.07, "max_scale": 100.0}).to(device)
     clip_loss = ClipLoss()
     logit_scale = torch.nn.Parameter(torch.tensor(1 / 0.07, device=device).log())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
@@ -100,7 +93,7 @@ def loss_rows(device, batches, min_run_time) -> list[dict]:
 
         def ours():
             with autocast:
-                loss = ours_loss(x, y).loss
+                loss = ours_loss(x, y, temperature.scale()).loss
             loss.backward()
 
         def theirs():
@@ -140,12 +133,11 @@ def manifold_rows(device, batches, min_run_time) -> list[dict]:
 
 
 def render(device, peaks, peak_n, logits, losses, manifold, command) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_model()}"
     lines = [
         "# GPU rows: logits against the matrix peak, loss against open_clip, manifold ops against geoopt",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {name}; torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {machine()}; timed on {device}  ",
         f"k = {K}, d = {D} (k * d = {K * D}). Times: torch.utils.benchmark medians (CUDA synchronized).",
         "",
         f"Matrix peak measured in this run ({peak_n} x {peak_n} x {peak_n} product): "

@@ -13,15 +13,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 
 import numpy as np
 import torch
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
 K, D = 16, 32
 
@@ -40,10 +38,6 @@ def _import_oblique():
             del sys.modules[name]
         from manifold_align.manifolds.oblique import Oblique
     return Oblique
-
-
-def median_s(fn, min_run_time: float) -> float:
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
 def points(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +115,6 @@ def geomstats_child(batches: list[int], min_run_time: float, repeat: int) -> Non
                         ("logmap", lambda: space.metric.log(y, x))):
             out[f"{key}@{b}"] = float(np.median([median_s(fn, min_run_time) for _ in range(repeat)]))
     print(json.dumps(out))
-
-
-def machine() -> str:
-    return f"{cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} threads; python {platform.python_version()}"
 
 
 def main() -> None:

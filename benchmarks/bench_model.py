@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine  # benchmarks/ is on sys.path: scripts run from there
 
 RESULTS = Path(__file__).parent / "results" / "model.md"
 FLOPS_RESULTS = RESULTS.with_name("model_flops.md")
@@ -144,13 +143,13 @@ def _build(setting: Setting, kind: str, *, trim: bool = True):
             text = F.normalize(model.encode_text(texts), dim=-1)
             return _symmetric_ce(model.logit_scale.exp() * image.float() @ text.float().T)
     else:
-        embed = {"n_tokens": setting.n_tokens, "token_dim": setting.token_dim, "similarity": "oblique",
+        embed = {"n_tokens": setting.n_tokens, "token_dim": setting.token_dim, "geometry": "oblique",
                  "temperature": {"name": "learnable"}}
         model = create_model(cfg, embed)
 
         def loss_fn(images, texts):
             out = model(images, texts)
-            scores = model.similarity.pairwise(out["image_features"], out["text_features"])
+            scores = model.geometry.pairwise(out["image_features"], out["text_features"])
             return _symmetric_ce(model.temperature(scores))
 
     model.to(device).train()
@@ -370,15 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.no_write:
         return
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     command = "python benchmarks/bench_model.py" + (f" --settings {' '.join(args.settings)}" if args.settings else "")
     command += f" --threads {args.threads}" if args.threads else ""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         "# Multi-token model vs stock open_clip: one training step\n\n"
         f"Command: `{command}`\n\n"
-        f"Machine: CPU {cpu_model()} ({args.threads or torch.get_num_threads()} torch threads per worker), GPU {gpu}, "
-        f"torch {torch.__version__}, Python {platform.python_version()}.\n\n"
+        f"Machine: {machine(threads=args.threads or torch.get_num_threads())} (torch threads per worker).\n\n"
         "One step = forward of both towers, symmetric cross-entropy, backward, AdamW step; best (minimum) of the "
         "timed steps after warm-up (median in brackets), the three models' steps interleaved in one process "
         "(order rotated each round). Ratios are multi-token / stock (target: <= 1.05x).\n"

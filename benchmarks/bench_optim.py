@@ -22,7 +22,6 @@ to load that drifts during the run (shared machines). ratio = baseline / ours: a
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from dataclasses import dataclass
@@ -30,9 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.utils.benchmark as tb
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine, median_s  # benchmarks/ is on sys.path: scripts run from there
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "optim.md"
@@ -162,15 +160,6 @@ def build_cases(quick: bool, device: str) -> list[Case]:
 # ----------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------
-def median_s(fn: Callable[[], None], min_run_time: float, cuda: bool) -> float:
-    def run():
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-
-    return tb.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time).median
-
-
 def time_case(case: Case, repeat: int, min_run_time: float) -> list[tuple[str, float, float]]:
     """(label, median time, median ratio baseline/ours) per optimizer; ours first with ratio 1."""
     cuda = case.device == "cuda"
@@ -178,7 +167,7 @@ def time_case(case: Case, repeat: int, min_run_time: float) -> list[tuple[str, f
     for r in range(repeat):
         order = case.optimizers if r % 2 == 0 else case.optimizers[::-1]
         for label, step in order:
-            times[label].append(median_s(step, min_run_time, cuda))
+            times[label].append(median_s(step, min_run_time, sync_cuda=cuda))
     ours = times[case.optimizers[0][0]]
     return [(label, statistics.median(t), statistics.median(b / o for b, o in zip(t, ours)))
             for label, t in times.items()]
@@ -187,14 +176,6 @@ def time_case(case: Case, repeat: int, min_run_time: float) -> list[tuple[str, f
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    import geoopt
-
-    return (f"CPU {cpu_model()} ({torch.get_num_threads()} torch threads), GPU {gpu}; torch {torch.__version__}, "
-            f"geoopt {geoopt.__version__}, Python {platform.python_version()}")
-
-
 def table(results: list[tuple[Case, list[tuple[str, float, float]]]]) -> str:
     lines = ["| parameters | device | params (M) | tensors | optimizer | step (ms) | baseline / ours |",
              "|---|---|---:|---:|---|---:|---:|"]
@@ -239,11 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         for case in build_cases(args.quick, device):
             results.append((case, time_case(case, repeat, min_run_time)))
             print(f"done {case.name} on {device}", file=sys.stderr)
+    import geoopt
+
     text = "\n".join([
         "# One optimizer step: RiemannianAdamW against torch AdamW and geoopt RiemannianAdam",
         "",
         f"Command: `{command_line(argv)}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine(extra=[f'geoopt {geoopt.__version__}'])}  ",
         f"float32, lr {LR:g}, weight decay {WD:g} (geoopt's is coupled, written into the gradient). Times: median "
         f"over {repeat} repeats, alternating the optimizers' order, of the torch.utils.benchmark blocked_autorange "
         "median; ratio: median of the per-repeat ratios baseline / ours (above 1: ours is faster). Expect +-30% "

@@ -5,7 +5,7 @@ loader, checkpoints) for a few hundred steps on webdataset shards written from t
 that ship with scikit-learn (no download), twice:
 
 - *recipe*: the config as shipped, k = 16 tokens of d = 32 on OB(32, 16), learnable scale capped at 3.95;
-- *stock-equivalent*: the same run with ``model.n_tokens=1 model.token_dim=512 loss.similarity=cosine`` and
+- *stock-equivalent*: the same run with ``model.n_tokens=1 model.token_dim=512 model.geometry=cosine`` and
   CLIP's learnable scale capped at 100, which is open_clip's ``CLIP`` architecture (the k = 1 model equals
   stock open_clip to 1e-6, tested in tests/test_model.py), trained by the same loop.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine  # benchmarks/ is on sys.path: scripts run from there
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "vit-b-16-webdataset.yaml"
@@ -45,7 +44,7 @@ CAPTIONS = ("a photo of the digit {}.", "a handwritten {}.", "the number {}, wri
 
 VARIANTS = {
     "recipe": [],
-    "stock-equivalent": ["model.n_tokens=1", "model.token_dim=512", "loss.similarity=cosine",
+    "stock-equivalent": ["model.n_tokens=1", "model.token_dim=512", "model.geometry=cosine",
                          "loss.temperature.max_scale=100.0"],
 }
 
@@ -112,7 +111,7 @@ def render(results: dict, args, device_name: str, command: str) -> str:
         "# ViT-B-16 recipe through the trainer: multi-token against stock-equivalent",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {device_name}; CPU {cpu_model()}; torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {machine()}; trained on {device_name}  ",
         f"Config: `configs/vit-b-16-webdataset.yaml` with model {args.model}, global batch {args.batch_size}, "
         f"{args.steps} steps, {args.workers} loader workers, on webdataset shards of scikit-learn's digits "
         "(PNG, 8x8 upscaled to the model's 224 by open_clip's transform; 4 caption templates). "

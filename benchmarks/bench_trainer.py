@@ -7,7 +7,7 @@ cosine schedule, gradient clipping at 1, for the same number of steps, without e
 gets the towers as a stock model config (``open_clip_config.json`` in a folder, passed as
 ``--model local-dir:FOLDER``, which open_clip reads offline): one 512-wide embedding, cosine similarity,
 its learnable logit scale. Ours trains the same towers with ``n_tokens=1, token_dim=512``,
-``loss.similarity=cosine``, ``temperature=learnable`` (the same model), and then the oblique ``k = 16``
+``model.geometry=cosine``, ``temperature=learnable`` (the same model), and then the oblique ``k = 16``
 model of ``digits-fast`` (16 tokens of 32) against the same open_clip run, with the FLOP ratio of one
 training step (forward and backward, counted on the meta device as ``bench_model.py --flops`` counts)
 beside it.
@@ -108,8 +108,8 @@ def open_clip_command(csv: Path, model_dir: Path, logs: Path, args) -> list[str]
 
 
 def ours_command(csv: Path, output: Path, args, *, k: int) -> list[str]:
-    geometry = (["model.n_tokens=1", "model.token_dim=512", "loss.similarity=cosine", "loss.temperature.name=learnable"]
-                if k == 1 else [f"model.n_tokens={k}", f"model.token_dim={512 // k}", "loss.similarity=oblique"])
+    geometry = (["model.n_tokens=1", "model.token_dim=512", "model.geometry=cosine", "loss.temperature.name=learnable"]
+                if k == 1 else [f"model.n_tokens={k}", f"model.token_dim={512 // k}", "model.geometry=oblique"])
     settings = [
         "data.dataset=csv", f"data.train_data={csv}", f"data.batch_size={args.batch_size}",
         f"data.workers={args.workers}", f"model.name={MODEL}", f"train.steps={args.steps}", f"train.lr={LR}",

@@ -35,7 +35,7 @@ def main() -> None:
     cfg = load_model_config("ViT-B-16")
     cfg.pop("embed_cfg", None)
     stock = create_stock_model(cfg).to(device).train()
-    multi = create_model(cfg, {"n_tokens": 16, "token_dim": 32, "similarity": "oblique",
+    multi = create_model(cfg, {"n_tokens": 16, "token_dim": 32, "geometry": "oblique",
                                "temperature": {"name": "learnable"}}).to(device).train()
     images = torch.randn(BATCH, 3, 224, 224, device=device)
     texts = get_tokenizer(cfg)(make_captions(BATCH, "realistic")).to(device)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import machine  # benchmarks/ is on sys.path: scripts run from there
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,7 +48,7 @@ CPU_OVERRIDES = [
     "log.progress=false", "log.tensorboard=false",
 ]
 
-STOCK = ["model.n_tokens=1", "model.token_dim=512", "loss.similarity=cosine"]
+STOCK = ["model.n_tokens=1", "model.token_dim=512", "model.geometry=cosine"]
 
 #: name -> (overrides, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -92,7 +91,7 @@ def collapse(model, batch) -> dict[str, float]:
     model.train()
     u, v, s = out["image_features"], out["text_features"], float(out["logit_scale"])
     n = u.shape[0]
-    z = s * model.similarity.pairwise(u, v)
+    z = s * model.geometry.pairwise(u, v)
     negatives = (z.sum() - z.diagonal().sum()) / (n * n - n)
     return {
         "img": _mean_offdiag(torch.einsum("ikd,jkd->kij", u, u)),
@@ -177,8 +176,7 @@ def main(argv=None) -> int:
         print(f"{name}: leave {r['leave']}, plateau {r['plateau']} steps, {r['seconds']:.0f} s; losses - log N: "
               + " ".join(f"{x - math.log(256):+.3f}" for x in r["losses"]), flush=True)
     command = "python benchmarks/plateau.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = (f"Command: `{command}`  \nMachine: {cpu_model()} ({platform.machine()}), CPU, "
-              f"{args.threads} thread(s); torch {torch.__version__}, Python {platform.python_version()}; "
+    report = (f"Command: `{command}`  \nMachine: {machine(threads=args.threads)}; "
               f"{time.perf_counter() - tic:.0f} s in all.  \n"
               f"Towers `{args.model}`, batch 256 (log N = {math.log(256):.3f}), {args.steps} steps of a "
               f"{args.schedule_steps}-step schedule with warmup {args.warmup}, "

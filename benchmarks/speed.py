@@ -30,7 +30,6 @@ and each command. The scripts' own result files (``results/manifold.md``, ...) a
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import shlex
 import subprocess
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from machine_info import cpu_model  # benchmarks/ is on sys.path: scripts run from there
+from machine_info import gpu_name, machine  # benchmarks/ is on sys.path: scripts run from there
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -60,22 +59,6 @@ class Section:
     returncode: int
     seconds: float
     body: str
-
-
-def gpu_name() -> Optional[str]:
-    """The first CUDA device's name, or None without a usable GPU."""
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
-
-def machine() -> str:
-    import os
-
-    import torch
-
-    return (f"CPU {cpu_model()} ({os.cpu_count()} logical cores, torch default {torch.get_num_threads()} threads), "
-            f"GPU {gpu_name() or 'none'}; torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def _supports(script: Path, flag: str) -> bool:
@@ -180,9 +163,8 @@ def render(sections: Sequence[Section], *, quick: bool, argv: Sequence[str], gpu
     return "\n".join(lines) + "\n"
 
 
-def build_parser(prog: str = "benchmarks/speed.py") -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog,
         description="Run the manifold, model and optimizer speed benchmarks (each in its own process) and "
                     "collect their tables in one markdown file.",
     )
@@ -199,10 +181,10 @@ def build_parser(prog: str = "benchmarks/speed.py") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, *, prog: str = "benchmarks/speed.py") -> int:
-    """Entry point (``manifold-align bench speed`` delegates here); returns the exit status."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point (``manifold-align bench speed`` runs this script); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser().parse_args(argv)
     gpu = gpu_name()
     if args.only is None:
         args.only = [n for n in BENCHMARKS if gpu or n not in GPU_ONLY]

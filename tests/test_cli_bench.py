@@ -1,4 +1,4 @@
-"""Tests of ``manifold-align bench``: help, delegation to benchmarks/*.py, the missing-checkout error.
+"""Tests of ``manifold-align bench``: help, running benchmarks/*.py unpatched, the missing-checkout error.
 
 Only help, dry runs and command construction, plus one smoke run of ``bench_gpu.py`` on the CPU (its
 small ``--quick`` sizes), so that the GPU script is exercised where CI runs.
@@ -54,6 +54,28 @@ def test_bench_topologies_help_is_the_scripts(capsys):
     assert code == 0
     assert "usage: manifold-align bench topologies" in out
     assert "--dry-run" in out and "--quick" in out
+
+
+def test_bench_topologies_fast_mode_help_is_the_scripts(capsys):
+    code, out, _ = _run_main(["bench", "topologies", "--mode", "fast", "--help"], capsys)
+    assert code == 0
+    assert "usage: manifold-align bench topologies --mode fast" in out
+    assert "--profile" in out and "--report-only" in out
+
+
+def test_bench_runs_the_script_unpatched_and_restores_the_process(capsys, monkeypatch, tmp_path):
+    """The script runs as `python benchmarks/<script>` would (as __main__, sys.argv = the command's name and the
+    arguments), with nothing of it replaced; sys.argv and sys.path are as before afterwards."""
+    script = tmp_path / "benchmarks" / "echo.py"
+    script.parent.mkdir()
+    script.write_text("import sys\nprint(__name__, sys.argv)\nsys.exit(3)\n")
+    monkeypatch.setattr(cli, "_BENCHMARKS_DIR", script.parent)
+    monkeypatch.setitem(cli._BENCHMARK_SCRIPTS, "echo", ("echo.py", "test script"))
+    argv, path = list(sys.argv), list(sys.path)
+    code, out, _ = _run_main(["bench", "echo", "--flag", "x"], capsys)
+    assert code == 3
+    assert out.strip() == "__main__ ['manifold-align bench echo', '--flag', 'x']"
+    assert (sys.argv, sys.path) == (argv, path)
 
 
 def test_bench_without_benchmark_is_an_error(capsys):

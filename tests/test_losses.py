@@ -292,16 +292,10 @@ class _HostReads:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-# the precise near-pair passes decide with `bool(near.any())` whether any pair needs recomputing: one device read
-# per pairwise call (geodesic: manifolds/oblique cdist, 2; euclidean squared=False: 1; lorentz: manifolds/lorentz, 1)
-_NEAR_PAIR_READ = pytest.mark.xfail(strict=True, reason="precise near-pair pass reads the device (issue 19 host reads)")
-
-
 @pytest.mark.parametrize("name, options", [
-    ("cosine", {}), ("oblique", {}), ("chordal", {}), ("euclidean", {}),
-    pytest.param("geodesic", {}, marks=_NEAR_PAIR_READ),
-    pytest.param("euclidean", {"squared": False}, marks=_NEAR_PAIR_READ, id="euclidean-unsquared"),
-    pytest.param("lorentz", {"entailment_weight": 0.2}, marks=_NEAR_PAIR_READ, id="lorentz-entailment"),
+    ("cosine", {}), ("oblique", {}), ("chordal", {}), ("euclidean", {}), ("geodesic", {}),
+    pytest.param("euclidean", {"squared": False}, id="euclidean-unsquared"),
+    pytest.param("lorentz", {"entailment_weight": 0.2}, id="lorentz-entailment"),
 ])
 @pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
 def test_the_loss_reads_the_device_only_to_validate(monkeypatch, name, options, objective):

@@ -1,300 +1,458 @@
-"""Tests of benchmarks/topologies.py: the plan, the block control, statistics, outputs, resume."""
+"""Tests of the topology benchmark (``benchmarks/topology/``, run as ``benchmarks/topologies.py``).
+
+The package layout (no import circle), the topologies and the full mode's plan, the fast mode's engine and grid
+(seeds train as they would alone, resume, never a run twice), and the one report engine: intervals against the
+t formula, duplicate runs refused, verdict words from the interval whatever the means.
+"""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from clip_reference import clip_temperature
 
-from manifold_align_train.cli import _load_script
-
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "topologies.py"
+BENCHMARKS = REPO / "benchmarks"
+if str(BENCHMARKS) not in sys.path:  # as `python benchmarks/topologies.py` has it
+    sys.path.insert(0, str(BENCHMARKS))
+
+from topology import cli, full, grid, report, results, spec, stats  # noqa: E402
+
+#: t(0.975, n - 1) for n = 2..5, from a table (scipy computes it in the code under test)
+T975 = {2: 12.706204736, 3: 4.302652730, 4: 3.182446305, 5: 2.776445105}
 
 
-@pytest.fixture(scope="module")
-def bench():
-    """The script loaded the way `manifold-align bench topologies` loads it."""
-    return _load_script(SCRIPT)
-
-
-def _args(bench, argv):
-    return bench.resolve_args(bench.build_parser().parse_args(argv))
+def _half(xs):
+    """95% t half-width written out: t * sample sd / sqrt(n)."""
+    n, mean = len(xs), sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return T975[n] * sd / math.sqrt(n)
 
 
 # --------------------------------------------------------------------------------------------------
-# topologies and plan
+# the package: layers, no circle
 # --------------------------------------------------------------------------------------------------
-def test_every_topology_has_width_512(bench):
-    for topo in bench.TOPOLOGIES.values():
-        assert topo.n_tokens * topo.token_dim == bench.WIDTH, topo.name
+LAYERS = ["geometry", "spec", "stats", "results", "fast", "grid", "full", "report", "cli"]
 
 
-def test_topology_overrides_build_valid_configs(bench):
+def _package_imports(module: str) -> set[str]:
+    tree = ast.parse((BENCHMARKS / "topology" / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("topology"):
+            out.add(node.module.split(".")[1])
+    return out
+
+
+def test_package_modules_import_only_lower_layers():
+    files = sorted(p.stem for p in (BENCHMARKS / "topology").glob("*.py") if p.stem != "__init__")
+    assert files == sorted(LAYERS)
+    for i, module in enumerate(LAYERS):
+        imported = _package_imports(module)
+        assert imported <= set(LAYERS[:i]), f"{module} imports {imported - set(LAYERS[:i])} (a higher layer)"
+    assert not any((BENCHMARKS / f"topology_{m}.py").exists() for m in ("fast", "grid", "report"))
+
+
+def test_only_the_adapter_touches_the_geometry_api():
+    """Only topology/geometry.py imports the library's geometry side (the optimizer is not part of it), and no
+    module compares a geometry's name."""
+    for module in LAYERS:
+        source = (BENCHMARKS / "topology" / f"{module}.py").read_text()
+        imported = {node.module for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("manifold_align")}
+        imported |= {a.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                     for a in node.names if a.name.startswith("manifold_align")}
+        library = {m for m in imported if m.split(".")[0] == "manifold_align"}
+        if module == "geometry":
+            assert library <= {"manifold_align", "manifold_align.geometries"}
+        else:
+            assert library <= {"manifold_align.optim"}, f"{module}.py imports {library}"
+        assert ".name ==" not in source and 'similarity == "' not in source, module
+
+
+# --------------------------------------------------------------------------------------------------
+# topologies and the full mode's plan
+# --------------------------------------------------------------------------------------------------
+def test_every_topology_has_width_512():
+    for topo in spec.TOPOLOGIES.values():
+        assert topo.n_tokens * topo.token_dim == spec.WIDTH, topo.name
+
+
+def test_topology_overrides_build_valid_configs():
     from manifold_align_train.config import load_config
 
-    for topo in bench.TOPOLOGIES.values():
+    for topo in spec.TOPOLOGIES.values():
         cfg = load_config(None, topo.overrides())
-        assert cfg.loss.similarity == topo.similarity
+        assert cfg.model.geometry == topo.geometry
         assert (cfg.model.n_tokens, cfg.model.token_dim) == (topo.n_tokens, topo.token_dim)
         assert cfg.loss.temperature.name == topo.temperature["name"]
         assert cfg.model.class_tokens == topo.class_tokens
     reference = clip_temperature()  # open_clip's initial temperature and cap
-    clip = load_config(None, bench.TOPOLOGIES["sphere-learnable"].overrides()).loss.temperature
+    clip = load_config(None, spec.TOPOLOGIES["sphere-learnable"].overrides()).loss.temperature
     assert (clip.init, clip.max_scale) == pytest.approx((reference["init"], reference["max_scale"]))
-    capped = load_config(None, bench.TOPOLOGIES["oblique-learnable-3.95"].overrides()).loss.temperature
+    capped = load_config(None, spec.TOPOLOGIES["oblique-learnable-3.95"].overrides()).loss.temperature
     assert capped.max_scale == 3.95
-    fixed = load_config(None, bench.TOPOLOGIES["sphere-fixed"].overrides()).loss.temperature
+    fixed = load_config(None, spec.TOPOLOGIES["sphere-fixed"].overrides()).loss.temperature
     assert fixed.name == "fixed" and fixed.scale == pytest.approx(1 / reference["init"])
 
 
-def test_full_plan_counts_and_reuses_k16(bench):
-    args = _args(bench, [])
-    specs = bench.plan_runs(args.topologies, args.noise, range(args.seeds), args.k_values, args.k_noise)
+def test_geometry_options_reach_the_run_config():
+    from manifold_align_train.config import load_config
+
+    topo = spec.Topology("lorentz-c2", "lorentz", 1, 512, {"name": "none"}, options={"curvature_init": 2.0})
+    assert load_config(None, topo.overrides()).model.geometry_options == {"curvature_init": 2.0}
+
+
+def test_registered_geometries_are_topologies_by_name():
+    from manifold_align import list_geometries
+
+    defaults = spec.default_topologies()
+    assert defaults[:len(spec.TOPOLOGIES)] == list(spec.TOPOLOGIES)
+    used = {t.geometry for t in spec.TOPOLOGIES.values()}
+    assert set(defaults[len(spec.TOPOLOGIES):]) == set(list_geometries()) - used  # each other one, once
+    geodesic = spec.topology("geodesic-k8")
+    assert (geodesic.geometry, geodesic.n_tokens, geodesic.token_dim, geodesic.blocks) == ("geodesic", 8, 64, 8)
+    with pytest.raises(ValueError, match="registered: .*lorentz"):
+        spec.topology("hyperbolic-k4")
+
+
+def test_full_plan_counts_and_reuses_k16():
+    args = cli.resolve_args(cli.build_parser().parse_args([]))
+    specs = full.plan_runs(args.topologies, args.noise, range(args.seeds), args.k_values, args.k_noise)
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    # 13 topologies x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
-    assert len(specs) == 13 * 5 * 3 + 6 * 1 * 3
+    # every default topology x 5 noise x 3 seeds, then 6 new k values x 1 noise x 3 seeds (k = 16 is oblique-none)
+    assert len(specs) == len(spec.default_topologies()) * 5 * 3 + 6 * 1 * 3
     assert not any(n.startswith("oblique-none-k16_") for n in names)
 
 
-def test_user_overrides_sit_between_defaults_and_topology(bench):
-    args = _args(bench, ["--quick", "--set", "train.lr=0.001", "--set", "loss.similarity=chordal"])
-    spec = bench.RunSpec(bench.TOPOLOGIES["oblique-none"], 0.4, 1)
-    items = bench.run_overrides(spec, args)
+def test_user_overrides_sit_between_defaults_and_topology():
+    args = cli.resolve_args(cli.build_parser().parse_args(["--quick", "--set", "train.lr=0.001", "--set",
+                                                           "model.geometry=chordal"]))
+    run = full.RunSpec(spec.TOPOLOGIES["oblique-none"], 0.4, 1)
+    items = full.run_overrides(run, args)
     assert items.index("train.lr=0.001") > items.index("train.steps=20")
     # the topology wins over a user override of its own keys
-    assert items.index("loss.similarity=oblique") > items.index("loss.similarity=chordal")
-    assert items[-3:] == ["data.caption_noise=0.4", "seed=1", f"name={spec.name}"]
+    assert items.index("model.geometry=oblique") > items.index("model.geometry=chordal")
+    assert items[-3:] == ["data.caption_noise=0.4", "seed=1", f"name={run.name}"]
 
 
-def test_config_file_brings_its_own_data_and_budget(bench, tmp_path):
-    args = _args(bench, ["--config", str(tmp_path / "x.yaml")])
-    items = bench.base_overrides(args)
+def test_config_file_brings_its_own_data_and_budget(tmp_path):
+    args = cli.resolve_args(cli.build_parser().parse_args(["--config", str(tmp_path / "x.yaml")]))
+    items = full.base_overrides(args)
     assert not any(i.startswith(("data.dataset=", "train.steps=", "data.batch_size=")) for i in items)
     assert "train.threads=1" in items
 
 
-def test_resume_state_and_command(bench, tmp_path):
-    args = _args(bench, ["--quick"])
-    spec = bench.RunSpec(bench.TOPOLOGIES["sphere-none"], 0.0, 0)
-    run = tmp_path / spec.name
-    assert bench.run_state(run) == "new"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "step_00000006.pt").write_bytes(b"")
-    assert bench.run_state(run) == "resume"
-    cmd = bench.train_command(spec, args, run, "resume")
+def test_resume_state_and_command(tmp_path):
+    args = cli.resolve_args(cli.build_parser().parse_args(["--quick"]))
+    run = full.RunSpec(spec.TOPOLOGIES["sphere-none"], 0.0, 0)
+    folder = tmp_path / run.name
+    assert full.run_state(folder) == "new"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "step_00000006.pt").write_bytes(b"")
+    assert full.run_state(folder) == "resume"
+    cmd = full.train_command(run, args, folder, "resume")
     assert cmd[cmd.index("--resume") + 1] == "latest"
-    (run / "summary.json").write_text("{}")
-    assert bench.run_state(run) == "done"
-    block = bench.train_command(bench.RunSpec(bench.TOPOLOGIES["block-control"], 0.0, 0), args, run, "new")
+    (folder / "summary.json").write_text("{}")
+    assert full.run_state(folder) == "done"
+    block = full.train_command(full.RunSpec(spec.TOPOLOGIES["block-control"], 0.0, 0), args, folder, "new")
     assert block[1:4] == ["-m", "manifold_align_train", "train"] and "--resume" not in block
     assert "model.class_tokens=1" in block
 
 
-# --------------------------------------------------------------------------------------------------
-# block control: one class token, 16 normalized blocks, the built-in oblique similarity
-# --------------------------------------------------------------------------------------------------
-def test_block_control_is_oblique_with_one_class_token(bench):
+def test_block_control_is_oblique_with_one_class_token():
     from manifold_align_train.builders import build_model
     from manifold_align_train.config import load_config
 
-    block, oblique = bench.TOPOLOGIES["block-control"], bench.TOPOLOGIES["oblique-none"]
-    assert (block.similarity, block.n_tokens, block.token_dim, block.class_tokens) == ("oblique", 16, 32, 1)
-    assert block.overrides() == oblique.overrides()[:3] + ["model.class_tokens=1"] + oblique.overrides()[3:]
-    cfg = load_config(None, block.overrides())
-    model, _, _ = build_model(cfg, torch.device("cpu"))
+    block, oblique = spec.TOPOLOGIES["block-control"], spec.TOPOLOGIES["oblique-none"]
+    assert (block.geometry, block.n_tokens, block.token_dim, block.class_tokens) == ("oblique", 16, 32, 1)
+    model, _, _ = build_model(load_config(None, block.overrides()), torch.device("cpu"))
     assert model.embed_cfg.tower_tokens == 1 and model.embed_cfg.tower_token_dim == 512
     features = model.encode_image(torch.randn(3, 3, 32, 32))
     assert features.shape == (3, 16, 32)
     torch.testing.assert_close(features.norm(dim=-1), torch.ones(3, 16))
+    assert oblique.overrides()[:3] == block.overrides()[:3]
+
+
+def test_euclidean_own_topology_is_the_geometry_s_default_temperature():
+    from topology import geometry
+
+    assert spec.TOPOLOGIES["euclidean-k1-own"].temperature == geometry.default_temperature("euclidean")
 
 
 # --------------------------------------------------------------------------------------------------
-# statistics, tables, plots (from made-up rows)
+# statistics and the verdict rule
 # --------------------------------------------------------------------------------------------------
-def test_t_interval_matches_the_formula(bench):
-    mean, half, n = bench.t_interval([1.0, 2.0, 3.0])
-    assert (mean, n) == (2.0, 3)
-    assert half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
-    assert math.isnan(bench.t_interval([5.0])[1])
-    assert bench.t_interval([float("nan"), 1.0, 3.0])[2] == 2
+def test_t_interval_matches_the_formula():
+    mean, half, n = stats.t_interval([1.0, 2.0, 4.0])
+    assert (mean, n) == (pytest.approx(7 / 3), 3)
+    assert half == pytest.approx(_half([1.0, 2.0, 4.0]))
+    assert math.isnan(stats.t_interval([5.0])[1])
+    assert stats.t_interval([float("nan"), 1.0, 3.0])[2] == 2
 
 
-def _fake_row(bench, topo, noise, seed, k=None):
-    t = bench.TOPOLOGIES.get(topo) or bench.k_sweep_topology(k)
-    acc = 0.5 - 0.3 * noise + 0.01 * seed
-    return {
-        "topology": t.name, "similarity": t.similarity, "k": t.n_tokens, "d": t.token_dim,
-        "temperature": t.temperature_label(), "noise": noise, "seed": seed, "dataset": "digit-pairs",
-        "model": "digits-fast", "steps": 150, "batch_size": 128, "zero_shot_top1": acc,
-        "zero_shot_top5": acc, "image_to_text_R@1": acc, "text_to_image_R@1": acc, "retrieval_R@1": acc,
-        "final_temperature": 10.0 + 5 * noise, "positive_similarity": 0.5, "negative_similarity": 0.1,
-        "gap": 0.4, "gap_normalized": 0.4 / t.blocks, "final_loss": 1.0, "wall_time_seconds": 60.0,
-        "run_dir": "x", "temperature_trajectory": [[5, 14.0], [10, 12.0]],
-        "gap_trajectory": [[5, 0.1], [10, 0.2]],
-    }
+@pytest.mark.parametrize("diffs,expected", [
+    ([0.30, -0.10, 0.05, 0.25], stats.NO_DIFFERENCE),  # mean +12.5 points, interval includes 0
+    ([0.10, 0.11, 0.12], stats.HIGHER),
+    ([-0.02, -0.03, -0.025], stats.LOWER),
+    ([0.5], stats.TOO_FEW),
+])
+def test_verdict_follows_the_interval_not_the_mean(diffs, expected):
+    mean, half = sum(diffs) / len(diffs), (_half(diffs) if len(diffs) > 1 else math.nan)
+    assert stats.verdict(diffs) == expected
+    if expected != stats.TOO_FEW:
+        assert (mean - half > 0, mean + half < 0) == (expected == stats.HIGHER, expected == stats.LOWER)
 
 
-def test_tables_and_plots_from_rows(bench, tmp_path):
-    topologies = ["sphere-learnable", "oblique-none"]
-    rows = [_fake_row(bench, t, n, s) for t in topologies for n in (0.0, 0.4) for s in range(3)]
-    rows += [_fake_row(bench, None, 0.4, s, k=k) for k in (1, 4) for s in range(3)]
-    bench.write_results(rows, tmp_path)
-    md = bench.write_markdown(rows, tmp_path, topologies=topologies, k_noise=(0.4,), command="cmd").read_text()
-    assert "task digit-pairs, towers digits-fast, 150 steps, batch 128, seeds 0, 1, 2" in md
-    # noise 0, sphere-learnable: accuracies 50, 51, 52 % -> 51.0 ± 2.5
-    assert "| sphere-learnable | 51.0 ± 2.5 | 39.0 ± 2.5 |" in md
-    assert "## k sweep" in md and "| 4 | 128 |" in md and "| 16 | 32 |" in md
-    plots = bench.write_plots(rows, tmp_path, topologies=topologies, k_noise=(0.4,))
-    assert sorted(p.name for p in plots) == ["accuracy_vs_k.png", "accuracy_vs_noise.png",
-                                             "gap_over_training.png", "temperature_vs_noise.png"]
-    for path in plots:
+# --------------------------------------------------------------------------------------------------
+# the report, from planted rows
+# --------------------------------------------------------------------------------------------------
+def _full_row(topo_name, noise, seed, acc, scale=10.0):
+    t = spec.topology(topo_name)
+    return {"topology": t.name, "geometry": t.geometry, "k": t.n_tokens, "d": t.token_dim,
+            "temperature": t.temperature_label(), "noise": noise, "seed": seed, "dataset": "digit-pairs",
+            "model": "digits-fast", "steps": 150, "batch_size": 128, "zero_shot_top1": acc, "zero_shot_top5": acc,
+            "image_to_text_R@1": acc, "text_to_image_R@1": acc, "retrieval_R@1": acc, "final_temperature": scale,
+            "positive_similarity": 0.5, "negative_similarity": 0.1, "gap": 0.4, "gap_normalized": 0.4 / t.blocks,
+            "final_loss": 1.0, "wall_time_seconds": 60.0, "run_dir": "x",
+            "temperature_trajectory": [[5, 14.0], [10, scale]], "gap_trajectory": [[5, 0.1], [10, 0.2]]}
+
+
+def test_full_mode_tables_and_plots_from_its_results_files(tmp_path):
+    rows = [_full_row(t, n, s, 0.5 - 0.3 * n + 0.01 * s) for t in ("sphere-learnable", "oblique-none")
+            for n in (0.0, 0.4) for s in range(3)]
+    rows += [_full_row(f"oblique-none-k{k}", 0.4, s, 0.3 + 0.01 * s) for k in (1, 4) for s in range(3)]
+    full.write_results(rows, tmp_path)
+    written = report.write_report(tmp_path, command="cmd")
+    md = (tmp_path / "results.md").read_text()
+    assert "full mode, task digit-pairs, towers digits-fast, 150 steps, batch 128, 3 seeds per point (seeds 0-2)" in md
+    # noise 0, sphere-learnable: accuracies 50, 51, 52 % -> 51.0 ± 4.303 / sqrt(3)
+    assert f"| sphere-learnable | 51.0 ± {100 * _half([0.50, 0.51, 0.52]):.1f} (3) | 39.0 ± 2.5 (3) |" in md
+    assert "### k sweep" in md and "| 4 | 128 |" in md and "| 16 | 32 |" in md
+    assert stats.RULE in md
+    assert sorted(p.name for p in written[1:]) == ["accuracy_vs_k.png", "accuracy_vs_noise.png",
+                                                   "paired_differences.png", "scale_vs_noise.png", "trajectories.png"]
+    for path in written[1:]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-def test_paired_table_differences_by_seed(bench):
-    rows = [_fake_row(bench, t, n, s) for t in ("sphere-learnable", "oblique-none") for n in (0.0, 0.4)
-            for s in range(3)]
+def test_paired_table_differences_by_seed():
+    rows = [results.normalize(_full_row(t, n, s, 0.5)) for t in ("sphere-learnable", "oblique-none")
+            for n in (0.0, 0.4) for s in range(3)]
     for r in rows:
         if r["topology"] == "oblique-none":
             r["zero_shot_top1"] += 0.02 * (r["seed"] + 1)  # +2, +4, +6 points over the paired sphere run
-    rows.append(_fake_row(bench, "oblique-none", 0.0, 7))  # no sphere run with seed 7: not paired
-    assert bench.paired_differences(rows, "oblique-none", "sphere-learnable", 0.0) == pytest.approx([0.02, 0.04, 0.06])
-    table = bench.paired_table(rows, ["sphere-learnable", "oblique-none"])
-    # per noise: mean 4, sd 2, n 3 -> 4.303 * 2 / sqrt(3) = 5.0; pooled: n 6, sd sqrt(3.2) -> 2.571 * 1.789 / sqrt(6)
-    assert "| oblique-none | 4.0 ± 5.0 | 4.0 ± 5.0 | 4.0 ± 1.9 |" in table
-    assert bench.paired_table(rows, ["oblique-none"]) == ""  # no baseline among the topologies
+    rows.append(results.normalize(_full_row("oblique-none", 0.0, 7, 0.9)))  # no sphere run with seed 7
+    assert stats.paired(rows, "oblique-none", "sphere-learnable", 0.0) == pytest.approx([0.02, 0.04, 0.06])
+    table = "\n".join(report.table_paired(rows))
+    half = 100 * _half([0.02, 0.04, 0.06])
+    assert half > 4.0  # the interval includes 0 although every seed gained
+    assert f"| oblique-none | +4.0 ± {half:.1f} (3) **n.d.** | +4.0 ± {half:.1f} (3) **n.d.** |" in table
+
+
+def _fast_row(topo, noise, seed, acc, batch=128, **extra):
+    t = spec.topology(topo)
+    return {"mode": "fast", "profile": "cpu", "topology": topo, "geometry": t.geometry, "k": t.n_tokens,
+            "d": t.token_dim, "temperature": t.temperature_label(), "noise": noise, "seed": seed, "steps": 300,
+            "batch_size": batch, "hidden": 128, "zero_shot_top1": acc, "retrieval_R@1": acc,
+            "zero_shot_top1_at_80pct": acc, "scale": 15.0, "scale_at_80pct": 15.0, "final_loss": 1.0,
+            "loss_floor": spec.loss_floor(batch), "wall_time_seconds": 2.0, "device": "cpu", **extra}
+
+
+def _planted(tmp_path, rows):
+    results.append_rows(tmp_path / "results.csv", rows, grid.COLUMNS)
+    return tmp_path
+
+
+def test_report_refuses_a_duplicated_run_and_reads_verdicts_off_the_interval(tmp_path):
+    # oblique-none minus the CLIP sphere: +20, -10, +5 points at noise 0 (mean +5, interval +-37: includes 0),
+    # +2.0, +2.1, +1.9 at noise 0.4 (excludes 0)
+    base = {0.0: [0.60, 0.61, 0.62], 0.4: [0.40, 0.41, 0.42]}
+    gain = {0.0: [0.20, -0.10, 0.05], 0.4: [0.020, 0.021, 0.019]}
+    rows = [_fast_row("sphere-learnable", n, s, base[n][s]) for n in base for s in range(3)]
+    rows += [_fast_row("oblique-none", n, s, base[n][s] + gain[n][s]) for n in base for s in range(3)]
+    duplicate = dict(rows[4], zero_shot_top1=0.99)  # sphere-learnable noise 0.4 seed 1, trained twice
+    folder = _planted(tmp_path, [*rows, duplicate])
+    with pytest.raises(results.DuplicateRunError, match="sphere-learnable noise 0.4 batch 128 seed 1 "):
+        report.write_report(folder, command="cmd")
+    with pytest.raises(results.DuplicateRunError, match="different results"):
+        report.write_report(folder, command="cmd", drop_duplicates=True)  # which copy to keep is not its call
+    assert not (folder / "results.md").exists()
+
+    (folder / "results.csv").unlink()
+    _planted(tmp_path, [*rows, dict(rows[4], wall_time_seconds=9.0)])  # an identical copy (only its timing differs)
+    with pytest.raises(results.DuplicateRunError, match="identical results"):
+        report.write_report(folder, command="cmd")
+    report.write_report(folder, command="cmd", drop_duplicates=True)
+    md = (folder / "results.md").read_text()
+    assert "appear twice" in md and "sphere-learnable noise 0.4 batch 128 seed 1 (300 steps)" in md
+    assert "| sphere-learnable | 61.0 ± 2.5 (3) | 41.0 ± 2.5 (3) |" in md  # counted once
+    answer = next(line for line in md.splitlines() if line.startswith("3. **Oblique"))
+    half0 = 100 * _half(gain[0.0])
+    assert f"noise 0: +5.0 ± {half0:.1f} (3) points (no difference detected)" in answer
+    assert f"noise 0.4: +2.0 ± {100 * _half(gain[0.4]):.1f} (3) points (higher)" in answer
+    assert f"| oblique-none | +5.0 ± {half0:.1f} (3) **n.d.** | +2.0 ± 0.2 (3) |" in md
+    assert stats.RULE in md
+
+
+def test_results_file_gains_a_column_for_a_new_geometry_value(tmp_path):
+    path = tmp_path / "results.csv"
+    results.append_rows(path, [_fast_row("sphere-learnable", 0.0, 0, 0.5)], grid.COLUMNS)
+    results.append_rows(path, [_fast_row("lorentz-k1", 0.0, 0, 0.4, curvature=0.8)], grid.COLUMNS)
+    rows = results.read_csv(path)
+    assert [r["topology"] for r in rows] == ["sphere-learnable", "lorentz-k1"]
+    assert math.isnan(rows[0]["curvature"]) and rows[1]["curvature"] == 0.8
+    assert results.value_columns(rows) == ["curvature"]
+
+
+def test_appending_to_an_older_file_keeps_its_rows_as_written(tmp_path):
+    path = tmp_path / "trajectories.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["topology", "similarity", "noise", "seed", "step", "scale"],
+                                      ["sphere-none", "cosine", "0.2", "3", "5", "1.0"]])
+    new = {"mode": "fast", "topology": "lorentz-k1", "geometry": "lorentz", "noise": 0.0, "seed": 0, "step": 5,
+           "scale": 14.0, "curvature": 0.9}
+    results.append_rows(path, [new], ("topology", "noise", "seed", "step", "scale"))
+    assert results.header(path) == ["topology", "geometry", "noise", "seed", "step", "scale", "curvature"]
+    old, added = results.read_csv(path, mode="fast")
+    assert (old["geometry"], old["seed"], math.isnan(old["curvature"])) == ("cosine", 3, True)
+    assert (added["geometry"], added["curvature"]) == ("lorentz", 0.9)
+    results.append_rows(path, [dict(new, seed=1)], ("topology", "noise", "seed", "step", "scale"))  # plain append
+    assert [r["seed"] for r in results.read_csv(path)] == [3, 0, 1]
+
+
+def test_older_files_name_the_geometry_similarity(tmp_path):
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["topology", "similarity", "noise", "seed", "final_temperature"],
+                                      ["lorentz-k1", "lorentz", "0.2", "3", "14.5"]])
+    (row,) = results.read_csv(path)
+    assert (row["geometry"], row["mode"], row["scale"], row["seed"]) == ("lorentz", "full", 14.5, 3)
 
 
 # --------------------------------------------------------------------------------------------------
-# end to end: --quick on a tiny budget, then a second call that resumes (skips everything)
+# the fast mode
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_quick_end_to_end_and_resume(bench, tmp_path, capsys):
-    out, runs = tmp_path / "results", tmp_path / "runs"
-    argv = ["--quick", "--topologies", "sphere-learnable,block-control", "--noise", "0.4", "--steps", "2",
-            "--batch-size", "32", "--k-values", "", "--output", str(out), "--runs-dir", str(runs),
-            "--set", "data.dataset=synthetic", "--set", "data.num_samples=64", "--set", "model.name=digits-tiny",
-            "--set", "eval.batch_size=64"]
-    assert bench.main(argv) == 0
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert sorted(r["topology"] for r in rows) == ["block-control", "sphere-learnable"]
-    for row in rows:
-        assert row["steps"] == "2" and row["batch_size"] == "32" and row["dataset"] == "synthetic"
-        assert 0.0 <= float(row["zero_shot_top1"]) <= 1.0 and 0.0 <= float(row["retrieval_R@1"]) <= 1.0
-        assert math.isfinite(float(row["gap"]))
-    by_topo = {r["topology"]: r for r in json.loads((out / "results.json").read_text())}
-    assert by_topo["block-control"]["similarity"] == "oblique"
-    assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
-    assert by_topo["block-control"]["final_temperature"] == 1.0
-    cap = bench.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
-    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
-    assert by_topo["sphere-learnable"]["temperature_trajectory"]
-    md = (out / "results.md").read_text()
-    assert "task synthetic, towers digits-tiny, 2 steps, batch 32, seeds 0" in md
-    assert "| block-control |" in md and "| sphere-learnable |" in md
-    for name in ("accuracy_vs_noise.png", "temperature_vs_noise.png", "gap_over_training.png"):
-        assert (out / name).stat().st_size > 5000
-    assert not any(runs.glob("*/checkpoints/*.pt"))  # deleted once a run is done
-
-    capsys.readouterr()
-    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
-    assert bench.main(argv) == 0
-    assert "2 already done, 0 to run" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps
-
-
-# --------------------------------------------------------------------------------------------------
-# fast mode (benchmarks/topology_fast.py, topology_grid.py, topology_report.py)
-# --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fast(bench):
-    """The fast-mode engine, grid and report, loaded next to the script (benchmarks/ on sys.path)."""
-    import importlib
-
-    return (importlib.import_module("topology_fast"), importlib.import_module("topology_grid"),
-            importlib.import_module("topology_report"))
-
-
-def test_mode_flag_is_split_off(bench):
-    assert bench.split_mode(["--quick", "--mode", "fast", "--seeds", "2"]) == ("fast", ["--quick", "--seeds", "2"])
-    assert bench.split_mode(["--mode=full"]) == ("full", [])
-    assert bench.split_mode([]) == ("full", [])
+def test_mode_flag_is_split_off():
+    assert cli.split_mode(["--quick", "--mode", "fast", "--seeds", "2"]) == ("fast", ["--quick", "--seeds", "2"])
+    assert cli.split_mode(["--mode=full"]) == ("full", [])
+    assert cli.split_mode([]) == ("full", [])
     with pytest.raises(SystemExit, match="--mode"):
-        bench.split_mode(["--mode", "slow"])
+        cli.split_mode(["--mode", "slow"])
 
 
-def test_new_geometries_are_topologies_at_width_512(bench):
-    for name, sim, k in (("euclidean-k1", "euclidean", 1), ("euclidean-k16", "euclidean", 16),
-                         ("euclidean-k1-own", "euclidean", 1),
-                         ("lorentz-k1", "lorentz", 1), ("lorentz-k16", "lorentz", 16)):
-        topo = bench.TOPOLOGIES[name]
-        assert (topo.similarity, topo.n_tokens, topo.n_tokens * topo.token_dim) == (sim, k, 512)
-        assert f"loss.similarity={sim}" in topo.overrides()  # the full mode selects them by name
+def test_bag_features_see_word_order():
+    from topology import fast
 
-
-def test_bag_features_see_word_order(fast):
-    engine, _, _ = fast
-    a, b, a_again = engine.bag_features(["three then seven", "seven then three", "three then seven"])
+    a, b, a_again = fast.bag_features(["three then seven", "seven then three", "three then seven"])
     assert not torch.allclose(a, b)
     torch.testing.assert_close(a, a_again)
-    assert a.norm() == pytest.approx(math.sqrt(engine.TEXT_DIM), rel=1e-5)
+    assert a.norm() == pytest.approx(math.sqrt(fast.TEXT_DIM), rel=1e-5)
 
 
-def test_loss_floor(fast):
-    _, grid, _ = fast
-    assert grid.loss_floor(1) == 0.0
-    assert grid.loss_floor(32768) == pytest.approx(math.log(1 + 32767 / math.e))
+def test_loss_floor():
+    assert spec.loss_floor(1) == 0.0
+    assert spec.loss_floor(32768) == pytest.approx(math.log(1 + 32767 / math.e))
 
 
 @pytest.fixture(scope="module")
-def tiny_data(fast):
-    engine, _, _ = fast
-    return engine.build_data(0.4, (0, 1))
+def tiny_data():
+    from topology import fast
+
+    return fast.build_data(0.4, (0, 1))
 
 
-@pytest.mark.parametrize("similarity,k,temperature", [
-    ("cosine", 1, {"name": "learnable", "init": 0.07, "max_scale": 100.0}),
-    ("lorentz", 4, {"name": "learnable", "init": 0.07, "max_scale": 100.0}),
-])
-def test_seeds_train_as_they_would_alone(fast, tiny_data, similarity, k, temperature):
+@pytest.mark.parametrize("name", ["sphere-learnable", "lorentz-k4"])
+def test_seeds_train_as_they_would_alone(tiny_data, name):
     """Seed 1 trained beside seed 0 ends where seed 1 trained alone ends (per-seed clip, elementwise AdamW)."""
-    engine, _, _ = fast
-    alone_data = engine.FastData(**{**tiny_data.__dict__, "train_captions": tiny_data.train_captions[1:]})
+    from topology import fast
+
+    topo = spec.topology(name)
+    alone_data = fast.FastData(**{**tiny_data.__dict__, "train_captions": tiny_data.train_captions[1:]})
     kwargs = dict(steps=6, batch_size=32, hidden=16, evals=2)
-    both, traj = engine.train(similarity, k, 512 // k, temperature, tiny_data, (0, 1), **kwargs)
-    alone, _ = engine.train(similarity, k, 512 // k, temperature, alone_data, (1,), **kwargs)
+    both, traj = fast.train(topo, tiny_data, (0, 1), **kwargs)
+    alone, _ = fast.train(topo, alone_data, (1,), **kwargs)
     for key in ("zero_shot_top1", "retrieval_R@1", "final_loss", "scale"):
         assert both[1][key] == pytest.approx(alone[0][key], rel=1e-4, abs=2e-3), key
     assert [p["step"] for p in traj[0]] == [3, 6]
-    if similarity == "lorentz":
+    if topo.geometry == "lorentz":  # its learned values come through values(), by name
+        assert {"curvature", "image_scale", "text_scale"} <= set(both[1])
         assert both[1]["curvature"] == pytest.approx(alone[0]["curvature"], rel=1e-4)
 
 
-def _fake_fast_rows(grid, topo, noise, seeds, acc, spread, batch=128):
-    return [{"profile": "cpu", "topology": topo, "noise": noise, "batch_size": batch, "steps": 300, "hidden": 128,
-             "seed": s, "zero_shot_top1": acc + spread * (-1) ** s * (s % 3)} for s in seeds]
+def test_zero_shot_prototype_is_the_geometry_s_mean():
+    """The engine's class prototypes are ``geometry.mean`` of the projected prompts: for lorentz the mean in the
+    tangent space at the origin, written out here with the exponential and log maps in float64."""
+    from topology import geometry
+
+    g = geometry.build("lorentz", n_tokens=2, token_dim=3).double()
+    x = g.project(torch.randn(20, 2, 3, dtype=torch.float64), modality="text").view(4, 5, 2, 3)  # 4 classes, 5 templates
+    c = float(g.values()["curvature"])
+    norm = x.norm(dim=-1, keepdim=True)
+    tangent = torch.asinh(math.sqrt(c) * norm) / (math.sqrt(c) * norm) * x  # log_0 of space components
+    mean = tangent.mean(1)
+    r = mean.norm(dim=-1, keepdim=True)
+    expected = torch.sinh(math.sqrt(c) * r) / (math.sqrt(c) * r) * mean  # exp_0, space components
+    torch.testing.assert_close(g.mean(x, dim=1), expected)
 
 
-def test_power_extension_adds_seeds_only_where_needed(fast):
-    _, grid, _ = fast
-    args = grid.resolve_args(grid.build_parser().parse_args(["--topologies", "sphere-learnable,oblique-none,sphere-none",
-                                                             "--noise", "0"]))
-    rows = (_fake_fast_rows(grid, "sphere-learnable", 0.0, range(5), 0.7, 0.0)
-            + _fake_fast_rows(grid, "oblique-none", 0.0, range(5), 0.72, 0.05)     # noisy: half-width >> 1.5
-            + _fake_fast_rows(grid, "sphere-none", 0.0, range(5), 0.3, 0.001))     # tight: done
+def test_power_extension_adds_seeds_only_where_needed():
+    args = cli.resolve_fast_args(cli.build_fast_parser().parse_args(
+        ["--topologies", "sphere-learnable,oblique-none,sphere-none", "--noise", "0"]))
+
+    def rows_of(topo, seeds, acc, spread):
+        return [_fast_row(topo, 0.0, s, acc + spread * (-1) ** s * (s % 3)) for s in seeds]
+
+    rows = (rows_of("sphere-learnable", range(5), 0.7, 0.0) + rows_of("oblique-none", range(5), 0.72, 0.05)
+            + rows_of("sphere-none", range(5), 0.3, 0.001))  # noisy: half-width >> 1.5; tight: done
     cells = grid.power_cells(rows, args)
     assert {(c.topology, c.seeds) for c in cells} == {("oblique-none", (5, 6, 7, 8, 9)),
                                                       ("sphere-learnable", (5, 6, 7, 8, 9))}
-    rows += _fake_fast_rows(grid, "oblique-none", 0.0, range(5, 80), 0.72, 0.05)
-    rows += _fake_fast_rows(grid, "sphere-learnable", 0.0, range(5, 80), 0.7, 0.0)
+    rows += rows_of("oblique-none", range(5, 80), 0.72, 0.05) + rows_of("sphere-learnable", range(5, 80), 0.7, 0.0)
     assert grid.power_cells(rows, args) == []  # target met or max_seeds (80) reached
+
+
+def test_a_cell_plans_only_the_seeds_without_a_row():
+    args = cli.resolve_fast_args(cli.build_fast_parser().parse_args([]))
+    done = {results.run_key(r) for r in results.read_csv(Path("/nonexistent"))}
+    cell = grid.Cell("sphere-none", 0.2, 128, (20, 21, 22, 23, 24), "power")
+    assert cell.missing(done, args) == cell
+    done |= {results.run_key(_fast_row("sphere-none", 0.2, s, 0.4)) for s in (20, 22)}
+    assert cell.missing(done, args).seeds == (21, 23, 24)
+    done |= {results.run_key(_fast_row("sphere-none", 0.2, s, 0.4)) for s in (21, 23, 24)}
+    assert cell.missing(done, args) is None
+
+
+def test_a_second_grid_into_the_same_folder_is_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, sys, time
+        handle = open({str(tmp_path / grid.LOCK)!r}, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match="another grid is running into this folder"):
+            with grid.holding(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with grid.holding(tmp_path):  # free again once the other process is gone
+        pass
 
 
 def _fast_argv(out):
@@ -303,11 +461,10 @@ def _fast_argv(out):
             "--cheap-batch", "32", "--topologies", "sphere-learnable,oblique-none,sphere-none,lorentz-k16,joint-control"]
 
 
-def test_fast_grid_resumes_and_report_only_reproduces(bench, fast, tmp_path, capsys):
-    _, grid, _ = fast
+def test_fast_grid_resumes_and_report_only_reproduces(tmp_path, capsys):
     out = tmp_path / "fast"
-    assert bench.main(_fast_argv(out)) == 0
-    rows = grid.read_rows(out / "results.csv")
+    assert cli.main(_fast_argv(out)) == 0
+    rows = results.read_csv(out / "results.csv")
     # 4 topologies x 2 noise + k = 1 at 0.4 + batch 32 and 64 for 3 topologies, 2 seeds each
     assert len(rows) == 2 * (4 * 2 + 1 + 3 * 2)
     assert {r["mode"] for r in rows} == {"fast"} and "joint-control" not in {r["topology"] for r in rows}
@@ -317,46 +474,136 @@ def test_fast_grid_resumes_and_report_only_reproduces(bench, fast, tmp_path, cap
     assert all(r["curvature"] > 0 and 0 < r["text_scale"] <= 1 for r in lorentz)
     md = (out / "results.md").read_text()
     assert "| joint-control | = sphere-learnable" in md and "## The six answers" in md
-    for name in ("accuracy_vs_noise.png", "paired_differences.png", "batch_sweep.png", "trajectories.png"):
+    assert "| lorentz-k16 | curvature |" in md
+    for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png", "batch_sweep.png",
+                 "trajectories.png", "accuracy_vs_k.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
     tables = md[md.index("## The six answers"):]
     (out / "results.md").unlink()
-    assert bench.main(_fast_argv(out) + ["--report-only"]) == 0
+    assert cli.main(_fast_argv(out) + ["--report-only"]) == 0
     again = (out / "results.md").read_text()
     assert again[again.index("## The six answers"):] == tables  # every number from results.csv alone
 
     capsys.readouterr()
-    assert bench.main(_fast_argv(out)) == 0  # resume: nothing left to run
+    assert cli.main(_fast_argv(out)) == 0  # resume: nothing left to run
     assert "0 cells in" in capsys.readouterr().out
     lines = (out / "results.csv").read_text().splitlines()
-    kept = [line for line in lines if ",sphere-none," not in line or ",0.4," not in line]
-    (out / "results.csv").write_text("\n".join(kept) + "\n")  # as if killed during that cell
-    assert bench.main(_fast_argv(out)) == 0
-    assert "1 cells in" in capsys.readouterr().out
-    assert len(grid.read_rows(out / "results.csv")) == len(rows)
+    kept = [line for line in lines if ",sphere-none," not in line or ",0.4," not in line
+            or not line.split(",")[8] == "1"]  # as if seed 1 of that cell never got its row
+    assert len(kept) == len(lines) - 1
+    (out / "results.csv").write_text("\n".join(kept) + "\n")
+    assert cli.main(_fast_argv(out)) == 0
+    out_text = capsys.readouterr().out
+    assert "1 cells in" in out_text and "sphere-none noise 0.4 batch 128 seeds 1-1" in out_text  # seed 0 not again
+    again_rows = results.read_csv(out / "results.csv")
+    assert len(again_rows) == len(rows) and not results.duplicates(again_rows)
 
 
-def test_gpu_profile_plan_and_budget_on_cpu(bench, fast, tmp_path, capsys):
-    _, grid, _ = fast
-    args = grid.resolve_args(grid.build_parser().parse_args(["--profile", "gpu"]))
-    profile = grid.PROFILES["gpu"]
+def test_a_registered_geometry_runs_by_name(tmp_path):
+    """A geometry registered from outside the benchmark (here: by this test) is a topology by its name, trained,
+    its learned value recorded and reported, with no file of the benchmark naming it."""
+    from manifold_align import register_geometry
+    from manifold_align.geometries import GEOMETRIES
+    from manifold_align.geometries.oblique import ObliqueGeometry
+
+    @register_geometry("outside-test")
+    class Outside(ObliqueGeometry):
+        """Oblique with one learned factor on the scores."""
+
+        def __init__(self, *, n_tokens: int, token_dim: int) -> None:
+            super().__init__(n_tokens=n_tokens, token_dim=token_dim)
+            self.log_weight = torch.nn.Parameter(torch.zeros(()))
+
+        def _pairwise(self, a, b):
+            return super()._pairwise(a, b) * self.log_weight.exp()
+
+        def _paired(self, a, b):
+            return super()._paired(a, b) * self.log_weight.exp()
+
+        def values(self):
+            return {"weight": self.log_weight.detach().exp()}
+
+    try:
+        out = tmp_path / "fast"
+        argv = ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2",
+                "--max-seeds", "2", "--noise", "0,0.4", "--k-values", "", "--batch-sizes", "",
+                "--topologies", "sphere-learnable,outside-test-k4"]
+        assert cli.main(argv) == 0
+        rows = [r for r in results.read_csv(out / "results.csv") if r["topology"] == "outside-test-k4"]
+        assert {(r["geometry"], r["k"], r["d"], r["temperature"]) for r in rows} == {("outside-test", 4, 128, "none")}
+        assert all(r["weight"] != 1.0 for r in rows)  # it trained, and its values() reached the results
+        md = (out / "results.md").read_text()
+        assert "| outside-test-k4 |" in md and "| outside-test-k4 | weight |" in md
+    finally:
+        GEOMETRIES._factories.pop("outside-test", None)
+
+
+def test_a_geometry_of_another_installed_package_runs_by_name(tmp_path):
+    """The example package of tests/plugins/packages declares `weighted-oblique` under the entry points (conftest
+    puts it on the path): the benchmark lists it among its default topologies and trains and reports it by name."""
+    assert "weighted-oblique" in spec.default_topologies()
+    out = tmp_path / "fast"
+    argv = ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2", "--max-seeds",
+            "2", "--noise", "0", "--k-values", "", "--batch-sizes", "", "--topologies",
+            "sphere-learnable,weighted-oblique-k16"]
+    assert cli.main(argv) == 0
+    rows = [r for r in results.read_csv(out / "results.csv") if r["topology"] == "weighted-oblique-k16"]
+    assert len(rows) == 2 and all(r["geometry"] == "weighted-oblique" and r["largest_weight"] > 1.0 for r in rows)
+    assert "| weighted-oblique-k16 | largest_weight |" in (out / "results.md").read_text()
+
+
+def test_gpu_profile_plan_and_budget_on_cpu(tmp_path, capsys):
+    args = cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--profile", "gpu"]))
+    profile = spec.PROFILES["gpu"]
     assert {key: getattr(args, key) for key in ("device", "hidden", "batch_size", "time_budget")} == {
         key: profile[key] for key in ("device", "hidden", "batch_size", "time_budget")}
     assert args.output.name == "topologies-fast-gpu" and args.docs_img is None
-    assert bench.main(["--mode", "fast", "--profile", "gpu", "--dry-run"]) == 0
+    assert cli.main(["--mode", "fast", "--profile", "gpu", "--dry-run"]) == 0
     assert "cells, then seed chunks" in capsys.readouterr().out
     out = tmp_path / "gpu"
     argv = ["--mode", "fast", "--profile", "gpu", "--device", "cpu", "--output", str(out), "--steps", "2",
             "--hidden", "8", "--seeds", "2", "--noise", "0", "--k-values", "", "--batch-sizes", "",
             "--time-budget", "0.001", "--topologies", "sphere-learnable,oblique-none"]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "time budget of 0.001 s spent" in capsys.readouterr().out
-    rows = grid.read_rows(out / "results.csv")
+    rows = results.read_csv(out / "results.csv")
     assert {r["profile"] for r in rows} == {"gpu"} and len(rows) == 2  # the first cell, then the budget stops it
 
 
-def test_euclidean_own_topology_is_the_trainer_s_auto_temperature(bench):
-    from manifold_align import get_similarity
+# --------------------------------------------------------------------------------------------------
+# end to end, full mode: --quick on a tiny budget, then a second call that resumes (skips everything)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_quick_end_to_end_and_resume(tmp_path, capsys):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    argv = ["--quick", "--topologies", "sphere-learnable,block-control", "--noise", "0.4", "--steps", "2",
+            "--batch-size", "32", "--k-values", "", "--output", str(out), "--runs-dir", str(runs),
+            "--set", "data.dataset=synthetic", "--set", "data.num_samples=64", "--set", "model.name=digits-tiny",
+            "--set", "eval.batch_size=64"]
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["topology"] for r in rows) == ["block-control", "sphere-learnable"]
+    for row in rows:
+        assert row["steps"] == "2" and row["batch_size"] == "32" and row["dataset"] == "synthetic"
+        assert 0.0 <= float(row["zero_shot_top1"]) <= 1.0 and 0.0 <= float(row["retrieval_R@1"]) <= 1.0
+        assert math.isfinite(float(row["gap"]))
+    by_topo = {r["topology"]: r for r in json.loads((out / "results.json").read_text())}
+    assert by_topo["block-control"]["geometry"] == "oblique"
+    assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
+    assert by_topo["block-control"]["final_temperature"] == 1.0
+    cap = spec.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
+    assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
+    assert by_topo["sphere-learnable"]["temperature_trajectory"]
+    md = (out / "results.md").read_text()
+    assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
+    assert "| block-control |" in md and "| sphere-learnable |" in md
+    for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "trajectories.png"):
+        assert (out / name).stat().st_size > 5000
+    assert not any(runs.glob("*/checkpoints/*.pt"))  # deleted once a run is done
 
-    assert bench.TOPOLOGIES["euclidean-k1-own"].temperature == get_similarity("euclidean").default_temperature
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    assert cli.main(argv) == 0
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps

@@ -15,9 +15,9 @@ topology comparison's plan (``benchmarks/topologies.py``). The scripts live in t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -177,33 +177,35 @@ def benchmark_script(name: str) -> Path:
                      f"`manifold-align bench {name}` (or `python benchmarks/{script}`) from its top folder")
 
 
-def _load_script(path: Path):
-    """Import a benchmark script by path as a fresh module (benchmarks/ is not an importable package)."""
-    # as `python path` would: the script's folder first on sys.path, for its sibling imports (machine_info)
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"manifold_align_bench_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cmd_bench(name: str, argv: list[str]) -> int:
-    module = _load_script(benchmark_script(name))
-    prog = f"manifold-align bench {name}"
-    if name == "speed":
-        return int(module.main(argv, prog=prog) or 0)
-    # topologies.main builds its parser itself; give that parser this command's name for usage and help
-    build = module.build_parser
+    """Run ``benchmarks/<script>`` as ``python benchmarks/<script> ARGS`` would, in this process.
 
-    def build_parser_named():
-        parser = build()
-        parser.prog = prog
-        return parser
-
-    module.build_parser = build_parser_named
-    return int(module.main(argv) or 0)
+    The script's code runs unchanged as the ``__main__`` module, with its folder first on ``sys.path`` (its
+    sibling imports: ``machine_info``, the ``topology`` package) and ``sys.argv`` set to this command's name and
+    ``argv``, so that its usage and help say ``manifold-align bench NAME``. (``runpy.run_path`` would set
+    ``sys.argv[0]`` to the script's path.) Returns its exit status.
+    """
+    script = benchmark_script(name)
+    code = compile(script.read_bytes(), str(script), "exec")
+    module = types.ModuleType("__main__")
+    module.__file__ = str(script)
+    saved = sys.argv, list(sys.path), sys.modules.get("__main__")
+    sys.argv = [f"manifold-align bench {name}", *argv]
+    sys.path.insert(0, str(script.parent))
+    sys.modules["__main__"] = module  # dataclasses look their module up while the script runs
+    try:
+        exec(code, module.__dict__)
+    except SystemExit as exc:  # the script's sys.exit(main()), or argparse's exit
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise  # a message: printed by the interpreter with exit status 1, as when the script runs alone
+    finally:
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        if saved[2] is None:
+            sys.modules.pop("__main__", None)
+        else:
+            sys.modules["__main__"] = saved[2]
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

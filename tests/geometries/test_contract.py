@@ -26,10 +26,6 @@ OPTIONS = {"lorentz": {"entailment_weight": 0.2}}
 # lorentz: curvature and modality scales set away from their initial values, so that the reference below sees them
 LORENTZ_C, LORENTZ_IMAGE, LORENTZ_TEXT = 1.3, 0.4, 0.6
 
-# the lorentz NaN/Inf propagation of `paired`, `mean` and the entailment term goes through manifolds/lorentz's
-# space_dist / space_logmap0 / entailment, fixed on the manifolds branch; these flip to passing when it lands
-_MANIFOLDS_FIX = pytest.mark.xfail(strict=True, reason="fixed by the manifolds branch")
-XFAIL = {("lorentz", "paired"), ("lorentz", "extra")}
 
 
 def build(name: str, dtype: torch.dtype = torch.float64):
@@ -49,15 +45,6 @@ def raw(n: int, seed: int, dtype: torch.dtype = torch.float64, scale: float = 1.
 
 def points(geometry, n: int, seed: int, modality: str = "image", dtype=torch.float64) -> torch.Tensor:
     return geometry.project(raw(n, seed, dtype), modality=modality).detach()
-
-
-def cases(*marks_for: str):
-    """``NAMES`` as pytest params, with the xfail mark on the (name, case) pairs listed in ``XFAIL``."""
-    out = []
-    for name in NAMES:
-        marks = [_MANIFOLDS_FIX] if any((name, case) in XFAIL for case in marks_for) else []
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
 
 
 # ---- float64 references, written out (loops over tokens, no library code) ------------------------------------
@@ -180,7 +167,7 @@ def test_non_finite_raw_features_give_non_finite_points(name, value):
 
 
 @VALUES
-@pytest.mark.parametrize("name", cases("scores"))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_points_give_non_finite_scores_in_their_row_and_column(name, value):
     geometry = build(name)
     a, b = points(geometry, 4, 0), points(geometry, 5, 1, "text")
@@ -195,7 +182,7 @@ def test_non_finite_points_give_non_finite_scores_in_their_row_and_column(name, 
 
 
 @VALUES
-@pytest.mark.parametrize("name", cases("paired"))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_points_give_a_non_finite_paired_score(name, value):
     geometry = build(name)
     a, b = points(geometry, 4, 0), points(geometry, 4, 1, "text")
@@ -204,7 +191,7 @@ def test_non_finite_points_give_a_non_finite_paired_score(name, value):
 
 
 @VALUES
-@pytest.mark.parametrize("name", cases("mean"))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_points_give_a_non_finite_mean_for_their_class_only(name, value):
     geometry = build(name)
     per_class = points(geometry, 12, 0, "text").view(4, 3, K, D)  # 4 classes, 3 templates
@@ -216,7 +203,7 @@ def test_non_finite_points_give_a_non_finite_mean_for_their_class_only(name, val
 
 
 @VALUES
-@pytest.mark.parametrize("name", cases("extra"))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_points_give_non_finite_extra_terms(name, value):
     geometry = build(name)
     a, b = points(geometry, 4, 0), points(geometry, 4, 1, "text")
@@ -230,7 +217,7 @@ def test_non_finite_points_give_non_finite_extra_terms(name, value):
 
 @VALUES
 @pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("name", cases("scores"))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_points_give_a_non_finite_loss_without_the_check(name, objective, value):
     geometry = build(name)
     a, b = points(geometry, 4, 0), points(geometry, 4, 1, "text")

@@ -1,4 +1,4 @@
-"""Fast mode of the topology benchmark: the geometry in isolation, several seeds trained at once.
+"""The fast mode's engine: the geometry in isolation, several seeds trained at once.
 
 The inputs are fixed once: digit-pairs images (``image_size`` 16, so each digit is the 8 x 8 scan at its own
 resolution) as standardized pixels, and captions as fixed bag-of-token vectors (unigrams plus ordered
@@ -6,21 +6,20 @@ skip-bigrams, each a fixed random vector, so "three ... seven" and "seven ... th
 phrasings and caption noise come from the task itself (``make_digit_pairs(seed=..., caption_noise=...)``), so
 a seed fixes the noise draw, the phrasings, the tower initialization and the batch order, and runs that share a
 seed are paired. Each modality has a trainable 2-layer MLP (``in -> hidden -> k * d``, GELU); everything after
-the towers is the library's: ``similarity.project`` (with the similarity's ``make_geometry`` module),
-``ContrastiveLoss``, ``get_temperature``, ``parameter_groups`` and ``RiemannianAdamW``, with the trainer's
-schedule (linear warmup, cosine to 0), betas, eps, weight decay and gradient clipping (per seed).
+the towers is the library's, through :mod:`.geometry`: the geometry module (projection, scores, class mean,
+learned values), the contrastive loss, the temperature, ``parameter_groups`` and ``RiemannianAdamW``, with the
+trainer's schedule (linear warmup, cosine to 0), betas, eps, weight decay and gradient clipping (per seed).
 
 Seeds are vectorized: the towers' weights carry a leading seed axis (``(S, in, out)``, one ``baddbmm`` per
 layer), each seed has its own temperature and geometry module, and the loss is the sum of the S per-seed
-``ContrastiveLoss`` values. AdamW is elementwise and clipping is per seed, so each seed trains exactly as
-it would alone.
+losses. AdamW is elementwise and clipping is per seed, so each seed trains exactly as it would alone.
 
-Zero-shot: every class name in the task's four prompt templates, the mean over templates of the projected
-prompt features (of the raw features for ``lorentz``, the tangent space at the origin), projected again,
-scored with the similarity and the run's geometry; top-1 over 1000 held-out images (100 classes, chance 1%).
-Retrieval: the first held-out image of each class with its caption in the first training phrasing (100
-distinct pairs, no ties; the held-out phrasing's unseen words are random vectors to fixed bags of tokens and
-would measure those, not the geometry), image-to-text and text-to-image R@1, averaged.
+Zero-shot: every class name in the task's four prompt templates, projected, then the geometry's ``mean`` over
+the templates (its class prototype); each image scored against the prototypes with ``pairwise``; top-1 over
+1000 held-out images (100 classes, chance 1%). Retrieval: the first held-out image of each class with its
+caption in the first training phrasing (100 distinct pairs, no ties; the held-out phrasing's unseen words are
+random vectors to fixed bags of tokens and would measure those, not the geometry), image-to-text and
+text-to-image R@1, averaged.
 """
 
 from __future__ import annotations
@@ -29,15 +28,17 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_align import ContrastiveLoss, get_similarity, get_temperature
 from manifold_align.optim import NO_DECAY_KEYWORDS, RiemannianAdamW, parameter_groups
+
+from . import geometry as geometries
+from .spec import Topology
 
 #: the trainer's optimizer settings (manifold_align_train.config.TrainConfig defaults)
 LR, WEIGHT_DECAY, BETAS, EPS, GRAD_CLIP = 2e-3, 0.1, (0.9, 0.98), 1e-6, 1.0
@@ -172,30 +173,22 @@ class FastModel(nn.Module):
 
     Parameters
     ----------
-    similarity : str
-    k, d : int
-    temperature : dict
-        ``get_temperature`` arguments (``{"name": "learnable", "init": 0.07, "max_scale": 100}``).
+    topology : Topology
+        Its geometry (registry name and options), k, d and temperature.
     seeds : sequence of int
     n_image, n_text, hidden : int
+        Input widths of the towers and their hidden width.
     """
 
-    def __init__(self, similarity: str, k: int, d: int, temperature: dict, seeds: Sequence[int],
-                 n_image: int, n_text: int, hidden: int) -> None:
+    def __init__(self, topology: Topology, seeds: Sequence[int], n_image: int, n_text: int, hidden: int) -> None:
         super().__init__()
+        k, d = topology.n_tokens, topology.token_dim
         self.k, self.d, self.n_seeds = k, d, len(seeds)
-        self.similarity = get_similarity(similarity)
         self.image_tower = SeedMLP(seeds, n_image, hidden, k * d, salt=1)
         self.text_tower = SeedMLP(seeds, n_text, hidden, k * d, salt=2)
-        kwargs = dict(temperature)
-        name = kwargs.pop("name")
-        self.temperature = nn.ModuleList(get_temperature(name, **kwargs) for _ in seeds)
-        geometries = [self.similarity.make_geometry(d=d) for _ in seeds]
-        self.geometry = nn.ModuleList(geometries) if geometries[0] is not None else None
-
-    def geometry_of(self, s: int) -> Optional[nn.Module]:
-        """Seed ``s``'s geometry module (None for parameter-free similarities)."""
-        return None if self.geometry is None else self.geometry[s]
+        self.temperature = nn.ModuleList(geometries.temperature(topology.temperature) for _ in seeds)
+        self.geometry = nn.ModuleList(geometries.build(topology.geometry, n_tokens=k, token_dim=d,
+                                                       **topology.options) for _ in seeds)
 
     def raw(self, tower: SeedMLP, x: torch.Tensor) -> torch.Tensor:
         """(S, N, in) -> raw features (S, N, k, d)."""
@@ -203,16 +196,23 @@ class FastModel(nn.Module):
         return out.view(*out.shape[:2], self.k, self.d)
 
     def project(self, raw: torch.Tensor, s: int, modality: str) -> torch.Tensor:
-        """Seed ``s``'s raw features (N, k, d) on its manifold."""
-        return self.similarity.project(raw, geometry=self.geometry_of(s), modality=modality)
+        """Seed ``s``'s raw features (N, k, d) on its geometry's space."""
+        return self.geometry[s].project(raw, modality=modality)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Every seed's temperature and geometry parameters into their ranges, as the trainer does after each
+        optimizer step (``MultiTokenCLIP.clamp_``)."""
+        for s in range(self.n_seeds):
+            self.temperature[s].clamp_()
+            self.geometry[s].clamp_()
 
     def geometry_values(self) -> list[dict[str, float]]:
-        """Per seed: ``scale`` and the geometry's values (curvature, image_scale, text_scale for lorentz)."""
+        """Per seed: the temperature's ``scale`` and the geometry's learned ``values()`` (none for most)."""
         out = []
         for s in range(self.n_seeds):
-            values = {"scale": self.temperature[s].value()}
-            if self.geometry is not None:
-                values.update(self.geometry[s].values())
+            values = {"scale": float(self.temperature[s].scale().detach())}
+            values.update({key: float(v.detach()) for key, v in self.geometry[s].values().items()})
             out.append(values)
         return out
 
@@ -223,8 +223,7 @@ def _per_seed_clip_(model: FastModel, max_norm: float) -> None:
     stacked = [p for tower in (model.image_tower, model.text_tower) for p in tower.parameters() if p.grad is not None]
     for p in stacked:
         sq += p.grad.detach().flatten(1).pow(2).sum(1).cpu()
-    owned = [[p for p in model.temperature[s].parameters()] + (list(model.geometry[s].parameters())
-             if model.geometry is not None else []) for s in range(model.n_seeds)]
+    owned = [[*model.temperature[s].parameters(), *model.geometry[s].parameters()] for s in range(model.n_seeds)]
     for s, params in enumerate(owned):
         for p in params:
             if p.grad is not None:
@@ -253,18 +252,13 @@ def evaluate(model: FastModel, data: FastData) -> list[dict[str, float]]:
     r_texts = model.raw(model.text_tower, expand(data.text_table[data.retrieval_captions]))
     out = []
     for s in range(S):
-        geometry = model.geometry_of(s)
-        per_prompt = prompts[s].view(n_class, n_templates, model.k, model.d)
-        if model.similarity.name == "lorentz":  # average tangent vectors at the origin, then lift
-            classes = model.project(per_prompt.mean(1), s, "text")
-        else:  # the library's zero-shot rule: mean of the projected prompts, projected again
-            projected = model.project(per_prompt.flatten(0, 1), s, "text")
-            mean = projected.view(n_class, n_templates, *projected.shape[1:]).mean(1)
-            classes = model.project(mean.reshape(n_class, model.k, model.d), s, "text")
-        scores = model.similarity.pairwise(model.project(images[s], s, "image"), classes, geometry=geometry)
+        geometry = model.geometry[s]
+        # the class prototype: the geometry's mean of the projected prompts over the templates
+        projected = model.project(prompts[s], s, "text")
+        classes = geometry.mean(projected.view(n_class, n_templates, *projected.shape[1:]), dim=1)
+        scores = geometry.pairwise(model.project(images[s], s, "image"), classes)
         top1 = (scores.argmax(1) == data.test_labels).float().mean()
-        sim = model.similarity.pairwise(model.project(r_images[s], s, "image"),
-                                        model.project(r_texts[s], s, "text"), geometry=geometry)
+        sim = geometry.pairwise(model.project(r_images[s], s, "image"), model.project(r_texts[s], s, "text"))
         target = torch.arange(sim.shape[0], device=sim.device)
         r1 = 0.5 * ((sim.argmax(1) == target).float().mean() + (sim.argmax(0) == target).float().mean())
         out.append({"zero_shot_top1": float(top1), "retrieval_R@1": float(r1)})
@@ -282,15 +276,14 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def train(similarity: str, k: int, d: int, temperature: dict, data: FastData, seeds: Sequence[int], *,
-          steps: int, batch_size: int, hidden: int, device: str = "cpu",
-          evals: int = EVALS) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
+def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: int, batch_size: int, hidden: int,
+          device: str = "cpu", evals: int = EVALS) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
     """Train one topology for every seed at once.
 
     Parameters
     ----------
-    similarity, k, d, temperature
-        The topology (see ``benchmarks/topologies.py``'s ``Topology``).
+    topology : Topology
+        Its geometry, k, d and temperature.
     data : FastData
         From :func:`build_data` for these ``seeds`` (same order).
     steps, batch_size, hidden : int
@@ -303,7 +296,7 @@ def train(similarity: str, k: int, d: int, temperature: dict, data: FastData, se
     -------
     rows : list of dict, one per seed
         ``zero_shot_top1``, ``retrieval_R@1``, ``final_loss`` (mean over the last 5% of steps),
-        ``scale`` and geometry values, ``wall_time_seconds`` (the run's wall time divided by the seeds).
+        ``scale`` and the geometry's learned values, ``wall_time_seconds`` (the run's wall time divided by the seeds).
     trajectories : list (per seed) of list of dict
         ``step``, ``zero_shot_top1``, ``loss`` (mean since the previous evaluation), ``scale``, geometry values.
     """
@@ -312,12 +305,11 @@ def train(similarity: str, k: int, d: int, temperature: dict, data: FastData, se
     S, n = data.train_captions.shape[0], data.train_images.shape[0]
     if batch_size > n:
         raise ValueError(f"batch size {batch_size} exceeds the {n} training pairs")
-    model = FastModel(similarity, k, d, temperature, seeds, data.train_images.shape[1],
-                      data.text_table.shape[1], hidden).to(device)
+    model = FastModel(topology, seeds, data.train_images.shape[1], data.text_table.shape[1], hidden).to(device)
     groups = parameter_groups(model, WEIGHT_DECAY, no_decay=(*NO_DECAY_KEYWORDS, "bias"))
     optimizer = RiemannianAdamW(groups, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     warmup = max(1, steps // 20)
-    loss_fn = ContrastiveLoss(similarity)
+    loss_fns = [geometries.contrastive_loss(g) for g in model.geometry]
     gens = [torch.Generator(device=device).manual_seed(int(s) * 7919 + 17) for s in seeds]
     eval_at = sorted({max(1, round(steps * (i + 1) / evals)) for i in range(evals)})
     traj: list[list[dict]] = [[] for _ in range(S)]
@@ -329,9 +321,8 @@ def train(similarity: str, k: int, d: int, temperature: dict, data: FastData, se
         idx = torch.stack([torch.randperm(n, generator=g, device=device)[:batch_size] for g in gens])
         images = model.raw(model.image_tower, data.train_images[idx])
         texts = model.raw(model.text_tower, data.text_table[torch.gather(data.train_captions, 1, idx)])
-        per_seed = [loss_fn(model.project(images[s], s, "image"), model.project(texts[s], s, "text"),
-                            logit_scale=model.temperature[s].scale(), geometry=model.geometry_of(s)).loss
-                    for s in range(S)]
+        per_seed = [loss_fns[s](model.project(images[s], s, "image"), model.project(texts[s], s, "text"),
+                                model.temperature[s].scale()) for s in range(S)]
         total = torch.stack(per_seed)
         losses[:, step] = total.detach().cpu()
         total = total.sum()
@@ -339,6 +330,7 @@ def train(similarity: str, k: int, d: int, temperature: dict, data: FastData, se
         total.backward()
         _per_seed_clip_(model, GRAD_CLIP)
         optimizer.step()
+        model.clamp_()
         if step + 1 in eval_at:
             metrics, values = evaluate(model, data), model.geometry_values()
             for s in range(S):

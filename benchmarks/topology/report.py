@@ -1,0 +1,650 @@
+"""The one report engine of the topology benchmark: ``results.md`` and the plots, for both modes.
+
+:func:`write_report` reads a results folder (:func:`.results.load`: ``results.csv`` plus ``trajectories.csv`` in
+fast mode or ``results.json`` in full mode) and writes every table, answer and plot from those rows alone;
+``--report-only`` runs nothing else. A table or plot whose data a folder lacks is left out (the full mode has
+no batch sweep, the fast mode no similarity gap). It refuses a folder that holds a run twice
+(:class:`.results.DuplicateRunError`). Every comparative word comes from :func:`.stats.verdict`, whose rule
+:data:`.stats.RULE` the page states.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import results, spec, stats
+from .stats import cell, compared, paired, verdict
+
+PLOTS = ("accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png", "batch_sweep.png",
+         "accuracy_vs_k.png", "trajectories.png")
+Rows = list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------------
+# selections
+# --------------------------------------------------------------------------------------------------
+def mode_of(rows: Rows) -> str:
+    """``fast``, ``full``, or both joined, of a set of rows."""
+    return "+".join(sorted({r["mode"] for r in rows})) or "unknown"
+
+
+def aliases(rows: Rows) -> dict[str, str]:
+    """The fast mode's aliased topologies (:data:`.spec.ALIASES`) when the rows are fast-mode rows, else none:
+    in full mode the controls are trained for real."""
+    return dict(spec.ALIASES) if any(r["mode"] == "fast" for r in rows) else {}
+
+
+def main_batch(rows: Rows) -> int:
+    """The main grid's batch size: the most common batch among rows at noise > 0 (the batch sweep is at 0)."""
+    noisy = [r["batch_size"] for r in rows if r["noise"] > 0] or [r["batch_size"] for r in rows]
+    return Counter(noisy).most_common(1)[0][0]
+
+
+def is_k_variant(name: str) -> bool:
+    return name.startswith(f"{spec.K_SWEEP_BASE}-k")
+
+
+def main_rows(rows: Rows) -> Rows:
+    """The main grid: the main batch size, without the k sweep's variants."""
+    batch = main_batch(rows)
+    return [r for r in rows if r["batch_size"] == batch and not is_k_variant(r["topology"])]
+
+
+def values(rows: Rows, topology: str, noise: Optional[float] = None, metric: str = "zero_shot_top1",
+           batch: Optional[int] = None) -> list[float]:
+    """``metric`` of the rows of ``topology`` (at ``noise`` and ``batch`` when given), in seed order."""
+    sel = [r for r in rows if r["topology"] == topology and (noise is None or abs(r["noise"] - noise) < 1e-9)
+           and (batch is None or r["batch_size"] == batch)]
+    return [r.get(metric, math.nan) for r in sorted(sel, key=lambda r: r["seed"])]
+
+
+def topologies(rows: Rows) -> list[str]:
+    """Topologies with rows: those of :data:`.spec.TOPOLOGIES` in its order, then any other (a registered
+    geometry run by name) in order of appearance; the fast mode's aliases left out."""
+    present = list(dict.fromkeys(r["topology"] for r in rows))
+    skip = aliases(rows)
+    known = [t for t in spec.TOPOLOGIES if t in present]
+    return [t for t in known + [t for t in present if t not in spec.TOPOLOGIES] if t not in skip]
+
+
+def noises(rows: Rows) -> list[float]:
+    return sorted({r["noise"] for r in rows})
+
+
+def learnable(rows: Rows) -> list[str]:
+    """Topologies whose temperature scale was trained (their rows' temperature label says so)."""
+    return [t for t in topologies(rows)
+            if any(r["topology"] == t and str(r.get("temperature", "")).startswith("learnable") for r in rows)]
+
+
+def _span(counts: Sequence[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    return f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo} to {hi} seeds"
+
+
+def setting(rows: Rows) -> str:
+    """Mode, task, towers, budget and seeds of a set of rows: what a caption must say."""
+    def join(key):
+        return ", ".join(str(v) for v in sorted({r[key] for r in rows if r.get(key) not in (None, "")}))
+
+    per_point = Counter((r["topology"], r["noise"], r["batch_size"]) for r in rows)
+    seeds = sorted({r["seed"] for r in rows})
+    ids = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    budget = f"{join('steps')} steps, batch {join('batch_size')}, {_span(list(per_point.values()))} per point ({ids})"
+    if mode_of(rows) == "fast":
+        return (f"fast mode, profile {join('profile')} ({join('device')}), digit-pairs 16 px on fixed features, "
+                f"MLP towers hidden {join('hidden')}, {budget}")
+    return f"{mode_of(rows)} mode, task {join('dataset')}, towers {join('model')}, {budget}"
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------
+def _head(noise_levels: Sequence[float], first: str = "topology") -> list[str]:
+    return [f"| {first} | " + " | ".join(f"noise {n:g}" for n in noise_levels) + " |",
+            "|---|" + "---:|" * len(noise_levels)]
+
+
+def table_metric(rows: Rows, metric: str, title: str, scale: float = 100.0, digits: int = 1) -> list[str]:
+    """Topologies x noise of ``metric`` (the aliased controls listed as their counterparts)."""
+    if not any(not math.isnan(r.get(metric, math.nan)) for r in rows):
+        return []
+    levels = noises(rows)
+    out = [f"### {title}", "", *_head(levels)]
+    for topo in topologies(rows):
+        out.append(f"| {topo} | " + " | ".join(cell(values(rows, topo, n, metric), scale, digits) for n in levels)
+                   + " |")
+    for alias, target in aliases(rows).items():
+        out.append(f"| {alias} | = {target} (identical in fast mode) |" + " |" * (len(levels) - 1))
+    return out + [""]
+
+
+def table_alias_check(rows: Rows) -> list[str]:
+    """Runs of an aliased topology made anyway, against its counterpart's of the same seed and noise."""
+    out = []
+    for alias, target in aliases(rows).items():
+        diffs = paired(rows, alias, target)
+        if diffs:
+            out.append(f"- {alias} against {target}: {len(diffs)} runs paired by seed and noise, largest "
+                       f"difference in zero-shot top-1 {100 * max(abs(d) for d in diffs):.2f} points.")
+    return ["### Aliases run anyway", "", *out, ""] if out else []
+
+
+def table_paired(rows: Rows) -> list[str]:
+    """Each topology minus the CLIP sphere, paired by seed, per noise, with the verdict."""
+    if spec.BASELINE not in {r["topology"] for r in rows}:
+        return []
+    levels = noises(rows)
+    others = [t for t in topologies(rows) if t != spec.BASELINE]
+    out = [f"### Paired by seed: zero-shot top-1 minus {spec.BASELINE}'s (points)", "",
+           f"Cell: mean ± 95% t half-width (seeds); **n.d.**: {stats.NO_DIFFERENCE} (the interval includes 0); "
+           "unmarked: the interval excludes 0, so the sign of the mean is the verdict.", "", *_head(levels)]
+    wide = []
+    for topo in others:
+        cells = []
+        for n in levels:
+            diffs = paired(rows, topo, spec.BASELINE, n)
+            cells.append(cell(diffs, sign=True) + (" **n.d.**" if verdict(diffs) == stats.NO_DIFFERENCE else ""))
+            mean, half, count = stats.t_interval([100 * d for d in diffs])
+            if count and not half <= spec.TARGET:
+                wide.append(f"{topo} at {n:g} (±{half:.1f}, {count} seeds, mean {mean:+.1f})")
+        out.append(f"| {topo} | " + " | ".join(cells) + " |")
+    total = len(others) * len(levels)
+    out += ["", f"{total - len(wide)} of {total} cells have a half-width of at most {spec.TARGET:g} points"
+            + ("; the others: " + "; ".join(wide) + "." if wide else "; all do.")]
+    return out + [""]
+
+
+def relative(rows: Rows, topology: str, a: float, b: float, metric: str = "scale") -> list[float]:
+    """``metric`` at noise ``b`` over its value at noise ``a``, minus 1, paired by seed (same batch)."""
+    lo = {(r["seed"], r["batch_size"]): r[metric] for r in rows if r["topology"] == topology and r["noise"] == a}
+    return [r[metric] / lo[(r["seed"], r["batch_size"])] - 1 for r in rows
+            if r["topology"] == topology and r["noise"] == b and (r["seed"], r["batch_size"]) in lo]
+
+
+def difference(rows: Rows, topology: str, a: float, b: float, metric: str = "scale") -> list[float]:
+    """``metric`` at noise ``b`` minus its value at noise ``a``, paired by seed (same batch)."""
+    lo = {(r["seed"], r["batch_size"]): r[metric] for r in rows if r["topology"] == topology and r["noise"] == a}
+    return [r[metric] - lo[(r["seed"], r["batch_size"])] for r in rows
+            if r["topology"] == topology and r["noise"] == b and (r["seed"], r["batch_size"]) in lo]
+
+
+def monotone(rows: Rows, topology: str, metric: str = "scale") -> str:
+    """``decreasing``/``increasing`` when every step between adjacent noise levels has the same verdict
+    (:func:`.stats.verdict` of the paired step), ``not monotone`` when two steps have opposite verdicts, else
+    ``<direction> overall; <m> of <n> steps resolved`` (direction: the verdict from the lowest to the highest
+    noise, ``flat`` for no difference detected)."""
+    levels = noises(rows)
+    steps = [verdict(difference(rows, topology, a, b, metric)) for a, b in zip(levels, levels[1:])]
+    resolved = {s for s in steps if s in (stats.HIGHER, stats.LOWER)}
+    if len(resolved) == 2:
+        return "not monotone"
+    overall = verdict(difference(rows, topology, levels[0], levels[-1], metric))
+    direction = {stats.HIGHER: "increasing", stats.LOWER: "decreasing"}.get(overall, "flat")
+    if len(resolved) == 1 and all(s in resolved for s in steps):
+        return direction
+    return f"{direction} overall; {sum(s in resolved for s in steps)} of {len(steps)} steps resolved"
+
+
+def table_scale(rows: Rows) -> list[str]:
+    """Final scale per learnable topology x noise, and the paired change from noise 0 to each level."""
+    learn = learnable(rows)
+    if not learn:
+        return []
+    levels = noises(rows)
+    out = table_metric([r for r in rows if r["topology"] in learn], "scale",
+                       "Final learned scale (multiplier of the scores)", 1.0, 3)
+    out = [line for line in out if "identical in fast mode" not in line]
+    out += [f"### Learned scale: change from noise {levels[0]:g}, paired by seed (%)", "",
+            "| topology | " + " | ".join(f"noise {n:g}" for n in levels[1:]) + " | monotone in noise |",
+            "|---|" + "---:|" * (len(levels) - 1) + "---|"]
+    for topo in learn:
+        cells = [cell(relative(rows, topo, levels[0], n), 100.0, 1, sign=True) for n in levels[1:]]
+        out.append(f"| {topo} | " + " | ".join(cells) + f" | {monotone(rows, topo)} |")
+    return out + [""]
+
+
+def table_geometry(rows: Rows) -> list[str]:
+    """The geometries' learned values (their ``values()``: a curvature, modality scales) against noise."""
+    columns = results.value_columns(rows)
+    owners = [t for t in topologies(rows) if any(not math.isnan(v) for c in columns for v in values(rows, t, None, c))]
+    if not owners:
+        return []
+    levels = noises(rows)
+    out = ["### Learned geometry values at the end of training (each geometry's `values()`)", "",
+           "| topology | value | " + " | ".join(f"noise {n:g}" for n in levels) + " |",
+           "|---|---|" + "---:|" * len(levels)]
+    for topo in owners:
+        for column in columns:
+            if any(not math.isnan(v) for v in values(rows, topo, None, column)):
+                out.append(f"| {topo} | {column} | "
+                           + " | ".join(cell(values(rows, topo, n, column), 1.0, 3) for n in levels) + " |")
+    return out + [""]
+
+
+def table_trained(rows: Rows) -> list[str]:
+    """Noise 0: accuracy gain and scale change over the last 20% of steps, per topology."""
+    at0 = [r for r in rows if r["noise"] == 0 and not math.isnan(r.get("zero_shot_top1_at_80pct", math.nan))]
+    if not at0:
+        return []
+    out = ["### Trained, not started: the last 20% of steps at noise 0", "",
+           "Accuracy gain = top-1 at the end minus top-1 at 80% of the steps (paired by seed, points, with its "
+           "verdict); scale change = |scale at the end / scale at 80% - 1| (%), mean and largest over seeds.", "",
+           "| topology | top-1 at 80% | top-1 at end | gain (points) | scale change mean (%) | largest (%) |",
+           "|---|---:|---:|---:|---:|---:|"]
+    learn = set(learnable(at0))
+    for topo in topologies(at0):
+        sel = [r for r in at0 if r["topology"] == topo]
+        gain = [r["zero_shot_top1"] - r["zero_shot_top1_at_80pct"] for r in sel]
+        change = [abs(r["scale"] / r["scale_at_80pct"] - 1) for r in sel]
+        out.append(f"| {topo} | {cell([r['zero_shot_top1_at_80pct'] for r in sel])} | "
+                   f"{cell([r['zero_shot_top1'] for r in sel])} | {compared(gain, unit='')} | "
+                   + (f"{100 * statistics.fmean(change):.2f} | {100 * max(change):.2f} |" if topo in learn
+                      else "-- | -- |"))
+    return out + [""]
+
+
+def batch_rows(rows: Rows) -> Rows:
+    return [r for r in rows if r["noise"] == 0 and r["topology"] in spec.BATCH_TOPOLOGIES]
+
+
+def batch_sizes(rows: Rows) -> list[int]:
+    """Batch sizes of the batch sweep that every topology of it reached (its tail may be partly run)."""
+    sel = batch_rows(rows)
+    present = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
+    return sorted(n for n in {r["batch_size"] for r in sel} if all(values(sel, t, 0.0, batch=n) for t in present))
+
+
+def table_batch(rows: Rows) -> list[str]:
+    """Batch sweep: final training loss against the floor, and accuracy, per N."""
+    sel = batch_rows(rows)
+    sizes = sorted({r["batch_size"] for r in sel})
+    if len(sizes) < 2:
+        return []
+    topos = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
+    out = ["### Batch sweep at noise 0: final training loss (nats) and zero-shot top-1 (%)", "",
+           "Final loss: mean over the last 5% of steps of the training batches' loss. Floor: "
+           "log(1 + (N - 1)/e), the loss at scale 1 with positives at similarity 1 and negatives at 0.", "",
+           "| N | floor | " + " | ".join(f"{t} loss" for t in topos) + " | "
+           + " | ".join(f"{t} top-1" for t in topos) + " |", "|---:|---:|" + "---:|" * (2 * len(topos))]
+    for n in sizes:
+        losses = [cell(values(sel, t, 0.0, "final_loss", n), 1.0, 3) for t in topos]
+        accs = [cell(values(sel, t, 0.0, "zero_shot_top1", n)) for t in topos]
+        out.append(f"| {n} | {spec.loss_floor(n):.3f} | " + " | ".join(losses + accs) + " |")
+    return out + [""]
+
+
+def k_rows(rows: Rows) -> Rows:
+    """The k sweep: the base topology and its ``-k<k>`` variants at the main batch, at the noise levels that
+    have a variant."""
+    batch = main_batch(rows)
+    sel = [r for r in rows if r["batch_size"] == batch
+           and (r["topology"] == spec.K_SWEEP_BASE or is_k_variant(r["topology"]))]
+    levels = {r["noise"] for r in sel if is_k_variant(r["topology"])}
+    return [r for r in sel if r["noise"] in levels]
+
+
+def _k_noise_text(rows: Rows) -> str:
+    return ", ".join(f"{n:g}" for n in noises(rows))
+
+
+def table_k(rows: Rows) -> list[str]:
+    sel = k_rows(rows)
+    if not sel:
+        return []
+    base = spec.k_name(16)
+    out = [f"### k sweep: {spec.K_SWEEP_BASE} (oblique, no scale) at k * d = {spec.WIDTH}, noise "
+           f"{_k_noise_text(sel)}", "",
+           "| k | d | zero-shot top-1 (%) | minus k = 16, paired (points) |", "|---:|---:|---:|---:|"]
+    for k in sorted({r["k"] for r in sel}):
+        name = spec.k_name(k)
+        diff = "--" if name == base else compared(paired(sel, name, base), unit="")
+        out.append(f"| {k} | {spec.WIDTH // k} | {cell(values(sel, name))} | {diff} |")
+    return out + [""]
+
+
+def table_time(rows: Rows) -> list[str]:
+    per = ("seconds per seed: a cell's wall time over its seeds" if mode_of(rows) == "fast"
+           else "seconds, each run's own")
+    out = [f"### Wall time per run ({per})", "", "| topology | batch | mean s/run |", "|---|---:|---:|"]
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["topology"], r["batch_size"]), []).append(r["wall_time_seconds"])
+    for (topo, batch), ts in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out.append(f"| {topo} | {batch} | {statistics.fmean(ts):.2f} |")
+    total = sum(r["wall_time_seconds"] for r in rows)
+    return out + ["", f"Sum over all {len(rows)} runs: {total / 60:.1f} min.", ""]
+
+
+# --------------------------------------------------------------------------------------------------
+# the six answers
+# --------------------------------------------------------------------------------------------------
+def _pd(rows: Rows, a: str, b: str, noise: Optional[float]) -> str:
+    return compared(paired(rows, a, b, noise))
+
+
+def _answer_range(rows: Rows, main: Rows) -> str:
+    line = (f"1. **Range.** Noise 0: sphere at scale 1 {cell(values(main, 'sphere-none', 0.0))}%, oblique at scale 1 "
+            f"{cell(values(main, 'oblique-none', 0.0))}%, CLIP sphere {cell(values(main, spec.BASELINE, 0.0))}%; "
+            f"oblique-none minus sphere-none {_pd(main, 'oblique-none', 'sphere-none', 0.0)}.")
+    sizes = batch_sizes(rows)
+    if len(sizes) < 2:
+        return line
+    sel = batch_rows(rows)
+    lo_n, hi_n = sizes[0], sizes[-1]
+    gap = lambda t, n: [x - spec.loss_floor(n) for x in values(sel, t, 0.0, "final_loss", n)]  # noqa: E731
+    return line + (
+        f" Batch sweep N = {lo_n}..{hi_n}: sphere-none's final loss minus the floor "
+        f"{cell(gap('sphere-none', lo_n), 1, 3, True)} nats at N = {lo_n} and {cell(gap('sphere-none', hi_n), 1, 3, True)} "
+        f"at N = {hi_n} (floor {spec.loss_floor(lo_n):.2f} -> {spec.loss_floor(hi_n):.2f}); oblique-none "
+        f"{cell(gap('oblique-none', lo_n), 1, 3, True)} and {cell(gap('oblique-none', hi_n), 1, 3, True)}; "
+        f"top-1 at N = {hi_n}: sphere-none {cell(values(sel, 'sphere-none', 0.0, batch=hi_n))}%, oblique-none "
+        f"{cell(values(sel, 'oblique-none', 0.0, batch=hi_n))}%, CLIP sphere "
+        f"{cell(values(sel, spec.BASELINE, 0.0, batch=hi_n))}%; sphere-none minus CLIP sphere at N = {hi_n}: "
+        f"{compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}, minus oblique-none: "
+        f"{compared(_paired_at(sel, 'sphere-none', 'oblique-none', hi_n))}.")
+
+
+def _paired_at(rows: Rows, a: str, b: str, batch: int) -> list[float]:
+    return paired([r for r in rows if r["batch_size"] == batch], a, b, 0.0)
+
+
+#: the topologies answers 1 to 5 are about; answer 6 takes every other one (other geometries, any registered one)
+ANSWERED = {"sphere-learnable", "sphere-fixed", "sphere-none", "oblique-none", "oblique-learnable-3.95",
+            "oblique-learnable-100", "joint-control", "block-control"}
+
+
+def claims(rows: Rows) -> list[str]:
+    """The six answers, one line each, computed from the rows (an answer whose topologies are missing is left
+    out); every comparison carries its paired interval, seed count and verdict."""
+    main = main_rows(rows)
+    levels = noises(main)
+    hi = levels[-1]
+    have = {r["topology"] for r in main}
+    out = ["## The six answers", ""]
+    if {"sphere-none", "oblique-none", spec.BASELINE} <= have:
+        out.append(_answer_range(rows, main))
+    if spec.BASELINE in have and spec.BASELINE in learnable(main):
+        rel = [x * 100 for x in relative(main, spec.BASELINE, levels[0], hi)]
+        out.append(
+            "2. **Temperature against noise.** CLIP sphere's learned scale: "
+            + ", ".join(f"{cell(values(main, spec.BASELINE, n, 'scale'), 1, 2)} at {n:g}" for n in levels)
+            + f"; noise {hi:g} against {levels[0]:g}, paired: {compared(rel, 1, 1, '%')}; "
+              f"{monotone(main, spec.BASELINE)}.")
+    if {"oblique-none", spec.BASELINE} <= have:
+        line = ("3. **Oblique against the sphere under noise** (oblique-none minus CLIP sphere): "
+                + "; ".join(f"noise {n:g}: {_pd(main, 'oblique-none', spec.BASELINE, n)}" for n in levels) + ".")
+        if aliases(main):
+            line += (" In fast mode the joint and block controls are their counterparts exactly (an MLP's 512 "
+                     "outputs are the same read as 16 tokens or as one), so any difference here is the topology "
+                     "alone.")
+        out.append(line)
+    obl = [t for t in ("oblique-learnable-3.95", "oblique-learnable-100") if t in have]
+    if obl and "oblique-none" in have:
+        out.append(
+            "4. **Temperature for oblique** (minus oblique-none, paired): "
+            + "; ".join(f"{t}: " + ", ".join(f"{_pd(main, t, 'oblique-none', n)} at {n:g}" for n in levels)
+                        for t in obl) + ".")
+    ks = k_rows(rows)
+    if ks:
+        means = {k: statistics.fmean(values(ks, spec.k_name(k))) for k in sorted({r['k'] for r in ks})}
+        best = max(means, key=means.get)
+        second = max((k for k in means if k != best), key=means.get, default=None)
+        line = (f"5. **Best k** (noise {_k_noise_text(ks)}, oblique, no scale): the highest mean is k = {best} "
+                f"({cell(values(ks, spec.k_name(best)))}%)")
+        if second is not None:
+            line += f"; against the runner-up k = {second}: {_pd(ks, spec.k_name(best), spec.k_name(second), None)}"
+        if 16 in means and best != 16:
+            line += f"; against k = 16: {_pd(ks, spec.k_name(best), spec.k_name(16), None)}"
+        out.append(line + (f"; k = 1 {cell(values(ks, spec.k_name(1)))}%." if 1 in means else "."))
+    new = [t for t in topologies(main) if t not in ANSWERED]
+    if new and spec.BASELINE in have:
+        parts = []
+        for t in new:
+            vs_sphere = ", ".join(f"{_pd(main, t, spec.BASELINE, n)} at {n:g}" for n in (0.0, hi))
+            vs_obl = f", minus oblique-none {_pd(main, t, 'oblique-none', 0.0)} at 0" if "oblique-none" in have else ""
+            parts.append(f"{t} {cell(values(main, t, 0.0))}% at noise 0, minus CLIP sphere {vs_sphere}{vs_obl}")
+        out.append("6. **Other geometries.** " + "; ".join(parts) + ".")
+    return out + [""]
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+def _errorbars(ax, rows: Rows, names: Sequence[str], x_key: str, metric: str, scale: float = 100.0,
+               log_x: bool = False, label=None) -> None:
+    for topo in names:
+        sel = [r for r in rows if r["topology"] == topo]
+        xs = sorted({r[x_key] for r in sel})
+        points = [stats.t_interval([r[metric] for r in sel if r[x_key] == x]) for x in xs]
+        ax.errorbar(xs, [scale * m for m, _, _ in points],
+                    yerr=[0 if math.isnan(h) else scale * h for _, h, _ in points], marker="o", ms=3,
+                    capsize=3, label=label(topo) if label else topo)
+    if log_x:
+        ax.set_xscale("log", base=2)
+
+
+def _changes(ax, rows: Rows, series: Sequence[tuple[str, str]]) -> None:
+    """Per (topology, metric): the paired change from the lowest noise (%), 95% intervals, linear axis."""
+    levels = noises(rows)
+    for topo, metric in series:
+        points = [(0.0, 0.0, 0)] + [stats.t_interval([100 * x for x in relative(rows, topo, levels[0], n, metric)])
+                                    for n in levels[1:]]
+        ax.errorbar(levels, [m for m, _, _ in points], yerr=[0 if math.isnan(h) else h for _, h, _ in points],
+                    marker="o", ms=3, capsize=3, label=topo if metric == "scale" else f"{topo}: {metric}")
+    ax.axhline(0, color="k", lw=0.8)
+
+
+def _caption(fig, text: str, width: int = 150) -> None:
+    """The plot's caption under the axes: what it shows (mode, budget, seeds), wrapped to the figure."""
+    wrapped = textwrap.fill(text, width=width)
+    lines = wrapped.count("\n") + 1
+    fig.text(0.5, 0.01, wrapped, ha="center", va="bottom", fontsize=7)
+    # 7-point lines are about 0.13 inch apart: keep that much of the figure's height free under the axes
+    fig.tight_layout(rect=(0, min(0.4, (0.13 * lines + 0.1) / fig.get_size_inches()[1]), 1, 1))
+
+
+def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
+    """The PNGs of :data:`PLOTS` whose data the rows hold; each caption names mode, budget and seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    main = main_rows(rows)
+
+    def save(fig, name, text):
+        _caption(fig, text, width=int(fig.get_size_inches()[0] * 17))
+        fig.savefig(output / name, dpi=100)
+        plt.close(fig)
+        written.append(output / name)
+
+    topos = topologies(main)
+    levels = noises(main)
+    if main:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        _errorbars(ax, main, topos, "noise", "zero_shot_top1")
+        ax.set(xlabel="caption noise", ylabel="zero-shot top-1 (%)", title="Zero-shot accuracy against caption noise")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "accuracy_vs_noise.png", f"Mean and 95% interval over seeds. {setting(main)}.")
+
+        learn = learnable(main)
+        columns = results.value_columns(main)
+        owned = [(t, c) for t in topos for c in columns if any(not math.isnan(v) for v in values(main, t, None, c))]
+        if learn or owned:
+            fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+            _changes(left, main, [(t, "scale") for t in learn])
+            left.set(xlabel="caption noise", ylabel=f"final scale, change from noise {levels[0]:g} (%)",
+                     title="Learned temperature scale")
+            _changes(right, main, owned)
+            right.set(xlabel="caption noise", ylabel=f"final value, change from noise {levels[0]:g} (%)",
+                      title="Learned geometry values")
+            for ax in (left, right):
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
+                else:
+                    ax.text(0.5, 0.5, "none in these runs", transform=ax.transAxes, ha="center")
+                ax.grid(alpha=0.3)
+            save(fig, "scale_vs_noise.png", "Change of each run's final value from the same seed's run at noise "
+                 f"{levels[0]:g}, mean and 95% paired interval, linear axis. {setting(main)}.")
+
+        others = [t for t in topos if t != spec.BASELINE]
+        if spec.BASELINE in topos and others:
+            fig, axes = plt.subplots(1, len(levels), figsize=(3.2 * len(levels), 0.35 * len(others) + 2.4),
+                                     sharey=True, squeeze=False)
+            for ax, n in zip(axes[0], levels):
+                for i, t in enumerate(others):
+                    diffs = paired(main, t, spec.BASELINE, n)
+                    mean, half, _ = stats.t_interval([100 * d for d in diffs])
+                    ax.errorbar([mean], [i], xerr=[[0 if math.isnan(half) else half]], fmt="o", ms=3, capsize=3,
+                                color="C0" if verdict(diffs) in (stats.NO_DIFFERENCE, stats.TOO_FEW) else "C3")
+                ax.axvline(0, color="k", lw=0.8)
+                ax.set_title(f"noise {n:g}", fontsize=9)
+                ax.set_xlabel("points", fontsize=8)
+                ax.grid(alpha=0.3)
+            axes[0][0].set_yticks(range(len(others)), others, fontsize=7)
+            fig.suptitle(f"Zero-shot top-1 minus {spec.BASELINE}, paired by seed, 95% intervals "
+                         f"(red: excludes 0; blue: {stats.NO_DIFFERENCE})", fontsize=9)
+            save(fig, "paired_differences.png", f"{setting(main)}.")
+
+    sel = [r for r in batch_rows(rows) if r["batch_size"] in set(batch_sizes(rows))]
+    if len({r["batch_size"] for r in sel}) > 1:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        present = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
+        _errorbars(left, sel, present, "batch_size", "final_loss", 1.0, log_x=True)
+        sizes = sorted({r["batch_size"] for r in sel})
+        left.plot(sizes, [spec.loss_floor(n) for n in sizes], "k--", label="log(1 + (N-1)/e)")
+        left.set(xlabel="batch size N", ylabel="final training loss (nats)", title="Loss against the floor")
+        left.legend(fontsize=7)
+        left.grid(alpha=0.3)
+        _errorbars(right, sel, present, "batch_size", "zero_shot_top1", log_x=True)
+        right.set(xlabel="batch size N", ylabel="zero-shot top-1 (%)", title="Accuracy against N")
+        right.legend(fontsize=7)
+        right.grid(alpha=0.3)
+        save(fig, "batch_sweep.png", f"Noise 0, mean and 95% interval over seeds. {setting(sel)}.")
+
+    ks = k_rows(rows)
+    if ks:
+        fig, ax = plt.subplots(figsize=(7, 4.8))
+        kk = sorted({r["k"] for r in ks})
+        points = [stats.t_interval([100 * r["zero_shot_top1"] for r in ks if r["k"] == k]) for k in kk]
+        ax.errorbar(kk, [m for m, _, _ in points], yerr=[0 if math.isnan(h) else h for _, h, _ in points],
+                    marker="o", capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(kk, [str(k) for k in kk])
+        ax.set(xlabel=f"k (d = {spec.WIDTH} / k)", ylabel="zero-shot top-1 (%)",
+               title=f"Zero-shot accuracy against k at k * d = {spec.WIDTH}")
+        ax.grid(alpha=0.3)
+        save(fig, "accuracy_vs_k.png", f"{spec.K_SWEEP_BASE} (oblique, no scale), noise {_k_noise_text(ks)}, "
+             f"mean and 95% interval over seeds. {setting(ks)}.")
+
+    if main:
+        batch = main_batch(rows)
+        shown = set(topos)
+        low = levels[0]  # the lowest noise of the grid: 0 in a default run
+        t0 = [p for p in traj if p["noise"] == low and p["batch_size"] == batch and p["topology"] in shown]
+        panels = [(key, title) for key, title in (("zero_shot_top1", "Zero-shot top-1 (%)"),
+                                                 ("scale", "Learned temperature scale (log axis)"),
+                                                 ("gap_normalized", "Positive - negative similarity gap / factors"))
+                  if any(not math.isnan(p.get(key, math.nan)) for p in t0)]
+        if t0 and panels:
+            learn = set(learnable(main))
+            fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+            for ax, (key, title) in zip(axes[0], panels):
+                for t in topos:
+                    if key == "scale" and t not in learn:
+                        continue
+                    steps = sorted({p["step"] for p in t0 if p["topology"] == t})
+                    scale = 100.0 if key == "zero_shot_top1" else 1.0
+                    means = [scale * statistics.fmean(p[key] for p in t0 if p["topology"] == t and p["step"] == s)
+                             for s in steps]
+                    ax.plot(steps, means, marker=".", ms=3, label=t)
+                total = max(p["steps"] for p in t0)
+                ax.axvspan(0.8 * total, total, color="0.9")
+                ax.set(xlabel="step", title=f"{title}, mean over seeds")
+                if key == "scale":
+                    ax.set_yscale("log")
+                ax.grid(alpha=0.3)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
+            plotted = [r for r in main if r["noise"] == low and r["topology"] in shown]
+            save(fig, "trajectories.png", f"Noise {low:g}; shaded: the last 20% of steps. {setting(plotted)}.")
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------------
+def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple] = (),
+             failed: Sequence[str] = ()) -> str:
+    """``results.md``: where it comes from, the rule, the six answers, then every table."""
+    main = main_rows(rows)
+    mode = mode_of(rows)
+    inputs = "`results.csv` and `trajectories.csv`" if mode == "fast" else "`results.csv` and `results.json`"
+    lines = [f"# Topology comparison, {mode} mode", "",
+             f"Written by `{command}` on {machine}, from {inputs} alone "
+             "(`--report-only` rewrites this file and the plots from them).", "",
+             f"Setting of the main grid: {setting(main)}. Cells: mean ± half-width of the 95% Student-t interval "
+             "(seeds in parentheses). Differences are paired by seed (same noise draw, phrasings, initialization "
+             f"and batch order). {stats.RULE}", ""]
+    if repeated:
+        lines += [f"**{len(repeated)} runs appear twice in `results.csv`, with identical results (the grid of that "
+                  "time trained them twice); each is counted once here:** "
+                  + results.summarize(repeated) + ".", ""]
+    if failed:
+        lines += [f"Runs that failed and are missing from the tables: {', '.join(failed)}.", ""]
+    lines += claims(rows)
+    lines += ["## Tables", ""]
+    lines += table_metric(main, "zero_shot_top1", "Zero-shot top-1 (%)")
+    lines += table_paired(main)
+    lines += table_metric(main, "retrieval_R@1", "Retrieval R@1 (%), mean of image->text and text->image")
+    lines += table_scale(main)
+    lines += table_geometry(main)
+    lines += table_trained(main)
+    lines += table_metric(main, "gap_normalized", "Positive - negative similarity gap at the end of training, "
+                          "divided by the number of factors (1 for cosine, k for oblique)", 1.0, 3)
+    lines += table_batch(rows)
+    lines += table_k(rows)
+    lines += table_metric(main, "final_loss", "Final training loss (nats)", 1.0, 3)
+    lines += table_alias_check(main)
+    lines += table_time(rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(output: Path, *, command: str, profile: Optional[str] = None, drop_duplicates: bool = False,
+                 images_to: Optional[Path] = None, failed: Sequence[str] = ()) -> list[Path]:
+    """``results.md`` and the plots from the results folder ``output`` (rows of ``profile`` when given); the
+    plots are also copied to ``images_to`` when given. Returns the files written (none without rows).
+
+    Raises
+    ------
+    results.DuplicateRunError
+        When ``results.csv`` holds a run twice (``drop_duplicates``: unless its copies are identical).
+    """
+    from machine_info import machine  # benchmarks/ is on sys.path: scripts run from there
+
+    rows, traj, repeated = results.load(output, profile=profile, drop_duplicates=drop_duplicates)
+    if not rows:
+        return []
+    if repeated:
+        print(f"WARNING: {len(repeated)} runs appear more than once in {output / 'results.csv'} with identical "
+              "results; counting each once (--drop-duplicates): " + results.summarize(repeated),
+              flush=True)
+    path = output / "results.md"
+    path.write_text(markdown(rows, command=command, machine=machine(), repeated=repeated, failed=failed))
+    plots = write_plots(rows, traj, output)
+    for stale in set(PLOTS) - {p.name for p in plots}:
+        (output / stale).unlink(missing_ok=True)  # a plot this data no longer supports must not linger
+    if images_to is not None:
+        images_to.mkdir(parents=True, exist_ok=True)
+        for p in plots:
+            shutil.copyfile(p, images_to / p.name)
+    return [path, *plots]
