@@ -53,3 +53,42 @@ def geomstats_numpy(restore_default_dtype):
     import geomstats.geometry.nfold_manifold as nfold_manifold
 
     return types.SimpleNamespace(gs=gs, Hypersphere=hypersphere.Hypersphere, NFoldManifold=nfold_manifold.NFoldManifold)
+
+
+@pytest.fixture(scope="session")
+def straight_runs(tmp_path_factory):
+    """``straight_runs(nproc)``: the folder of the uninterrupted run of the fault tests (``fault_runs.SETTINGS``)
+    on ``nproc`` processes, run once per session."""
+    from fault_runs import run, sets, torchrun_cmd, train_cmd
+
+    done = {}
+
+    def get(nproc: int):
+        if nproc not in done:
+            folder = tmp_path_factory.mktemp(f"straight{nproc}")
+            cmd = (train_cmd(folder / "run", *sets()) if nproc == 1 else
+                   torchrun_cmd("-m", "manifold_align_train", "train", "--output", str(folder / "run"), *sets(),
+                                nproc=nproc))
+            proc = run(cmd, cwd=folder)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[nproc] = folder / "run"
+        return done[nproc]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    """A checkpoint of a short default-config run on the embedded digits (about 30% zero-shot top-1)."""
+    from labelled_digits import train_checkpoint
+
+    return train_checkpoint(tmp_path_factory.mktemp("digits-run"))
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory):
+    """The 360 held-out digits as PNG files: a class-per-folder tree, a CSV listing them, class names and
+    templates files (``labelled_digits.DigitFiles``)."""
+    from labelled_digits import write_digit_files
+
+    return write_digit_files(tmp_path_factory.mktemp("digit-files"))

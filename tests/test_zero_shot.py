@@ -82,7 +82,7 @@ def test_zero_shot_accuracy_on_a_separable_task(model):
     own_classes = encode_images(model, images)  # each image is its own class
     labels = torch.arange(6)
     result = zero_shot_accuracy(model, images, labels, own_classes, batch_size=4)
-    assert result == {"top1": 1.0, "top5": 1.0}
+    assert result == {"top1": 1.0, "top5": 1.0, "mean_per_class_recall": 1.0}
     shuffled = zero_shot_accuracy(model, [(images[:3], None), (images[3:], None)], labels.roll(1), own_classes)
     assert shuffled["top1"] == 0.0  # every image scores its own class first, which is now the wrong label
 

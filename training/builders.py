@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "configure_torch",
+    "lock_towers",
     "lr_factor",
 ]
 
@@ -71,6 +72,9 @@ def build_model(cfg: RunConfig, device: torch.device):
     shape and geometry with the ``loss`` section's temperature and objective (the model owns the geometry,
     the temperature and the sigmoid bias, so they are saved with its weights).
 
+    The towers are locked as ``model.lock_*`` asks (:func:`lock_towers`), after the pretrained weights are
+    loaded and before any optimizer sees the parameters.
+
     Returns
     -------
     (MultiTokenCLIP, tokenizer, (train_transform, val_transform))
@@ -89,10 +93,22 @@ def build_model(cfg: RunConfig, device: torch.device):
         model = create_model(cfg.model.name, embed_config(cfg), pretrained=cfg.model.pretrained).to(device)
     except EmbedConfigError as exc:
         raise ConfigError(f"bad value for 'model.{exc.field}': {exc}") from None
+    lock_towers(model, cfg.model)
     image_size = load_model_config(cfg.model.name)["vision_cfg"].get("image_size", 224)
     transforms = (open_clip.image_transform(image_size, is_train=True),
                   open_clip.image_transform(image_size, is_train=False))
     return model, get_tokenizer(cfg.model.name), transforms
+
+
+def lock_towers(model, model_cfg) -> None:
+    """LiT: freeze the towers ``model_cfg`` (a ``ModelConfig``) locks, as open_clip's trainer does with its
+    ``--lock-image*`` and ``--lock-text*`` flags (``model.lock_image_tower``, ``model.lock_text_tower``)."""
+    if model_cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=model_cfg.lock_image_unlocked_groups,
+                               freeze_bn_stats=model_cfg.lock_image_freeze_bn_stats)
+    if model_cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_layers,
+                              freeze_layer_norm=model_cfg.lock_text_freeze_layer_norm)
 
 
 def build_loss(model, cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
@@ -113,12 +129,16 @@ def build_loss(model, cfg: RunConfig, env: DistEnv) -> ContrastiveLoss:
 
 
 def build_data_bundle(cfg: RunConfig, env: DistEnv, tokenizer, transforms):
-    """``manifold_align_train.data.build_data`` for this configuration and process."""
+    """``manifold_align_train.data.build_data`` for this configuration and process, with the named
+    evaluation sets of ``eval.datasets`` (``manifold_align_train.eval_sets.build_eval_sets``)."""
     from .data import build_data
+    from .eval_sets import build_eval_sets
 
-    return build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
-                      tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-                      pin_memory=env.device.type == "cuda")
+    bundle = build_data(cfg.data, preprocess_train=transforms[0], preprocess_val=transforms[1],
+                        tokenizer=tokenizer, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                        pin_memory=env.device.type == "cuda")
+    bundle.eval_sets = build_eval_sets(cfg, transforms[1], tokenizer)
+    return bundle
 
 
 def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:

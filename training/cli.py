@@ -1,4 +1,4 @@
-"""``manifold-align``: the command line (``train``, ``eval`` and ``bench`` subcommands).
+"""``manifold-align``: the command line (``train``, ``eval``, ``export`` and ``bench`` subcommands).
 
 Examples
 --------
@@ -6,6 +6,8 @@ Examples
 ``manifold-align train --config configs/digits-sphere.yaml --set train.steps=500 --set seed=1``
 ``manifold-align train --output runs/a --resume latest`` continues ``runs/a`` from its newest checkpoint.
 ``manifold-align eval --checkpoint runs/a/checkpoints/step_00000400.pt``
+``manifold-align eval --checkpoint runs/a --images /data/imagenet/val --classnames imagenet --templates openai``
+``manifold-align export --checkpoint runs/a --output exported/a`` writes open_clip's local-dir / Hub layout.
 ``manifold-align bench speed --quick`` times manifold ops, the training step and the optimizer step against
 their peers (``benchmarks/speed.py``); ``manifold-align bench topologies --dry-run --quick`` prints the
 topology comparison's plan (``benchmarks/topologies.py``). The scripts live in the repository's
@@ -16,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+import traceback
 import types
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +49,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``manifold-align`` argument parser with its ``train``, ``eval`` and ``bench`` subcommands."""
+    """The ``manifold-align`` argument parser with its ``train``, ``eval``, ``export`` and ``bench`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="manifold-align",
         description="Geometry-aware contrastive (CLIP-style) training on the oblique manifold OB(d, k).",
@@ -62,16 +67,51 @@ def build_parser() -> argparse.ArgumentParser:
                             "newest run under runs/), a checkpoint file, or a run folder")
     evaluate = commands.add_parser(
         "eval", help="zero-shot and retrieval metrics of a checkpoint",
-        description="Evaluate a checkpoint (zero-shot top-1/top-5, retrieval R@1/5/10) on the data of the "
-                    "configuration stored in it.",
+        description="Evaluate a checkpoint (zero-shot top-1/top-5/mean per-class recall, retrieval R@1/5/10) on "
+                    "the data of the configuration stored in it and its eval.datasets, or, with --images or "
+                    "--pairs, on that set alone.",
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
                           help="checkpoint file, or a run folder (its newest checkpoint)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of the stored configuration (e.g. eval.batch_size=64)")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    _add_eval_set_args(evaluate)
+    export = commands.add_parser(
+        "export", help="save a checkpoint's model in open_clip's local-dir / Hugging Face Hub layout",
+        description="Write the model of a checkpoint as a directory open_clip's layout (open_clip_config.json, "
+                    "open_clip_model.safetensors): manifold_align.clip.create_model(DIR) loads it, and a k = 1 "
+                    "cosine model also loads in stock open_clip (create_model_and_transforms('local-dir:DIR')).",
+    )
+    export.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file, or a run folder (its newest checkpoint)")
+    export.add_argument("--output", required=True, metavar="DIR", help="the directory to write")
     _add_bench_parser(commands)
     return parser
+
+
+def _add_eval_set_args(evaluate: argparse.ArgumentParser) -> None:
+    data = evaluate.add_argument_group(
+        "one evaluation set", "score only this set (it is eval.datasets.NAME with these keys)")
+    choice = data.add_mutually_exclusive_group()
+    choice.add_argument("--images", metavar="DIR|FILE.csv",
+                        help="zero-shot classification on a class-per-folder tree (ImageFolder layout) or a "
+                             "CSV/TSV of image path and label (e.g. an ImageNet validation folder with "
+                             "--classnames imagenet)")
+    choice.add_argument("--pairs", metavar="FILE.csv|SHARDS", help="retrieval on a CSV/TSV of image path and "
+                        "caption, or webdataset shards")
+    data.add_argument("--name", help="the set's name, prefix of its metrics (default: from the path)")
+    data.add_argument("--classnames", metavar="imagenet|FILE",
+                      help="class names, one per line in class order (default: folder names or labels)")
+    data.add_argument("--templates", metavar="openai|simple|FILE",
+                      help="prompt templates, open_clip's sets or a file, one per line with {} (default: openai)")
+    # checked with the configuration (eval.prototype), whose registry owns the names
+    data.add_argument("--prototype", metavar="geometry|whole",
+                      help="class prototypes: the model's geometry (default) or clip_benchmark's whole vector")
+    for option, column in (("--csv-img-key", "image path"), ("--csv-label-key", "label"),
+                           ("--csv-caption-key", "caption")):
+        data.add_argument(option, metavar="COLUMN", help=f"CSV column of the {column}")
+    data.add_argument("--csv-separator", metavar="SEP", help="CSV separator (default: tab for .tsv, else comma)")
 
 
 def _add_bench_parser(commands) -> None:
@@ -126,35 +166,106 @@ def _load_run_config(args: argparse.Namespace, state: dict[str, Any] | None) -> 
     return load_config(args.config, args.overrides, base=base)
 
 
+def _is_rank0() -> bool:
+    # before the process group exists: torchrun's variable (every process of a job reads the same files,
+    # one of them says so)
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(text: str) -> None:
+    if _is_rank0():
+        print(text, file=sys.stderr, flush=True)
+
+
+def _resume_state(spec: str, output: str | None) -> tuple[Path | None, dict | None, Path]:
+    """``(checkpoint, state, run folder)`` for ``--resume``; ``latest`` passes over damaged checkpoints."""
+    from .checkpoint import load_checkpoint, load_newest_intact
+
+    checkpoint, run = resolve_checkpoint(spec, output)
+    if checkpoint is None:
+        _say(f"--resume latest: no checkpoint in {run} yet; starting from scratch")
+        return None, None, run
+    if spec != "latest":
+        return checkpoint, load_checkpoint(checkpoint), run
+
+    def skipped(path: Path, reason: str) -> None:
+        _say(f"--resume latest: skipping {path.name}: {reason}; renamed to {path.name}.damaged")
+
+    found = load_newest_intact(checkpoint.parent, skipped=skipped)
+    if found is None:
+        _say(f"--resume latest: no intact checkpoint left in {checkpoint.parent}; starting from scratch")
+        return None, None, run
+    return found[0], found[1], run
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .trainer import train
 
     checkpoint, state, output = None, None, args.output
     if args.resume:
-        checkpoint, run = resolve_checkpoint(args.resume, args.output)
+        checkpoint, state, run = _resume_state(args.resume, args.output)
         output = str(run)
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint)
-        else:
-            print(f"--resume latest: no checkpoint in {run} yet; starting from scratch", file=sys.stderr)
     cfg = _load_run_config(args, state)
     train(cfg, output_dir=output, resume_state=state, resume_path=checkpoint)
     return 0
+
+
+def _eval_config(args: argparse.Namespace, stored: dict[str, Any]) -> tuple[RunConfig, bool]:
+    """The configuration ``eval`` runs with, and whether it scores the run's own data (not with --images/--pairs)."""
+    from .config import apply_overrides, config_from_dict
+    from .eval_sets import cli_eval_set, default_set_name
+
+    values = apply_overrides(stored, args.overrides)
+    if args.prototype:
+        values.setdefault("eval", {})["prototype"] = args.prototype
+    if not (args.images or args.pairs):
+        return config_from_dict(values), True
+    section = values.setdefault("eval", {})
+    # this set alone: the stored sets are not scored (and their files need not exist here)
+    section["datasets"] = {args.name or default_set_name(args.images or args.pairs): cli_eval_set(args)}
+    return config_from_dict(values), False
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .evaluation import evaluate_checkpoint, format_metrics
 
+    set_options = ("name", "classnames", "templates", "csv_img_key", "csv_label_key", "csv_caption_key",
+                   "csv_separator")
+    stray = [f"--{o.replace('_', '-')}" for o in set_options if getattr(args, o) is not None]
+    if stray and not (args.images or args.pairs):
+        raise SystemExit(f"manifold-align eval: {', '.join(stray)} describe a set given by --images or --pairs")
     checkpoint, _ = resolve_checkpoint(args.checkpoint, None)
     state = load_checkpoint(checkpoint)
-    cfg = load_config(None, args.overrides, base=state["config"])
-    metrics = evaluate_checkpoint(cfg, state)
+    cfg, own_data = _eval_config(args, state["config"])
+    bad: dict[str, list[str]] = {}
+    metrics = evaluate_checkpoint(cfg, state, own_data=own_data, bad=bad)
     print(f"checkpoint {checkpoint} (step {state['step']})")
     print(format_metrics(metrics))
+    for name, items in bad.items():
+        if items:
+            shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+            print(f"  {name or 'held-out data'}: {len(items)} bad item(s) left out: {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from manifold_align.clip import save_pretrained
+
+    from .builders import build_model
+    from .checkpoint import load_checkpoint
+
+    checkpoint, _ = resolve_checkpoint(args.checkpoint, None)
+    state = load_checkpoint(checkpoint)
+    cfg = load_config(None, [], base=state["config"])
+    model, _, _ = build_model(cfg, torch.device("cpu"))
+    model.load_state_dict(state["model"])
+    directory = save_pretrained(model, args.output, cfg.model.name)
+    print(f"exported {checkpoint} (step {state['step']}) to {directory}/")
     return 0
 
 
@@ -217,18 +328,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(args.benchmark, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from .checkpoint import RunFolderError, UnsafeCheckpointError  # imports torch: not before parsing
+    # imports torch: not before parsing
+    from .checkpoint import DamagedCheckpointError, RunFolderError, UnsafeCheckpointError
+    from .preemption import PREEMPTED_EXIT_CODE, Preempted
 
     try:
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_eval(args)
     except ConfigError as exc:
         print(f"manifold-align {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (RunFolderError, UnsafeCheckpointError) as exc:
+    except (RunFolderError, UnsafeCheckpointError, DamagedCheckpointError) as exc:
         print(f"manifold-align {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        _say(f"manifold-align {args.command}: {stop}")
+        return PREEMPTED_EXIT_CODE
+    except Exception as exc:
+        status = _report_failure(args.command, exc)
+        if status is None:
+            raise
+        return status
+
+
+def _report_failure(command: str, exc: Exception) -> int | None:
+    """Say why a run failed, once per job; return the exit status, or None to let Python print the traceback.
+
+    One process: errors with a known cause in one line, others as usual. In a torchrun job the rank that
+    failed first (``manifold_align_train.faults``) prints the traceback, then the line naming it, and writes the
+    line to torchrun's error file; the ranks that failed because of it print nothing and wait for torchrun to
+    stop them, so that torchrun, too, names the first rank as the root cause.
+    """
+    from .checkpoint import CheckpointSpaceError
+    from .faults import LoaderWorkerDied, write_elastic_error_file
+
+    report = getattr(exc, "failure_report", None)
+    known = isinstance(exc, (CheckpointSpaceError, LoaderWorkerDied))
+    if report is None:
+        if not known:
+            return None
+        print(f"manifold-align {command}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if not report.first:
+        if os.environ.get("TORCHELASTIC_RUN_ID"):
+            time.sleep(10)  # torchrun terminates this process once it sees the first rank's exit
+        return 1
+    details = "" if known else traceback.format_exc()
+    line = f"manifold-align {command}: {report.line(exc)}"
+    sys.stderr.write(details)
+    print(line, file=sys.stderr, flush=True)
+    write_elastic_error_file(line, details)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

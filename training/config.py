@@ -70,6 +70,12 @@ def _temperature_names() -> Sequence[str]:
     return list_temperatures()
 
 
+def _prototype_rules() -> Sequence[str]:
+    from manifold_align.clip.prototypes import PROTOTYPE_RULES
+
+    return PROTOTYPE_RULES
+
+
 def _objective_names() -> Sequence[str]:
     from manifold_align.losses import OBJECTIVES
 
@@ -113,6 +119,13 @@ class ModelConfig:
     With the ``loss`` section's temperature and objective they make the model's
     :class:`~manifold_align.clip.EmbedConfig` (:func:`embed_config`), which checks them.
 
+    ``lock_image`` freezes the image tower but its last ``lock_image_unlocked_groups`` groups (open_clip's
+    groups: embeddings, each block, the last block with ``ln_post``, the projection), ``lock_text`` the text
+    tower but its last ``lock_text_unlocked_layers`` groups (embeddings, each block, the last block with
+    ``ln_final``, the projection); ``lock_text_freeze_layer_norm=false`` leaves the LayerNorms of the locked
+    text layers trainable, and ``lock_image_freeze_bn_stats`` is passed to open_clip's image lock (a ViT has
+    no BatchNorm). Locked parameters are left out of the optimizer.
+
     ``class_tokens`` is the number of class tokens each tower carries (``None``: ``n_tokens``, one
     per factor); it must divide ``n_tokens``, and each class token is split into
     ``n_tokens / class_tokens`` blocks of ``token_dim``. ``class_tokens=1`` with ``n_tokens=16,
@@ -126,6 +139,13 @@ class ModelConfig:
     geometry: str = checked("oblique", check=one_of(_geometry_names))
     geometry_options: dict[str, Any] = field(default_factory=dict)
     pretrained: Optional[str] = None
+    # LiT (Zhai et al. 2022), open_clip's --lock-image* / --lock-text* flags; see docs/training.md
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = checked(0, check=_non_negative("integer"))
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = checked(0, check=_non_negative("integer"))
+    lock_text_freeze_layer_norm: bool = False
 
 
 @dataclass
@@ -181,9 +201,21 @@ class LossConfig:
     gather_with_grad: bool = True
 
 
+def _early_warning_names() -> Sequence[str]:
+    from .preemption import EARLY_WARNING_SIGNALS
+
+    return EARLY_WARNING_SIGNALS
+
+
 @dataclass
 class TrainConfig:
-    """Optimization. ``steps`` counts optimizer steps; ``lr`` is the peak of the cosine schedule."""
+    """Optimization. ``steps`` counts optimizer steps; ``lr`` is the peak of the cosine schedule.
+
+    ``preempt_signal`` is the early-warning signal that, like SIGTERM, stops the run at the end of its step with
+    a checkpoint (:mod:`manifold_align_train.preemption`; null: SIGTERM only). ``collective_timeout`` is how many
+    seconds a collective waits for the other processes before the run fails (null: 60 on gloo, torch's default
+    on NCCL), which bounds how long a job outlives a rank that hangs.
+    """
 
     steps: int = checked(250, check=_positive("integer"))
     lr: float = checked(2e-3, check=_positive("number"))
@@ -205,23 +237,41 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     threads: Optional[int] = checked(None, check=_positive("integer or null"))
+    preempt_signal: Optional[str] = checked("SIGUSR1", check=one_of(_early_warning_names))
+    collective_timeout: Optional[float] = checked(None, check=_positive("number of seconds or null"))
 
 
 @dataclass
 class EvalConfig:
-    """Zero-shot classification and retrieval, every ``every`` steps (0: only at the end)."""
+    """Zero-shot classification and retrieval, every ``every`` steps (0: only at the end).
+
+    ``prototype`` is the class-prototype rule (``manifold_align.clip.PROTOTYPE_RULES``): ``geometry``, the
+    model's own (per token on OB(d, k)), or ``whole``, clip_benchmark's (the whole flattened vector).
+    ``datasets`` maps names to further evaluation sets, labelled images or retrieval pairs, each scored and
+    logged under its name (``manifold_align_train.eval_sets.EvalSetConfig``).
+    """
 
     every: int = checked(0, check=_non_negative("integer", " (0: only at the end)"))
     batch_size: int = checked(256, check=_positive("integer"))
+    prototype: str = checked("geometry", check=one_of(_prototype_rules))
+    datasets: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LogConfig:
-    """Where metrics go: ``metrics.jsonl`` always, TensorBoard and a tqdm bar optionally."""
+    """Where metrics go: ``metrics.jsonl`` always, TensorBoard, a tqdm bar and Weights & Biases optionally.
+
+    ``wandb`` (off by default; ``pip install manifold-align[wandb]``) logs the rows TensorBoard gets to the W&B
+    project ``wandb_project`` (of ``wandb_entity``, null: your default), one W&B run per run folder; W&B's
+    own environment variables apply (``WANDB_MODE=offline``, ``WANDB_API_KEY``).
+    """
 
     every: int = checked(10, check=_positive("integer"))
     tensorboard: bool = True
     progress: bool = True
+    wandb: bool = False
+    wandb_project: str = "manifold-align"
+    wandb_entity: Optional[str] = None
 
 
 @dataclass
@@ -289,6 +339,12 @@ def _check_cross_field(cfg: RunConfig) -> None:
         embed_config(cfg)
     except EmbedConfigError as exc:
         raise ConfigError(f"bad value for '{_EMBED_KEYS.get(exc.field, exc.field)}': {exc}") from None
+    _check_locks(cfg.model)
+    from .eval_sets import check_eval_sets
+    from .wandb_log import check_wandb
+
+    check_eval_sets(cfg)
+    check_wandb(cfg)
     if cfg.data.dataset in ("csv", "webdataset") and not cfg.data.train_data:
         raise ConfigError(f"'data.train_data' is required when data.dataset is {cfg.data.dataset!r}")
     if cfg.train.warmup >= cfg.train.steps:
@@ -296,6 +352,19 @@ def _check_cross_field(cfg: RunConfig) -> None:
             f"bad value {cfg.train.warmup} for 'train.warmup': expected fewer warmup steps than "
             f"train.steps ({cfg.train.steps})"
         )
+
+
+def _check_locks(model: ModelConfig) -> None:
+    """A lock option without its lock would be silently ignored: refuse it."""
+    for tower, options in (("image", ("unlocked_groups", "freeze_bn_stats")),
+                           ("text", ("unlocked_layers", "freeze_layer_norm"))):
+        if getattr(model, f"lock_{tower}"):
+            continue
+        for option in options:
+            value = getattr(model, f"lock_{tower}_{option}")
+            if value:
+                raise ConfigError(f"bad value {value!r} for 'model.lock_{tower}_{option}': it applies only with "
+                                  f"model.lock_{tower}=true")
 
 
 # keys of configurations (and checkpoints) written before the geometry had its own home, and where they went

@@ -4,17 +4,35 @@ torchrun (``python -m torch.distributed.run``) starts the processes and sets ``R
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; this module only reads them and
 calls ``init_process_group`` (NCCL on GPU, gloo on CPU). Without those variables the run is a single
 process and nothing is initialized. Process management stays with torchrun.
+
+Elastic restarts
+----------------
+torchrun's agent hosts the rendezvous store that its workers share (``TORCHELASTIC_USE_AGENT_STORE``), and
+that store outlives a worker group: after ``--max-restarts`` restarts a group, the new workers meet in the
+same store, under the same keys, as the group that died. Gloo's rendezvous then reads the dead workers'
+addresses: the new group hangs in ``init_process_group`` or fails with "Connection refused" (torch 2.14;
+the same happens to a plain script that calls ``init_process_group("gloo")``). So each attempt joins under
+its own prefix, ``attempt_<TORCHELASTIC_RESTART_COUNT>``, as torch's own ``env://`` handler once did.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "cleanup_distributed", "init_distributed", "resolve_device"]
+__all__ = ["DEFAULT_GLOO_TIMEOUT", "DistEnv", "cleanup_distributed", "collective_timeout", "init_distributed",
+           "job_store", "resolve_device"]
+
+#: seconds a gloo collective waits for the other processes by default (``train.collective_timeout``): torch's
+#: own 30 minutes would keep a job whose rank hangs alive for half an hour
+DEFAULT_GLOO_TIMEOUT = 60.0
+
+_store: Optional[dist.Store] = None  # this attempt's rendezvous store (job_store)
 
 
 @dataclass(frozen=True)
@@ -59,18 +77,50 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def init_distributed(device_preference: str = "auto") -> DistEnv:
+def collective_timeout(seconds: Optional[float], backend: str) -> Optional[timedelta]:
+    """The process group's timeout: ``seconds``, else :data:`DEFAULT_GLOO_TIMEOUT` on gloo and torch's default
+    (None) on NCCL."""
+    if seconds is None and backend == "gloo":
+        seconds = DEFAULT_GLOO_TIMEOUT
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """The ``env://`` rendezvous store, under a prefix of its own for each torchrun attempt (module docstring).
+
+    It waits torch's default time for the other processes to join: a process that starts late (a slow import,
+    a node that boots later) is no failure; ``train.collective_timeout`` bounds the collectives after that.
+    """
+    from torch.distributed.constants import default_pg_timeout
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank, world_size, timeout=default_pg_timeout))
+    store.set_timeout(default_pg_timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"manifold_align/attempt_{attempt}", store)
+
+
+def job_store() -> Optional[dist.Store]:
+    """The store the processes of this attempt share (None outside a process group)."""
+    return _store if dist.is_available() and dist.is_initialized() else None
+
+
+def init_distributed(device_preference: str = "auto", *, timeout: Optional[float] = None) -> DistEnv:
     """Read torchrun's environment and join the process group when ``WORLD_SIZE > 1``.
 
     Parameters
     ----------
     device_preference : str
         ``train.device``: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    timeout : float, optional
+        ``train.collective_timeout``: seconds a collective waits for the other processes before it fails
+        (see :func:`collective_timeout`).
 
     Returns
     -------
     DistEnv
     """
+    global _store
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -79,11 +129,15 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        wait = collective_timeout(timeout, backend)
+        _store = _attempt_store(rank, world_size)
+        dist.init_process_group(backend=backend, store=_store, rank=rank, world_size=world_size, timeout=wait)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
 def cleanup_distributed() -> None:
     """Leave the process group if one was joined."""
+    global _store
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _store = None

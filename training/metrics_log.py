@@ -1,5 +1,5 @@
-"""Run logging: ``metrics.jsonl`` rows, TensorBoard scalars and progress (a tqdm bar on a
-terminal, plain lines in a log file).
+"""Run logging: ``metrics.jsonl`` rows, TensorBoard scalars (and optionally W&B) and progress (a tqdm
+bar on a terminal, plain lines in a log file).
 
 Only rank 0 logs; on other ranks :class:`MetricsLog` and :class:`Progress` are silent no-ops, so the
 trainer calls them unconditionally.
@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -50,10 +50,15 @@ class MetricsLog:
         ``False`` on ranks other than 0.
     tensorboard : bool
         Also write TensorBoard event files.
+    sinks : sequence
+        More destinations of the same numbers, each with ``log(step, kind, values)`` and ``close()``
+        (:class:`manifold_align_train.wandb_log.WandbLog`).
     """
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 sinks: Sequence = ()):
         self.enabled = enabled
+        self.sinks = list(sinks)
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tensorboard_dir = Path(output_dir) / "tensorboard" if tensorboard else None
         self._writer = None
@@ -78,8 +83,8 @@ class MetricsLog:
             self._rewrite([row for row in self._rows() if row.get("step", 0) <= step])
 
     def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
-        """Write the row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard under
-        ``kind/name``. A file holds one row per step and kind: a second row for the same pair (the
+        """Write the row ``{"step": step, "kind": kind, **metrics}``; numbers go to TensorBoard (and the sinks)
+        under ``kind/name``. A file holds one row per step and kind: a second row for the same pair (the
         evaluation of a resumed run that had nothing left to train) replaces the first."""
         if not self.enabled:
             return
@@ -91,17 +96,23 @@ class MetricsLog:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             self._logged.add((step, kind))
+        numbers = {name: value for name, value in row.items()
+                   if name not in ("step", "kind") and isinstance(value, (int, float))}
         if self._writer is not None:
-            for name, value in row.items():
-                if name not in ("step", "kind") and isinstance(value, (int, float)):
-                    self._writer.add_scalar(f"{kind}/{name}", value, step)
+            for name, value in numbers.items():
+                self._writer.add_scalar(f"{kind}/{name}", value, step)
+        for sink in self.sinks:
+            sink.log(step, kind, numbers)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+        """Flush and close the TensorBoard writer and the other sinks."""
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()
 
 
 class Progress:

@@ -44,6 +44,7 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "skipped_samples": trainer.counters.skipped_samples,
         "bad_samples": _bad(trainer.counters.bad_samples),
         "bad_validation_samples": _bad(getattr(trainer.data.retrieval, "bad", [])),
+        "bad_eval_samples": {s.name: _bad(s.task.bad) for s in getattr(trainer.data, "eval_sets", [])},
         "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
         "world_size": trainer.env.world_size,
         "device": str(trainer.device),

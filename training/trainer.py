@@ -35,9 +35,11 @@ from .builders import (
     lr_factor,
 )
 from .config import RunConfig, config_to_dict, dump_config
-from .distributed_env import DistEnv, cleanup_distributed, init_distributed
+from .distributed_env import DistEnv, cleanup_distributed, collective_timeout, init_distributed
 from .evaluation import evaluate
+from .faults import FailureReport, claim_failure, explain
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
+from .preemption import Preempted, StopRequest
 from .rng import replayed, rng_state, seed_everything, set_rng_state, torch_rng_state
 from .run_summary import format_report, geometry_values, run_summary, write_json
 
@@ -92,6 +94,8 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self._skipped_here = 0  # this rank's bad-sample encounters not yet in counters.skipped_samples
         self._validated = False  # the loss checks its inputs on this process's first step
+        self.stop_request = StopRequest(cfg.train.preempt_signal)  # installed by train() around fit()
+        self.stop_agreed = False  # some rank was signalled: every rank stops after this step (_finite_flag)
         # Different ranks draw different dropout/augmentation noise; model init was already equal.
         seed_everything(cfg.seed + 1000 * self.env.rank + 1)
 
@@ -206,13 +210,25 @@ class Trainer:
 
     def _finite_flag(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """1.0 where the loss (and, without fp16's scaler, the gradient norm) is finite on every rank; on the
-        device, no host read. Every rank must take the same branch, or the next collective deadlocks."""
+        device, no host read. Every rank must take the same branch, or the next collective deadlocks.
+
+        The flag also carries the stop request (:mod:`manifold_align_train.preemption`), as 2.0 added while no
+        rank is stopping, so that every rank learns after the same step that one was signalled, in the same
+        all-reduce and the same host read; :meth:`_read_flag` takes it apart."""
         # fp16 overflow is the scaler's business (it skips the step); a non-finite *loss* is not
         finite = torch.isfinite(loss) if self.scaler.is_enabled() else torch.isfinite(loss) & torch.isfinite(grad_norm)
-        flag = finite.float()
+        flags = torch.stack([finite.float(), torch.ones_like(loss, dtype=torch.float32)])
+        if self.stop_request.pending:
+            flags[1] = 0.0
         if self.env.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return flag
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # MIN: finite everywhere, and no rank stopping
+        return flags[0] + 2.0 * flags[1]
+
+    def _read_flag(self, value: float) -> bool:
+        """Whether the step is finite on every rank, from :meth:`_finite_flag`'s value read on the host; sets
+        ``stop_agreed``."""
+        self.stop_agreed = value < 2.0
+        return value in (1.0, 3.0)
 
     def train_step(self, batches: list, *, read_metrics: bool = True) -> dict[str, Any]:
         """Run one optimizer step over ``batches`` (``train.accumulation`` of them).
@@ -257,9 +273,9 @@ class Trainer:
             read = dict(zip(["finite", "loss", "grad_norm", *diagnostics],
                             torch.stack([flag, loss, grad_norm, *diagnostics.values()]).tolist()))
             metrics.update(read, lr=lr)
-            finite = read["finite"] == 1.0
+            finite = self._read_flag(read["finite"])
         else:
-            finite = flag.item() == 1.0
+            finite = self._read_flag(flag.item())
         metrics["finite"] = finite
         if finite:
             self.scaler.step(self.optimizer)
@@ -320,13 +336,18 @@ class Trainer:
         self.step = int(state["step"])
         self.counters = Counters(**state["counters"])
         rng = state["rng"]
-        set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        if self.env.rank < len(rng):
+            set_rng_state(rng[self.env.rank])
+        else:
+            # a process the checkpoint has no state for (the job grew): a stream of its own, like every rank's
+            seed_everything(self.cfg.seed + 1000 * self.env.rank + 1 + 7919 * self.step)
         self.data.train.set_position(*state["data_position"])
         saved_world_size = state.get("world_size", len(rng))
         if saved_world_size != self.env.world_size and self.env.is_main:
             print(f"resuming a checkpoint written by {saved_world_size} process(es) with {self.env.world_size}: "
-                  "the data continue exactly (batches are global, each process takes its slice); every "
-                  "process restarts from process 0's saved random state", file=sys.stderr, flush=True)
+                  "the data continue exactly (batches are global, each process takes its slice); each process "
+                  "continues its own saved random state, a process without one starts a fresh one",
+                  file=sys.stderr, flush=True)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0) unless the parameters are non-finite."""
@@ -373,7 +394,8 @@ class Trainer:
             try:
                 outcome[0] = evaluate(self.model, self.tokenizer, self.data, batch_size=self.cfg.eval.batch_size,
                                       workers=self.cfg.data.workers,
-                                      autocast=autocast_for(self.cfg.train.precision, self.device))
+                                      autocast=autocast_for(self.cfg.train.precision, self.device),
+                                      prototype=self.cfg.eval.prototype)
             except Exception as error:
                 if not self.env.distributed:
                     raise
@@ -422,6 +444,8 @@ class Trainer:
                 log.log(self.step, self.evaluate(), kind="eval")
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self.stop_agreed:
+                self._stop_preempted(log)
         if self.counters.last_checkpoint != str(ckpt.checkpoint_path(self.checkpoint_dir, self.step)):
             self.save_checkpoint()
         self._sync_bad_samples()
@@ -429,6 +453,18 @@ class Trainer:
         final = self.evaluate()
         log.log(self.step, final, kind="eval")
         return final
+
+    def _stop_preempted(self, log: MetricsLog) -> None:
+        """Write the checkpoint of this step (unless it was just written), log a ``stop`` row and raise
+        :class:`Preempted`."""
+        path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        if self.counters.last_checkpoint != str(path):
+            self.save_checkpoint()  # collective: every rank is here, after the same step
+        if self.env.distributed:
+            dist.barrier()  # no rank exits (and closes its connections) before rank 0's file is complete
+        name = self.stop_request.received or "a stop signal to another process"
+        log.log(self.step, {"signal": name, "checkpoint": str(path)}, kind="stop")
+        raise Preempted(name, self.step, path)
 
     def _sync_skipped(self) -> None:
         """Add the bad-sample encounters of every rank since the last call to ``counters.skipped_samples``.
@@ -490,8 +526,9 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
         The summary written to ``summary.json``.
     """
     start = time.perf_counter()
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, timeout=cfg.train.collective_timeout)
     restore_torch = configure_torch(cfg, env)
+    trainer = None
     try:
         output = _agree_output_dir(output_dir, cfg, env)
         ckpt.check_run_folder(output, None if resume_state is None else int(resume_state["step"]))
@@ -506,11 +543,17 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
             # created only now: a run that fails while being built leaves no folder behind
             output.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, output / "config.yaml")
-        log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
+        sinks = []
+        if env.is_main and cfg.log.wandb:
+            from .wandb_log import WandbLog
+
+            sinks.append(WandbLog(output, cfg))
+        log = MetricsLog(output, enabled=env.is_main, tensorboard=cfg.log.tensorboard, sinks=sinks)
         log.truncate_after(trainer.step)  # a killed run may have logged past its last checkpoint
         progress = Progress(cfg.train.steps, trainer.step, enabled=env.is_main and cfg.log.progress)
         try:
-            final = trainer.fit(log, progress)
+            with trainer.stop_request:  # SIGTERM and train.preempt_signal stop at a step boundary
+                final = trainer.fit(log, progress)
         finally:
             progress.close()
             log.close()
@@ -519,6 +562,21 @@ def train(cfg: RunConfig, output_dir: str | Path | None = None, *,
             write_json(summary, output / "summary.json")
             print(format_report(summary), flush=True)
         return summary
+    except Preempted:
+        raise
+    except Exception as error:
+        # before the process group goes (finally): the ranks whose collectives fail because of this one
+        # must find the failure claimed (manifold_align_train.faults)
+        failure = explain(error, step=None if trainer is None else trainer.step,
+                          last_checkpoint=None if trainer is None else trainer.counters.last_checkpoint)
+        if env.distributed:
+            wait = collective_timeout(cfg.train.collective_timeout, "nccl" if env.device.type == "cuda" else "gloo")
+            failure.failure_report = FailureReport(env.rank, env.world_size, None if trainer is None else trainer.step,
+                                                   first=claim_failure(env),
+                                                   timeout=None if wait is None else wait.total_seconds())
+        if failure is error:
+            raise
+        raise failure from error
     finally:
         restore_torch()
         cleanup_distributed()

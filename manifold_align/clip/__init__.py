@@ -15,6 +15,10 @@ module                      what it holds
 ``tokenizer``               :func:`get_tokenizer`, :func:`caption_length` (the caption-padding rule)
 ``zero_shot``               zero-shot classifier and accuracy in the model's own geometry
 ``retrieval``               image-text retrieval recalls
+``prototypes``              the two class-prototype rules: the model's geometry (ours) or the whole vector
+                            (clip_benchmark's)
+``export``                  :func:`save_pretrained`: open_clip's local-dir / Hub directory layout
+``benchmark_bridge``        the model as clip_benchmark's evaluate functions take it; its command line
 ==========================  ===========================================================================
 """
 
@@ -35,11 +39,21 @@ _EXPORTS = {
     "get_tokenizer": "tokenizer",
     "trim_padding": "tokenizer",
     "build_zero_shot_classifier": "zero_shot",
+    "classification_metrics": "zero_shot",
     "encode_images": "zero_shot",
     "encode_texts": "zero_shot",
     "zero_shot_accuracy": "zero_shot",
     "zero_shot_logits": "zero_shot",
     "retrieval_metrics": "retrieval",
+    "PROTOTYPE_RULES": "prototypes",
+    "class_prototypes": "prototypes",
+    "prototype_logits": "prototypes",
+    "whole_vector_classifier": "prototypes",
+    "save_pretrained": "export",
+    "is_export_dir": "export",
+    "ClipBenchmarkModel": "benchmark_bridge",
+    "for_clip_benchmark": "benchmark_bridge",
+    "save_geometry_classifier": "benchmark_bridge",
 }
 
 __all__ = sorted(_EXPORTS)

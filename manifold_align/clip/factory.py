@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Union
 from open_clip.model import CLIP
 
 from .embed_config import EmbedConfig
+from .export import is_export_dir, load_pretrained_dir
 from .model import MultiTokenCLIP
 from .pretrained import load_pretrained
 from .registry import ModelSpec, load_model_config
@@ -36,18 +37,25 @@ def create_model(
     ----------
     model_name_or_cfg : str, path or dict
         open_clip model name (``"ViT-B-16"``), shipped tiny name (``"tiny-vit-oblique"``), JSON path or
-        config dict in open_clip's format, with an optional ``"embed_cfg"`` key.
+        config dict in open_clip's format, with an optional ``"embed_cfg"`` key; or a directory written by
+        :func:`manifold_align.clip.save_pretrained` (optionally ``"local-dir:"``-prefixed), loaded with its
+        stored geometry and weights.
     embed_cfg : EmbedConfig or dict, optional
         Overrides the config's ``"embed_cfg"``; with neither, ``EmbedConfig()``.
     pretrained : str or path, optional, keyword-only
         A LOCAL checkpoint: a multi-token state dict (as saved from this class) is loaded as is; a stock
-        open_clip checkpoint is converted with :func:`manifold_align.clip.from_open_clip`.
+        open_clip checkpoint is converted with :func:`manifold_align.clip.from_open_clip`. An exported
+        directory's weights are read likewise, into ``embed_cfg``'s geometry.
 
     Returns
     -------
     MultiTokenCLIP
         In float32, on the CPU, in training mode.
     """
+    if is_export_dir(model_name_or_cfg):  # a directory of save_pretrained: its config and weights together
+        if pretrained is not None:
+            raise ValueError("`pretrained` must be None when `model_name_or_cfg` is an exported model directory")
+        return load_pretrained_dir(model_name_or_cfg, embed_cfg)
     cfg, embed = _split_config(model_name_or_cfg, embed_cfg)
     if pretrained is not None:
         return load_pretrained(pretrained, cfg, embed)

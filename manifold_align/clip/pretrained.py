@@ -34,6 +34,10 @@ _DROPPED_KEYS = ("logit_scale", "logit_bias")
 def _read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """A local state dict (``torch.save`` or safetensors, optionally under ``"state_dict"``, DDP ``module.``
     prefixes removed), read by open_clip's own :func:`open_clip.factory.load_state_dict`."""
+    if os.path.isdir(path):  # a save_pretrained / open_clip local-dir directory: its weights file
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME
+
+        path = os.path.join(path, HF_SAFE_WEIGHTS_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`model_or_checkpoint_path`: no checkpoint file at {str(path)!r}")
     state_dict = load_state_dict(str(path))

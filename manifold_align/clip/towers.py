@@ -408,10 +408,18 @@ class MultiTokenTextTransformer(TextTransformer):
         return block_project(self._pool_tokens(text), self.text_projection, self.token_dim)
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
-        """open_clip's LiT text lock; the query offsets follow the token embedding's state."""
-        super().lock(unlocked_layers, freeze_layer_norm)
+        """open_clip's LiT text lock; the query offsets follow the token embedding's state.
+
+        ``freeze_layer_norm=False`` leaves the LayerNorms of the locked layers trainable, as open_clip's
+        Hugging Face text towers do (its own ``TextTransformer.lock`` refuses False).
+        """
+        super().lock(unlocked_layers, True)
         if self.class_tokens is not None:
             self.class_tokens.requires_grad = self.token_embedding.weight.requires_grad
+        if not freeze_layer_norm:
+            for module in self.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.requires_grad_(True)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

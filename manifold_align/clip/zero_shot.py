@@ -8,6 +8,7 @@ scale (plus ``model.logit_bias`` for the sigmoid objective): no hard-coded 100x 
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from typing import Callable, ContextManager, Iterable, Sequence, Union
 
@@ -17,6 +18,7 @@ from .tokenizer import trim_padding
 
 __all__ = [
     "build_zero_shot_classifier",
+    "classification_metrics",
     "encode_images",
     "encode_texts",
     "zero_shot_accuracy",
@@ -183,14 +185,41 @@ def zero_shot_accuracy(
     Returns
     -------
     dict
-        ``{"top1": float, "top5": float}`` in [0, 1]; top-5 is top-min(5, C).
+        ``{"top1", "top5", "mean_per_class_recall"}`` in [0, 1] (:func:`classification_metrics`).
     """
     with _EvalMode(model):
         features = encode_images(model, images, batch_size=batch_size, autocast=autocast)
         logits = zero_shot_logits(model, features, classifier.float())
+    return classification_metrics(logits, labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1, top-5 and mean per-class recall of class scores, as clip_benchmark reports them.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (N, C)
+    labels : torch.Tensor, shape (N,), long in [0, C)
+
+    Returns
+    -------
+    dict
+        ``top1``, ``top5`` (top-min(5, C); clip_benchmark reports NaN for C < 5) and
+        ``mean_per_class_recall`` (scikit-learn's ``balanced_accuracy_score`` of the top-1 predictions:
+        the mean over the classes present in ``labels`` of the share of their images predicted right),
+        fractions in [0, 1].
+    """
     labels = labels.to(logits.device)
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"`labels` has {labels.shape[0]} entries for {logits.shape[0]} images")
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
-    return {"top1": hits[:, 0].float().mean().item(), "top5": hits.any(dim=1).float().mean().item()}
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        # predictions of classes without images are wrong answers, not a problem of the metric
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        recall = balanced_accuracy_score(labels.cpu().numpy(), top[:, 0].cpu().numpy())
+    n = labels.shape[0]  # counts over n, as clip_benchmark divides them (exact in float64, not a float32 mean)
+    return {"top1": int(hits[:, 0].sum()) / n, "top5": int(hits.any(dim=1).sum()) / n,
+            "mean_per_class_recall": float(recall)}

@@ -109,5 +109,14 @@ def get_geometry(name: str, *, n_tokens: int, token_dim: int, **options: Any) ->
     return geometry_class(name)(n_tokens=n_tokens, token_dim=token_dim, **options)
 
 
-# the built-ins register themselves on import
-from . import chordal, cosine, euclidean, geodesic, lorentz, oblique  # noqa: E402,F401
+def _import_builtins() -> None:
+    """Import every module of this package: each built-in registers itself, so adding one is adding its file."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_builtins()

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..manifolds.rows import flat_indices, near_budget, recompute_pairs, safe_sqrt
+from ..manifolds.rows import nearest_pairs, recompute_pairs, safe_sqrt
 from . import register_geometry
 from .base import Geometry, check_flag
 
@@ -82,9 +82,10 @@ class EuclideanGeometry(Geometry):
         squared = torch.baddbmm(a_sq + b_sq, a.transpose(0, 1), b.permute(1, 2, 0), alpha=-2.0).clamp_(min=0.0)
         dist = safe_sqrt(squared)
         if self.precise and squared.device.type != "meta":
-            near = squared.detach() < _NEAR_SQUARED * (a_sq + b_sq).detach()
-            # a fixed budget of near pairs (the diagonal of pairwise(x, x) and more): no device sync for their count
-            flat = flat_indices(near, budget=near_budget(*near.shape))
+            # the nearest pairs of every row and column, those near marked: no device sync for their count
+            relative = squared.detach() / (a_sq + b_sq).detach()
+            flat = nearest_pairs(relative)
+            flat = torch.where(relative.reshape(-1)[flat] < _NEAR_SQUARED, flat, -1)
             dist = recompute_pairs(dist, flat, a, b, _row_distance)
         return -dist.sum(0)
 

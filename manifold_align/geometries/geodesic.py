@@ -33,7 +33,8 @@ class GeodesicGeometry(ObliqueGeometry):
         return self.n_tokens
 
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return -_OBLIQUE.cdist(a, b)
+        # sync-free near pairs: a training step does not wait for their count
+        return -_OBLIQUE.cdist(a, b, sync_free=True)
 
     def _paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         chord = torch.linalg.vector_norm(a - b, dim=-1)

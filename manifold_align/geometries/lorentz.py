@@ -165,7 +165,8 @@ class LorentzGeometry(Geometry):
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # the sign and 1/sqrt(c) folded into one (n, m) pass over the token sum
         c = self.curvature().to(a.dtype)
-        per_token = scaled_cdist(a, b, c, self.precise)
+        # sync-free near pairs: a training step does not wait for their count
+        per_token = scaled_cdist(a, b, c, self.precise, sync_free=True)
         summed = per_token[0] if per_token.shape[0] == 1 else per_token.sum(0)
         return summed * (-torch.rsqrt(c))
 

@@ -39,7 +39,7 @@ __all__ = [
     "result_dtype",
     "row_dot",
     "row_norm",
-    "near_budget",
+    "nearest_pairs",
     "safe_sqrt",
     "upcast",
 ]
@@ -47,8 +47,6 @@ __all__ = [
 #: values per chunk of gathered rows in :func:`recompute_pairs` (``PAIR_CHUNK // w`` pairs at a time)
 PAIR_CHUNK = 2**20
 
-#: near pairs a (k, n, m) grid recomputes exactly at least (all of a grid this small), see :func:`near_budget`
-NEAR_BUDGET_FLOOR = 2**16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,43 +142,34 @@ def clamped_asin(v: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # the near-pair kernel of cdist
 # ----------------------------------------------------------------------------------------------
-def flat_indices(mask: torch.Tensor, *, budget: Optional[int] = None) -> Optional[torch.Tensor]:
-    """Flat indices (int64) of the True entries of ``mask``, for :func:`recompute_pairs`.
+def flat_indices(mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """Flat indices (int64, shape (P,)) of the True entries of ``mask``, or None when there are none.
 
-    Without ``budget``: shape (P,), or None when there are none; one device sync (the count of P). With it:
-    shape (budget,), the first ``budget`` True entries in order, ``-1`` past the last one, and no device sync
-    (``torch.nonzero_static``), so a training step does not wait for the count; True entries beyond the budget
-    are left out. Flat indices (8 bytes per entry) instead of ``(P, 3)`` triples.
+    Flat indices (8 bytes per entry) instead of ``(P, 3)`` triples; one device sync (the count of P).
     """
-    flat_mask = mask.reshape(-1)
-    if budget is not None and _has_nonzero_static(mask.device):
-        return torch.nonzero_static(flat_mask, size=budget, fill_value=-1).squeeze(1)
-    flat = torch.nonzero(flat_mask).squeeze(1)
+    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
     return flat if flat.numel() else None
 
 
-def near_budget(k: int, n: int, m: int) -> int:
-    """How many near pairs of a (k, n, m) grid a ``cdist`` recomputes exactly without a device sync.
+def nearest_pairs(key: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the nearest pairs of a (k, n, m) grid, without a device sync: for every row its nearest column
+    and for every column its nearest row (smallest ``key``), each pair once (-1 where a column's nearest pair is
+    already its row's), shape (k (n + m),).
 
-    ``k * max(n, m)`` (the diagonal of ``cdist(x, x)`` and as many more), and at least every pair of a grid of up
-    to :data:`NEAR_BUDGET_FLOOR` entries. Near pairs past the budget (points clustered far more densely than a
-    batch of embeddings is) keep the matmul value: finite, with the fast formula's error.
+    The candidates a sync-free ``cdist`` recomputes exactly (the caller marks those that are not near with -1 for
+    :func:`recompute_pairs`): they hold the diagonal of ``cdist(x, x)`` and every pair that is the nearest of its row
+    or column, where near pairs of embeddings are. A near pair that is neither keeps the matmul value (finite, with
+    the fast formula's error); the manifolds' own ``cdist`` recompute every near pair instead, with one sync.
     """
-    return max(k * max(n, m), min(k * n * m, NEAR_BUDGET_FLOOR))
-
-
-_NONZERO_STATIC: dict[str, bool] = {}
-
-
-def _has_nonzero_static(device: torch.device) -> bool:
-    """Whether ``torch.nonzero_static`` runs on ``device``'s type (CUDA has it from torch 2.6, the CPU from 2.1)."""
-    if device.type not in _NONZERO_STATIC:
-        try:
-            torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device), size=1)
-            _NONZERO_STATIC[device.type] = True
-        except (NotImplementedError, RuntimeError):
-            _NONZERO_STATIC[device.type] = False
-    return _NONZERO_STATIC[device.type]
+    k, n, m = key.shape
+    token = torch.arange(k, device=key.device)[:, None] * (n * m)
+    nearest_row = key.argmin(1)  # (k, m)
+    by_row = token + torch.arange(n, device=key.device) * m + key.argmin(2)  # (k, n)
+    by_column = token + nearest_row * m + torch.arange(m, device=key.device)  # (k, m)
+    # a pair nearest of both its row and its column once only (-1 the second time): a pair written twice by
+    # recompute_pairs would get its gradient twice
+    by_column = torch.where(by_row.gather(1, nearest_row) == by_column, -1, by_column)
+    return torch.cat([by_row.reshape(-1), by_column.reshape(-1)])
 
 
 def _gather_and_apply(pair_fn, x, y, part):
@@ -213,8 +202,8 @@ def recompute_pairs(
     grid : torch.Tensor, shape (k, n, m)
         The fast values (for example angles or distances from one batched matmul).
     flat : torch.Tensor of int64, shape (P,), or None
-        Flat indices into ``grid`` (:func:`flat_indices`); negative entries mark no pair (a fixed budget's
-        padding: they are computed on pair 0 and written nowhere); None or empty: ``grid`` is returned as is.
+        Flat indices into ``grid`` (:func:`flat_indices`); negative entries mark no pair (the sync-free
+        candidates that are not near: they are computed on pair 0 and written nowhere); None or empty: ``grid`` is returned as is.
     x : torch.Tensor, shape (n, k, w)
     y : torch.Tensor, shape (m, k, w)
     pair_fn : callable ``(xr, yr) -> values``

@@ -9,6 +9,7 @@ from .csv_dataset import CsvDataset
 from .digit_pairs import make_digit_pairs
 from .digits import make_digits
 from .in_memory import InMemoryImageText
+from .labelled_images import LabelledImages, zero_shot_task
 from .loader import ResumableLoader
 from .synthetic import make_synthetic
 from .tasks import EmbeddedTask, RetrievalTask, ZeroShotTask
@@ -27,6 +28,8 @@ __all__ = [
     "make_digit_pairs",
     "make_digits",
     "InMemoryImageText",
+    "LabelledImages",
+    "zero_shot_task",
     "ResumableLoader",
     "make_synthetic",
     "EmbeddedTask",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 from .csv_dataset import CsvDataset
@@ -34,6 +34,8 @@ class DataBundle:
         Batches per epoch on every rank.
     description : str
         One line for logs.
+    eval_sets : list of manifold_align_train.eval_sets.EvalSet
+        The named evaluation sets of ``eval.datasets`` (attached by ``builders.build_data_bundle``).
     """
 
     train: Union[ResumableLoader, WebDatasetLoader]
@@ -41,6 +43,7 @@ class DataBundle:
     retrieval: Optional[RetrievalTask]
     steps_per_epoch: int
     description: str
+    eval_sets: list = field(default_factory=list)
 
 
 def build_embedded(data_cfg, seed: int) -> EmbeddedTask:

@@ -14,6 +14,8 @@ from typing import Iterator, NamedTuple, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ..preemption import ignore_stop_signals
+
 __all__ = ["HeldOutBatch", "HeldOutImages", "held_out_batches"]
 
 
@@ -108,6 +110,7 @@ def held_out_batches(source, batch_size: int, *, workers: int = 0) -> Iterator[H
     """
     dataset = source if isinstance(source, IterableDataset) else _Numbered(source)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        worker_init_fn=ignore_stop_signals,
                         # its own generator: drawing the workers' base seed leaves the global RNG (and with
                         # it the training that follows the evaluation) untouched
                         generator=torch.Generator().manual_seed(0))

@@ -38,6 +38,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..preemption import ignore_stop_signals
 from ..rng import cpu_seeded
 from .batch import Batch, all_bad_error, collate_skip_bad
 
@@ -281,6 +282,7 @@ class ResumableLoader(PositionedLoader):
             num_workers=self.workers,
             collate_fn=_collate_replaced,
             pin_memory=self.pin_memory,
+            worker_init_fn=ignore_stop_signals,  # the trainer stops on SIGTERM; its workers must not die of it
         )
         for batch in loader:
             yield self._count_bad(batch)

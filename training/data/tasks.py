@@ -35,12 +35,15 @@ class ZeroShotTask:
     templates : list of str or callable
         Format strings with one ``{}`` (or callables ``classname -> prompt``); they differ from
         every training phrasing.
+    bad : list of str
+        Names of the images left out as unreadable or missing (item None), as the last evaluation met them.
     """
 
     images: Dataset
     labels: torch.Tensor
     classnames: List[str]
     templates: List[Template]
+    bad: List[str] = field(default_factory=list)
 
     def prompts(self, classname: str) -> List[str]:
         """All templates filled with ``classname``."""

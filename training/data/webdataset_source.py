@@ -37,6 +37,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..preemption import ignore_stop_signals
 from ..rng import cpu_seeded
 from .batch import BadDataError, Batch
 from .loader import PositionedLoader
@@ -275,7 +276,7 @@ class WebDatasetLoader(PositionedLoader):
         for pass_index in range(1 << 30):
             before = produced
             loader = DataLoader(self.pipeline(epoch, pass_index), batch_size=None, num_workers=self.workers,
-                                pin_memory=self.pin_memory)
+                                pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals)
             for batch in loader:
                 produced += 1
                 if produced > start:

@@ -35,7 +35,7 @@ import torch
 
 from ...dtypes import autocast_disabled, compute_dtype
 from ...validation import describe_shape
-from ..rows import flat_indices, near_budget, recompute_pairs, row_dot, safe_sqrt, upcast
+from ..rows import flat_indices, nearest_pairs, recompute_pairs, row_dot, safe_sqrt, upcast
 
 __all__ = [
     "NEAR",
@@ -354,26 +354,31 @@ def _near_threshold(t: torch.Tensor) -> torch.Tensor:
     return h + torch.sqrt(h * h + 1)
 
 
-def _near_pairs(z: torch.Tensor, cc: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
-    """Flat indices into the (k, n, m) grid ``z = -c <x, y>_L`` of the pairs ``NEAR`` selects, padded with -1
-    to a fixed budget (:func:`~manifold_align.manifolds.rows.near_budget`): no device sync.
+def _near_pairs(z: torch.Tensor, cc: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor,
+                sync_free: bool) -> Optional[torch.Tensor]:
+    """Flat indices into the (k, n, m) grid ``z = -c <x, y>_L`` of the pairs ``NEAR`` selects: all of them (one
+    device sync; None when there are none), or with ``sync_free`` those among the nearest pairs of every row and
+    column (:func:`~manifold_align.manifolds.rows.nearest_pairs`), -1 for the others, no sync.
 
     ``x0`` (n, k, 1) and ``y0`` (m, k, 1) are the times.
     """
-    k, n, m = z.shape
-    # a bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, and the threshold grows with t, so only z
-    # below the bound's threshold can be a near pair; the exact threshold is then checked on those candidates
-    bound = _near_threshold(cc * x0.amax(0) * y0.amax(0)).unsqueeze(-1)  # (k, 1, 1)
-    flat = flat_indices(z < bound, budget=near_budget(k, n, m))
-    if flat is None:
-        return None
-    safe = flat.clamp(min=0)
-    b, i, j = safe // (n * m), safe // m % n, safe % m
-    near = (flat >= 0) & (z.reshape(-1)[safe] < _near_threshold(cc * x0[i, b, 0] * y0[j, b, 0]))
-    return torch.where(near, flat, -1)
+    _, n, m = z.shape
+    if sync_free:
+        flat = nearest_pairs(z)
+    else:
+        # a bound first: t = c x_0 y_0 <= c max x_0 max y_0 per factor, and the threshold grows with t, so only z
+        # below the bound's threshold can be a near pair; the exact threshold is then checked on those
+        bound = _near_threshold(cc * x0.amax(0) * y0.amax(0)).unsqueeze(-1)  # (k, 1, 1)
+        flat = flat_indices(z < bound)
+        if flat is None:
+            return None
+    b, i, j = flat // (n * m), flat // m % n, flat % m
+    near = z.reshape(-1)[flat] < _near_threshold(cc * x0[i, b, 0] * y0[j, b, 0])
+    return torch.where(near, flat, -1) if sync_free else flat[near]
 
 
-def scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor, precise: bool = True) -> torch.Tensor:
+def scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor, precise: bool = True, *,
+                 sync_free: bool = False) -> torch.Tensor:
     """``sqrt(c) * dist`` per factor for all pairs, shape (k, n, m): the kernel under :func:`space_cdist`.
 
     One batched matmul of the (d + 1)-vectors ``(c x_0, c x_s)`` and ``(y_0, -y_s)`` gives
@@ -388,6 +393,10 @@ def scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor, precise: b
     ys : torch.Tensor, shape (m, k, d)
     c : torch.Tensor, 0-dim, > 0
     precise : bool
+    sync_free : bool, keyword-only
+        Recompute the near pairs among the nearest of every row and column
+        (:func:`~manifold_align.manifolds.rows.nearest_pairs`), without a device sync; False recomputes all of them
+        (one sync).
 
     Returns
     -------
@@ -399,7 +408,7 @@ def scaled_cdist(xs: torch.Tensor, ys: torch.Tensor, c: torch.Tensor, precise: b
         ya = torch.cat([y0, -ys], dim=-1)
         z = torch.bmm(xa.transpose(0, 1), ya.permute(1, 2, 0))  # (k, n, m)
     # near pairs are found before _Acosh overwrites z with its result
-    flat = _near_pairs(z.detach(), c, x0.detach(), y0.detach()) if precise and z.device.type != "meta" else None
+    flat = _near_pairs(z.detach(), c, x0.detach(), y0.detach(), sync_free) if precise and z.device.type != "meta" else None
     out = _Acosh.apply(z)
 
     def exact(xr: torch.Tensor, yr: torch.Tensor) -> torch.Tensor:

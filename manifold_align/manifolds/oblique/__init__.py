@@ -378,7 +378,8 @@ class Oblique(RowManifold):
         return (out[..., None, None] if keepdim else out).to(result_dtype(x, y))
 
     @__scaling__(ScalingInfo(1))
-    def cdist(self, x: torch.Tensor, y: torch.Tensor, *, precise: bool = True) -> torch.Tensor:
+    def cdist(self, x: torch.Tensor, y: torch.Tensor, *, precise: bool = True,
+              sync_free: bool = False) -> torch.Tensor:
         r"""Pairwise geodesic distances without an ``n*m*k*d`` intermediate.
 
         The k cosine matrices ``C_b = X_b Y_b^T`` come from one batched matmul in the compute
@@ -399,6 +400,9 @@ class Oblique(RowManifold):
             (k, n, m) min/max pass plus, for P such entries, a gather of ``2 P d`` values in chunks
             of ``2^20`` values (none for points in general position). On a GPU the check costs one
             device sync. ``False`` skips it.
+        sync_free : bool, keyword-only
+            Recompute only such entries that are the nearest of their row or column
+            (:func:`~manifold_align.manifolds.rows.nearest_pairs`), without a device sync.
 
         Returns
         -------
@@ -415,7 +419,8 @@ class Oblique(RowManifold):
         out_dtype = result_dtype(x, y)
         dtype = compute_dtype(out_dtype)
         # renormalized rows: |x|^2 = 1 +- 1e-7 alone would put a ~4e-4 rad floor under acos
-        theta = math.angle_grid(unit_rows(x.to(dtype)), unit_rows(y.to(dtype)), precise=precise)
+        theta = math.angle_grid(unit_rows(x.to(dtype)), unit_rows(y.to(dtype)), precise=precise,
+                                 sync_free=sync_free)
         return safe_sqrt(theta.square().sum(dim=0)).to(out_dtype)
 
     def transp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ...dtypes import autocast_disabled
-from ..rows import clamped_acos, flat_indices, near_budget, recompute_pairs, row_dot, row_norm
+from ..rows import clamped_acos, flat_indices, nearest_pairs, recompute_pairs, row_dot, row_norm
 
 __all__ = [
     "NEAR_COSINE",
@@ -123,7 +123,8 @@ def _row_angle_pair(xr: torch.Tensor, yr: torch.Tensor) -> torch.Tensor:
     return row_angle(xr, yr)
 
 
-def angle_grid(xu: torch.Tensor, yu: torch.Tensor, *, precise: bool = True) -> torch.Tensor:
+def angle_grid(xu: torch.Tensor, yu: torch.Tensor, *, precise: bool = True,
+               sync_free: bool = False) -> torch.Tensor:
     """Per-sphere angles of all pairs, shape (k, n, m), from one batched matmul.
 
     ``theta = acos(x_b . y_b)``; a rounded cosine gives an angle error of about ``eps / sin(theta)``,
@@ -147,8 +148,12 @@ def angle_grid(xu: torch.Tensor, yu: torch.Tensor, *, precise: bool = True) -> t
     theta = clamped_acos(cos)
     if not precise or cos.device.type == "meta":
         return theta
-    # a fixed budget of near pairs (the diagonal of cdist(x, x) and more): no device sync for their count
-    near = flat_indices(cos.detach().abs() > NEAR_COSINE, budget=near_budget(*cos.shape))
+    magnitude = cos.detach().abs()
+    if sync_free:  # the geometries' scores: the nearest pairs of every row and column, no device sync
+        flat = nearest_pairs(-magnitude)
+        near = torch.where(magnitude.reshape(-1)[flat] > NEAR_COSINE, flat, -1)
+    else:
+        near = flat_indices(magnitude > NEAR_COSINE)
     return recompute_pairs(theta, near, xu, yu, _row_angle_pair)
 
 

@@ -1,0 +1,95 @@
+"""Faults of a running job (training/faults.py, training/distributed_env.py): a worker SIGKILLed under torchrun's
+elastic restarts, an exception or a hang on one rank, a data-loader worker killed by the OOM killer.
+
+Real processes throughout: the ``manifold-align train`` command, under ``torchrun`` where it takes two
+processes, hit with ``kill -9``; where a fault must come from inside a rank, ``tests/fault_worker.py`` injects
+it into the loss and runs the real command around it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fault_runs import (
+    assert_same_weights, children, finish, last_line, logged_step, run, sets, start, torchrun_cmd, train_cmd,
+    wait_for_step, worker_of_rank,
+)
+from manifold_align_train import checkpoint as ckpt
+
+WORKER = Path(__file__).with_name("fault_worker.py")
+
+
+@pytest.mark.slow
+def test_a_worker_sigkilled_under_torchrun_restarts_and_ends_with_the_uninterrupted_weights(tmp_path, straight_runs):
+    """The issue's command: ``torchrun --standalone --nproc_per_node=2 --max-restarts=1 ... --resume latest``.
+    Before each attempt joined under its own store prefix, the restarted group hung in init_process_group or
+    failed with "Connection refused" (it read the dead group's addresses)."""
+    job = tmp_path / "run"
+    cmd = torchrun_cmd("-m", "manifold_align_train", "train", "--output", str(job), "--resume", "latest",
+                       *sets("train.checkpoint_every=4"), restarts=1)
+    proc = start(cmd, cwd=tmp_path)
+    wait_for_step(job, 6, proc)
+    os.kill(worker_of_rank(proc.pid, 1), signal.SIGKILL)
+    status, _, err = finish(proc)
+    assert status == 0, err[-4000:]
+    assert_same_weights(job, straight_runs(2))
+
+
+@pytest.mark.slow
+def test_an_exception_on_rank_1_stops_both_ranks_and_is_the_launchers_last_line(tmp_path):
+    job = tmp_path / "run"
+    cmd = torchrun_cmd(str(WORKER), "raise", "1", "3", "train", "--output", str(job),
+                       *sets("train.checkpoint_every=1"))
+    done = run(cmd, cwd=tmp_path)  # returns: both workers are gone (a hang would end in the test's timeout)
+    assert done.returncode != 0
+    line = last_line(done.stderr)
+    assert "manifold-align train: rank 1 of 2 failed at step 2: ValueError: injected fault on rank 1" in line, (
+        done.stderr[-4000:])
+    assert "rank 0" not in line
+    # no rank's collective error buries it: rank 0 printed no traceback of its own
+    assert "[rank0]" not in done.stderr and "Connection closed by peer" not in done.stderr, done.stderr[-4000:]
+    # nothing was written from the failed step
+    assert [step for step, _ in ckpt.list_checkpoints(job / "checkpoints")] == [1, 2]
+    assert all(ckpt.load_checkpoint(path)["step"] == step for step, path in ckpt.list_checkpoints(job / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_given_up_on_after_the_collective_timeout(tmp_path):
+    """Rank 1 never returns from its loss; rank 0 waits in the feature gather for train.collective_timeout
+    (2 s here) and fails, naming itself and the timeout; torchrun then ends rank 1 (SIGTERM, which a stuck
+    process cannot act on, then SIGKILL 30 s later). With torch's default gloo timeout this took 30 minutes."""
+    job = tmp_path / "run"
+    cmd = torchrun_cmd(str(WORKER), "hang", "1", "3", "train", "--output", str(job),
+                       *sets("train.collective_timeout=2"))
+    done = run(cmd, cwd=tmp_path)
+    assert done.returncode != 0
+    line = last_line(done.stderr)
+    assert line.strip().startswith("manifold-align train: rank 0 of 2 failed at step 2: RuntimeError: "), (
+        done.stderr[-4000:])
+    assert line.endswith("(no answer from the other processes within train.collective_timeout = 2 s)"), line
+
+
+@pytest.mark.slow
+def test_a_dead_loader_worker_ends_the_run_clearly_and_resume_matches(tmp_path, straight_runs):
+    job = tmp_path / "run"
+    extra = ["data.workers=1", "train.checkpoint_every=4"]
+    proc = start(train_cmd(job, *sets(*extra)), cwd=tmp_path)
+    wait_for_step(job, 6, proc)
+    loader_workers = children(proc.pid)
+    assert len(loader_workers) == 1, loader_workers
+    os.kill(loader_workers[0], signal.SIGKILL)  # what the out-of-memory killer does
+    status, _, err = finish(proc)
+    assert status == 1, err[-3000:]
+    newest = ckpt.find_latest_checkpoint(job / "checkpoints")
+    assert last_line(err).startswith(f"manifold-align train: a data-loading worker process (pid {loader_workers[0]}) "
+                                     f"killed by signal"), err[-3000:]
+    assert f"the newest checkpoint is {newest}; continue with --resume latest" in last_line(err)
+    assert ckpt.load_checkpoint(newest)["step"] <= logged_step(job)
+
+    done = run(train_cmd(job, "--resume", "latest", *sets(*extra)), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(job, straight_runs(1))
