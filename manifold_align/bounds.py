@@ -61,7 +61,9 @@ def clamped(param: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     Parameters
     ----------
     param : torch.Tensor
-        A leaf tensor (an ``nn.Parameter``); when it does not require grad, a plain clamp.
+        A leaf tensor (an ``nn.Parameter``); when it does not require grad, a plain clamp. A non-leaf tensor that
+        requires grad (a stand-in for a parameter, as the tiled losses' backward reads one per tile) gets the
+        straight-through clamp without a rule: the rule belongs to the parameter it stands for, on its total.
     lo, hi : float
         The bounds (``-inf`` / ``inf`` for none), ``lo <= hi``.
 
@@ -69,7 +71,8 @@ def clamped(param: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     -------
     torch.Tensor, same shape: the clamped value, differentiable.
     """
-    if param.requires_grad and param.is_leaf:
+    if not param.requires_grad:
+        return param.clamp(min=lo, max=hi)
+    if param.is_leaf:
         _ensure_rule(param, lo, hi)
-        return _StraightThroughClamp.apply(param, lo, hi)
-    return param.clamp(min=lo, max=hi)
+    return _StraightThroughClamp.apply(param, lo, hi)

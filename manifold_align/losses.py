@@ -17,6 +17,7 @@ from torch import nn
 
 from .distributed import all_gather_with_grad, gather_features, is_distributed
 from .geometries import Geometry, scale_scores
+from .tiled import auto_tile_size, tiled_sigmoid_loss, tiled_softmax_loss
 from .validation import check_nonempty, check_on_manifold, describe_shape
 
 __all__ = ["OBJECTIVES", "SIGLIP_BIAS_INIT", "ContrastiveLoss", "ContrastiveLossOutput"]
@@ -111,6 +112,12 @@ class ContrastiveLoss(nn.Module):
         Validate that the features lie on the geometry's space (:meth:`Geometry.manifold_deviation` within
         :meth:`Geometry.manifold_tolerance`): raw, unprojected features would give a plausible but wrong loss (38
         nats off for standard normal (8, 16, 32) features on OB). Geometries without a constraint skip it.
+    tile_size : "auto", int or None, default "auto", keyword-only
+        Score the pairs in (T, T) tiles (:mod:`manifold_align.tiled`: memory linear in the batch, the same loss and
+        gradients to rounding) instead of materializing the (N, M) scores. ``"auto"``: tiles once the scores
+        (times the geometry's :meth:`~Geometry.score_grid`) exceed 2^24 values (oblique from N = 4097, lorentz
+        at k = 16 from N = 1025; :func:`manifold_align.tiled.auto_tile_size`); an int: always tiles of that side;
+        None: always materialized.
 
     Notes
     -----
@@ -121,7 +128,7 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, geometry: Geometry, *, objective: str = "softmax", local_loss: bool = False,
                  gather_with_grad: bool = False, cache_labels: bool = False, rank: int = 0, world_size: int = 1,
-                 check_finite: bool = True, check_on_manifold: bool = True) -> None:
+                 check_finite: bool = True, check_on_manifold: bool = True, tile_size="auto") -> None:
         super().__init__()
         if not isinstance(geometry, Geometry):
             raise ValueError(f"`geometry` must be a Geometry (e.g. manifold_align.get_geometry('oblique', n_tokens=16, "
@@ -133,6 +140,9 @@ class ContrastiveLoss(nn.Module):
                             ("check_on_manifold", check_on_manifold)):
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be True or False, got {value!r}")
+        if not (tile_size is None or tile_size == "auto"
+                or (isinstance(tile_size, int) and not isinstance(tile_size, bool) and tile_size >= 1)):
+            raise ValueError(f"`tile_size` must be 'auto', None or an int >= 1, got {tile_size!r}")
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"`world_size` must be an int >= 1, got {world_size!r}")
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -147,6 +157,7 @@ class ContrastiveLoss(nn.Module):
         self.world_size = world_size
         self.check_finite = check_finite
         self.check_on_manifold = check_on_manifold
+        self.tile_size = tile_size
         self._labels: dict = {}
 
     # ---- validation -----------------------------------------------------------------------------------
@@ -214,41 +225,55 @@ class ContrastiveLoss(nn.Module):
             self._labels = {key: labels}
         return labels
 
-    def _softmax_scores(self, image, text, distributed: bool):
-        """Return (scores per image (n, M), scores per text (n, M), positive offset)."""
-        pairwise = self.geometry.pairwise
-        if not distributed:
-            scores = pairwise(image, text)
-            return scores, scores.T, 0
-        all_image, all_text = gather_features(image, text, local_loss=self.local_loss,
-                                              gather_with_grad=self.gather_with_grad, rank=self.rank,
-                                              world_size=self.world_size)
-        if self.local_loss:
-            # image-text order kept on both sides so asymmetric geometries stay correct
-            per_image = pairwise(image, all_text)
-            per_text = pairwise(all_image, text).T
-            return per_image, per_text, image.shape[0] * self.rank
-        scores = pairwise(all_image, all_text)
-        return scores, scores.T, 0
+    def _tile(self, n_rows: int, n_cols: int) -> Optional[int]:
+        """The tile side for an (n_rows, n_cols) score block, or None to materialize it."""
+        if self.tile_size == "auto":
+            return auto_tile_size(n_rows, n_cols, self.geometry.score_grid())
+        return self.tile_size
 
     def _softmax_loss(self, image, text, distributed: bool, logit_scale):
-        per_image, per_text, offset = self._softmax_scores(image, text, distributed)
+        """Return (loss, positive mean, negative mean) over this rank's image rows."""
+        all_image = all_text = None
+        if distributed:
+            all_image, all_text = gather_features(image, text, local_loss=self.local_loss,
+                                                  gather_with_grad=self.gather_with_grad, rank=self.rank,
+                                                  world_size=self.world_size)
+            if not self.local_loss:
+                image, text, all_image, all_text = all_image, all_text, None, None
+        local = all_image is not None
+        offset = image.shape[0] * self.rank if local else 0
+        tile = self._tile(image.shape[0], all_text.shape[0] if local else text.shape[0])
+        if tile is not None:
+            return tiled_softmax_loss(image, text, self.geometry, logit_scale=logit_scale, image_all=all_image,
+                                      text_all=all_text, offset=offset, tile_size=tile)
+        pairwise = self.geometry.pairwise
+        if local:
+            # image-text order kept on both sides so asymmetric geometries stay correct
+            per_image, per_text = pairwise(image, all_text), pairwise(all_image, text).T
+        else:
+            per_image = pairwise(image, text)
+            per_text = per_image.T
         labels = self._labels_for(per_image.shape[0], per_image.device)
         loss = (F.cross_entropy(scale_scores(per_image, logit_scale), labels)
                 + F.cross_entropy(scale_scores(per_text, logit_scale), labels)) / 2
-        return loss, per_image, offset
+        return (loss, *_similarity_means(per_image.detach(), offset))
 
     # ---- sigmoid ------------------------------------------------------------------------------------
     def _sigmoid_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
+        """Return (loss, positive mean, negative mean) over this rank's image rows."""
         offset = 0
         if distributed:
             text = all_gather_with_grad(text)
             offset = image.shape[0] * self.rank
+        tile = self._tile(image.shape[0], text.shape[0])
+        if tile is not None:
+            return tiled_sigmoid_loss(image, text, self.geometry, logit_scale=logit_scale, logit_bias=logit_bias,
+                                      offset=offset, tile_size=tile)
         scores = self.geometry.pairwise(image, text)
         logits = scale_scores(scores, logit_scale, logit_bias)
         labels = 2.0 * _positive_mask(scores.shape[0], scores.shape[1], offset, scores.device).to(logits.dtype) - 1.0
         loss = -F.logsigmoid(labels * logits).sum() / image.shape[0]
-        return loss, scores, offset
+        return (loss, *_similarity_means(scores.detach(), offset))
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
@@ -286,16 +311,16 @@ class ContrastiveLoss(nn.Module):
             self._validate(inputs)
         distributed = is_distributed(self.world_size)
         if self.objective == "softmax":
-            contrastive, scores, offset = self._softmax_loss(image_features, text_features, distributed, logit_scale)
+            contrastive, positive, negative = self._softmax_loss(image_features, text_features, distributed,
+                                                                 logit_scale)
         else:
-            contrastive, scores, offset = self._sigmoid_loss(image_features, text_features, distributed,
-                                                             logit_scale, logit_bias)
+            contrastive, positive, negative = self._sigmoid_loss(image_features, text_features, distributed,
+                                                                 logit_scale, logit_bias)
         loss = contrastive
         extra = {}
         for name, term in self.geometry.extra_losses(image_features, text_features).items():
             loss = loss + term.weight * term.value
             extra[name] = term.value.detach()
-        positive, negative = _similarity_means(scores.detach(), offset)
         return ContrastiveLossOutput(
             loss=loss, contrastive=contrastive.detach(), scale=logit_scale.detach().reshape(()),
             positive_similarity=positive, negative_similarity=negative, gap=positive - negative, extra=extra,
@@ -303,4 +328,5 @@ class ContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"geometry={self.geometry.name!r}, objective={self.objective!r}, local_loss={self.local_loss}, "
-                f"gather_with_grad={self.gather_with_grad}, rank={self.rank}, world_size={self.world_size}")
+                f"gather_with_grad={self.gather_with_grad}, rank={self.rank}, world_size={self.world_size}, "
+                f"tile_size={self.tile_size!r}")

@@ -42,21 +42,26 @@ def _fixed_batch(tokenizer):
     return Batch(images, texts, 0)
 
 
-def one_step(out_file: Path) -> None:
+def one_step(out_file: Path, split: int = 1) -> None:
     """Build a Trainer in this process (single or torchrun worker), run one forward/backward on this
-    rank's rows of the fixed batch and save the loss and the gradients (rank 0)."""
+    rank's rows of the fixed batch and save the loss and the gradients (rank 0). ``split > 1``: the rows as
+    ``split`` micro-batches of one step with exact accumulation (``train.accumulation=split``)."""
     from manifold_align_train.config import load_config
     from manifold_align_train.data import Batch
     from manifold_align_train.distributed_env import cleanup_distributed, init_distributed
     from manifold_align_train.trainer import Trainer
 
-    cfg = load_config(None, SETTINGS)
+    cfg = load_config(None, SETTINGS + [f"train.accumulation={split}"])
     env = init_distributed("cpu")
     torch.set_num_threads(1)
     trainer = Trainer(cfg, out_file.parent / f"run{env.world_size}", env=env)
     batch = _fixed_batch(trainer.tokenizer)
-    rows = slice(env.rank * BATCH // env.world_size, (env.rank + 1) * BATCH // env.world_size)
-    result, _ = trainer._micro_step(Batch(batch.images[rows], batch.texts[rows], 0), 1, sync=True)
+    per_rank = BATCH // env.world_size
+    size = per_rank // split
+    starts = [env.rank * per_rank + i * size for i in range(split)]
+    micro = [Batch(batch.images[a:a + size], batch.texts[a:a + size], 0) for a in starts]
+    trainer.forward_model.train()
+    (result, *_), _ = trainer._gradients(micro, validate=True)
     if env.is_main:
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         torch.save({"loss": result.loss.detach(), "grads": grads}, out_file)
@@ -78,6 +83,19 @@ def _torchrun(*args: str, cwd: Path, show_warnings: bool = False) -> subprocess.
 @pytest.mark.slow
 def test_two_processes_match_one_on_the_concatenated_batch(tmp_path):
     _torchrun(__file__, "--worker", str(tmp_path / "ddp.pt"), cwd=tmp_path)
+    one_step(tmp_path / "single.pt")
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    torch.testing.assert_close(ddp["loss"], single["loss"], atol=1e-5, rtol=0)
+    assert ddp["grads"].keys() == single["grads"].keys()
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_with_exact_accumulation_match_one_process_on_the_whole_batch(tmp_path):
+    """Each of two processes accumulates 4 micro-batches of 2 (DDP no_sync on all but the last re-run): the loss
+    and the DDP-averaged gradients of one process's plain step on the 16 pairs."""
+    _torchrun(__file__, "--worker", str(tmp_path / "ddp.pt"), "--split", "4", cwd=tmp_path)
     one_step(tmp_path / "single.pt")
     ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
     torch.testing.assert_close(ddp["loss"], single["loss"], atol=1e-5, rtol=0)
@@ -128,4 +146,5 @@ def test_a_two_process_run_resumed_in_one_process_continues_like_a_one_process_r
 
 
 if __name__ == "__main__":  # a torchrun worker: python tests/test_train_distributed.py --worker OUT
-    one_step(Path(sys.argv[sys.argv.index("--worker") + 1]))
+    split = int(sys.argv[sys.argv.index("--split") + 1]) if "--split" in sys.argv else 1
+    one_step(Path(sys.argv[sys.argv.index("--worker") + 1]), split)

@@ -227,6 +227,7 @@ class TrainConfig:
     min_lr_ratio: float = checked(0.0, check=Check(lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"))
     grad_clip: Optional[float] = checked(1.0, check=_positive("number or null"))
     accumulation: int = checked(1, check=_positive("integer"))
+    accumulation_mode: Literal["exact", "independent"] = "exact"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False

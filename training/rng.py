@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-__all__ = ["cpu_seeded", "rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["cpu_seeded", "replayed", "rng_state", "seed_everything", "set_rng_state", "torch_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
@@ -70,3 +70,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def torch_rng_state(device: torch.device) -> tuple[torch.Tensor, Any]:
+    """The torch generators a forward pass draws from (dropout, patch dropout): the CPU's and ``device``'s."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def replayed(state: tuple[torch.Tensor, Any], device: torch.device) -> Iterator[None]:
+    """Run the block from a :func:`torch_rng_state`, so that it draws what the pass that recorded it drew; the
+    generators continue afterwards as if the block had not run (``torch.random.fork_rng``)."""
+    cpu, accelerator = state
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(cpu)
+        if accelerator is not None:
+            torch.cuda.set_rng_state(accelerator, device)
+        yield

@@ -4,7 +4,8 @@
 pieces so that tests can drive single steps. The pieces are built in :mod:`manifold_align_train.builders`,
 evaluated in :mod:`manifold_align_train.evaluation` and summed up in :mod:`manifold_align_train.run_summary`.
 One optimizer step consumes ``train.accumulation`` batches; the learning rate, the temperature schedule,
-checkpoints and logs all count optimizer steps.
+checkpoints and logs all count optimizer steps. With ``train.accumulation_mode=exact`` (the default) the step has
+the gradient of one batch of all those pairs (GradCache, Gao et al. 2021: :meth:`Trainer._exact_step`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .evaluation import evaluate
 from .faults import FailureReport, claim_failure, explain
 from .metrics_log import MetricsLog, Progress, peak_memory_mb
 from .preemption import Preempted, StopRequest
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import replayed, rng_state, seed_everything, set_rng_state, torch_rng_state
 from .run_summary import format_report, geometry_values, run_summary, write_json
 
 __all__ = ["NonFiniteLossError", "Trainer", "train"]
@@ -134,6 +135,79 @@ class Trainer:
             self.scaler.scale(result.loss / n_micro).backward()
         return result, images.shape[0]
 
+    def _gradients(self, batches: list, validate: bool) -> tuple[list, int]:
+        """Back-propagate the step's loss over ``batches`` into the parameters' ``.grad``; return the loss outputs
+        (one for the exact mode, one per micro-batch for ``independent``) and the number of pairs."""
+        if len(batches) > 1 and self.cfg.train.accumulation_mode == "exact":
+            result, samples = self._exact_step(batches, validate)
+            return [result], samples
+        results, samples = [], 0
+        for i, batch in enumerate(batches):
+            result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1, validate=validate)
+            results.append(result)
+            samples += n
+        return results, samples
+
+    def _exact_step(self, batches: list, validate: bool):
+        """One contrastive loss over every micro-batch of the step, its gradient back-propagated micro-batch by
+        micro-batch (GradCache, Gao et al. 2021).
+
+        1. Encode each micro-batch without a graph, recording the torch generators first.
+        2. The loss of the concatenated features (this process's A x B pairs, gathered across processes by the
+           loss as for one batch) and its gradient with respect to the features, the logit scale and bias and
+           the geometry's parameters that the loss reads itself (lorentz's curvature in the scores).
+        3. Re-encode each micro-batch with a graph under its recorded generators (the same dropout and patch
+           dropout), and back-propagate ``<feature gradient, features>`` of its slice. The last re-run adds the
+           scale's, bias's and geometry's loss gradients to its backward, and alone synchronizes under DDP
+           (``no_sync`` on the others), so that DDP reduces every gradient once.
+
+        Activation memory is one micro-batch's; the features of all of them are held (2 x A x B x k x d values).
+        The towers run twice (two forwards, one backward per micro-batch). A module whose forward updates state
+        (BatchNorm statistics) updates it twice; the towers here have none.
+
+        Returns the loss's :class:`~manifold_align.ContrastiveLossOutput` and the number of pairs.
+        """
+        encoded, states, inputs = [], [], []
+        for batch in batches:
+            images = batch.images.to(self.device, non_blocking=True)
+            texts = batch.texts.to(self.device, non_blocking=True)
+            states.append(torch_rng_state(self.device))
+            with torch.no_grad(), self._autocast():
+                out = self.forward_model(image=images, text=texts)
+            encoded.append((out["image_features"], out["text_features"]))
+            inputs.append((images, texts))
+        # the parameters behind scale and bias are the same in every micro-batch: one value, one gradient
+        leaves = {"image": torch.cat([e[0] for e in encoded]).requires_grad_(),
+                  "text": torch.cat([e[1] for e in encoded]).requires_grad_()}
+        for key in ("logit_scale", "logit_bias"):
+            if out.get(key) is not None:
+                leaves[key] = out[key].detach().requires_grad_()
+        geometry_params = [p for p in self.loss_fn.geometry.parameters() if p.requires_grad]
+        with self._autocast():
+            result = self.loss_fn(leaves["image"], leaves["text"], leaves["logit_scale"], leaves.get("logit_bias"),
+                                  validate=validate)
+        grads = torch.autograd.grad(result.loss, [*leaves.values(), *geometry_params], allow_unused=True)
+        grad = dict(zip(leaves, grads))
+        param_grads = grads[len(leaves):]
+        sizes = [e[0].shape[0] for e in encoded]
+        image_grads, text_grads = grad["image"].split(sizes), grad["text"].split(sizes)
+        no_sync = getattr(self.forward_model, "no_sync", None)
+        for i, (images, texts) in enumerate(inputs):
+            last = i == len(inputs) - 1
+            with (no_sync() if not last and no_sync is not None else nullcontext()):
+                with replayed(states[i], self.device), self._autocast():
+                    out = self.forward_model(image=images, text=texts)
+                surrogate = (out["image_features"] * image_grads[i]).sum() + (out["text_features"] * text_grads[i]).sum()
+                if last:
+                    for key in ("logit_scale", "logit_bias"):
+                        if grad.get(key) is not None:
+                            surrogate = surrogate + (out[key] * grad[key]).sum()
+                    for p, g in zip(geometry_params, param_grads):
+                        if g is not None:
+                            surrogate = surrogate + (p * g).sum()
+                self.scaler.scale(surrogate).backward()
+        return result, sum(sizes)
+
     def _finite_flag(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """1.0 where the loss (and, without fp16's scaler, the gradient norm) is finite on every rank; on the
         device, no host read. Every rank must take the same branch, or the next collective deadlocks.
@@ -187,11 +261,7 @@ class Trainer:
         validate = read_metrics or not self._validated
         self._validated = True
         self.optimizer.zero_grad(set_to_none=True)
-        results, samples = [], 0
-        for i, batch in enumerate(batches):
-            result, n = self._micro_step(batch, len(batches), sync=i == len(batches) - 1, validate=validate)
-            results.append(result)
-            samples += n
+        results, samples = self._gradients(batches, validate)
         loss = torch.stack([r.loss.detach().float() for r in results]).mean()
         grad_norm = self._clip_gradients().float()
         flag = self._finite_flag(loss, grad_norm)

@@ -183,6 +183,11 @@ class Geometry(nn.Module):
         """
         return {}
 
+    def score_grid(self) -> int:
+        """Values the score formula holds per scored pair: ``k`` for a per-token (k, Na, Nb) grid (the default), 1
+        for one matmul of the flattened features. Sizes the tiles of the tiled losses (:mod:`manifold_align.tiled`)."""
+        return self.n_tokens
+
     def values(self) -> dict[str, torch.Tensor]:
         """The geometry's learned values (clamped, detached, 0-dim tensors) for logs; none by default."""
         return {}

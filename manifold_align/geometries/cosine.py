@@ -34,6 +34,10 @@ class CosineGeometry(Geometry):
         """The largest ``| |row| - 1 |`` of the flattened (N, k * d) rows, 0-dim."""
         return max_unit_norm_deviation(features.flatten(1), dim=-1)
 
+    def score_grid(self) -> int:
+        """1: one matmul of the flattened features scores all pairs."""
+        return 1
+
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.flatten(1) @ b.flatten(1).T
 

@@ -68,6 +68,10 @@ class EuclideanGeometry(Geometry):
     def value_range(self) -> tuple[float, float]:  # noqa: D102
         return (-math.inf, 0.0)
 
+    def score_grid(self) -> int:
+        """1 for the squared form (one matmul), ``k`` per-token distances otherwise."""
+        return 1 if self.squared else self.n_tokens
+
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.squared:
             # 2 <a, b> - |a|^2 - |b|^2 in one addmm onto the norms' (n, m) sum, clipped at 0 in place

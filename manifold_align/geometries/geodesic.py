@@ -28,6 +28,10 @@ class GeodesicGeometry(ObliqueGeometry):
     def value_range(self) -> tuple[float, float]:  # noqa: D102
         return (-math.pi * math.sqrt(self.n_tokens), 0.0)
 
+    def score_grid(self) -> int:
+        """``k``: :meth:`Oblique.cdist` holds one angle per token and pair."""
+        return self.n_tokens
+
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # sync-free near pairs: a training step does not wait for their count
         return -_OBLIQUE.cdist(a, b, sync_free=True)

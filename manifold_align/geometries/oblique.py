@@ -32,6 +32,10 @@ class ObliqueGeometry(Geometry):
     def value_range(self) -> tuple[float, float]:  # noqa: D102
         return (-float(self.n_tokens), float(self.n_tokens))
 
+    def score_grid(self) -> int:
+        """1: one matmul of the flattened features scores all pairs."""
+        return 1
+
     def _pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.flatten(1) @ b.flatten(1).T
 
