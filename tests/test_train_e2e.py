@@ -230,11 +230,16 @@ def test_skip_nonfinite_skips_a_step_with_non_finite_features(tmp_path, monkeypa
     assert summary["final_step"] == 4 and summary["nonfinite_steps_skipped"] == 1
 
 
-def test_non_finite_features_without_skipping_stop_with_the_argument_named(tmp_path, monkeypatch):
+def test_non_finite_features_without_skipping_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(builders_module, "ContrastiveLoss", _NaNFeaturesAtCall)
-    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1"])
+    # the loss validates its inputs on the first step and at log steps (naming the argument) ...
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1", "log.every=1"])
     with pytest.raises(ValueError, match="`image_features` must be finite"):
-        train(cfg, tmp_path / "run")
+        train(cfg, tmp_path / "logged")
+    # ... and between log steps the trainer's one read per step still stops at the non-finite loss, naming the step
+    cfg = load_config(None, FAST + ["data.batch_size=16", "train.steps=4", "train.warmup=1", "log.every=10"])
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 2"):
+        train(cfg, tmp_path / "between")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
