@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_with_grad", "gather_features", "is_distributed"]
+__all__ = ["all_gather_no_grad", "all_gather_with_grad", "gather_features", "is_distributed"]
 
 
 def is_distributed(world_size: int) -> bool:
@@ -63,6 +63,21 @@ class _AllGatherWithGrad(torch.autograd.Function):
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
         return grad[start : start + ctx.rows]
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, without gradient (labels, class ids).
+
+    Parameters
+    ----------
+    tensor : torch.Tensor, shape (N, ...)
+
+    Returns
+    -------
+    torch.Tensor, shape (world_size * N, ...)
+        Rank r's rows at ``[r * N, (r + 1) * N)``.
+    """
+    return torch.cat(_all_gather_no_grad(tensor, dist.get_world_size()), dim=0)
 
 
 def _all_gather_no_grad(tensor: torch.Tensor, world_size: int) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ by the geometry's ``pairwise``. ``objective="sigmoid"``: SigLIP's pairwise sigmo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -15,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import all_gather_with_grad, gather_features, is_distributed
+from .distributed import all_gather_no_grad, all_gather_with_grad, gather_features, is_distributed
 from .geometries import Geometry, scale_scores
 from .tiled import auto_tile_size, tiled_sigmoid_loss, tiled_softmax_loss
-from .validation import check_nonempty, check_on_manifold, describe_shape
+from .validation import check_class_ids, check_nonempty, check_on_manifold, describe_shape
 
 __all__ = ["OBJECTIVES", "SIGLIP_BIAS_INIT", "ContrastiveLoss", "ContrastiveLossOutput"]
 
@@ -77,11 +78,27 @@ def _positive_mask(n_rows: int, n_cols: int, offset: int, device) -> torch.Tenso
     return mask
 
 
+def _dropped(row_ids: Optional[torch.Tensor], col_ids: Optional[torch.Tensor], offset: int) -> Optional[torch.Tensor]:
+    """Boolean (n, m) mask of the same-class pairs other than the positives at (i, offset + i): the pairs left
+    out of the negatives (None without class ids)."""
+    if row_ids is None:
+        return None
+    same = row_ids[:, None] == col_ids[None, :]
+    return same & ~_positive_mask(same.shape[0], same.shape[1], offset, same.device)
+
+
 @torch.no_grad()
-def _similarity_means(scores: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean positive and negative score of an (n, m) block whose positives sit at (i, offset + i); 0-dim."""
+def _similarity_means(scores: torch.Tensor, offset: int,
+                      dropped: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean positive and negative score of an (n, m) block whose positives sit at (i, offset + i), the pairs
+    ``dropped`` from the negatives left out; 0-dim."""
     n, m = scores.shape
     positive_sum = scores.diagonal(offset).sum()
+    if dropped is not None:
+        scores = scores.masked_fill(dropped, 0.0)
+        n_negative = (n * m - n) - dropped.sum()  # a tensor: no host read
+        return positive_sum / n, torch.where(n_negative > 0, (scores.sum() - positive_sum) / n_negative.clamp(min=1),
+                                             torch.full_like(positive_sum, float("nan")))
     n_negative = n * m - n
     negative = (scores.sum() - positive_sum) / n_negative if n_negative else torch.full_like(positive_sum, float("nan"))
     return positive_sum / n, negative
@@ -231,7 +248,7 @@ class ContrastiveLoss(nn.Module):
             return auto_tile_size(n_rows, n_cols, self.geometry.score_grid())
         return self.tile_size
 
-    def _softmax_loss(self, image, text, distributed: bool, logit_scale):
+    def _softmax_loss(self, image, text, distributed: bool, logit_scale, ids, all_ids):
         """Return (loss, positive mean, negative mean) over this rank's image rows."""
         all_image = all_text = None
         if distributed:
@@ -239,13 +256,14 @@ class ContrastiveLoss(nn.Module):
                                                   gather_with_grad=self.gather_with_grad, rank=self.rank,
                                                   world_size=self.world_size)
             if not self.local_loss:
-                image, text, all_image, all_text = all_image, all_text, None, None
+                image, text, all_image, all_text, ids = all_image, all_text, None, None, all_ids
         local = all_image is not None
         offset = image.shape[0] * self.rank if local else 0
         tile = self._tile(image.shape[0], all_text.shape[0] if local else text.shape[0])
         if tile is not None:
             return tiled_softmax_loss(image, text, self.geometry, logit_scale=logit_scale, image_all=all_image,
-                                      text_all=all_text, offset=offset, tile_size=tile)
+                                      text_all=all_text, offset=offset, tile_size=tile, class_ids=ids,
+                                      class_ids_all=all_ids if local else None)
         pairwise = self.geometry.pairwise
         if local:
             # image-text order kept on both sides so asymmetric geometries stay correct
@@ -254,12 +272,18 @@ class ContrastiveLoss(nn.Module):
             per_image = pairwise(image, text)
             per_text = per_image.T
         labels = self._labels_for(per_image.shape[0], per_image.device)
-        loss = (F.cross_entropy(scale_scores(per_image, logit_scale), labels)
-                + F.cross_entropy(scale_scores(per_text, logit_scale), labels)) / 2
-        return (loss, *_similarity_means(per_image.detach(), offset))
+        # rows are this rank's pairs, columns all gathered ones, in both directions: one mask
+        dropped = _dropped(ids, all_ids if local else ids, offset)
+        logits_image, logits_text = scale_scores(per_image, logit_scale), scale_scores(per_text, logit_scale)
+        if dropped is not None:
+            # out of the log-sum-exp: exp(-inf) = 0 in the softmax and in its gradient
+            logits_image = logits_image.masked_fill(dropped, -math.inf)
+            logits_text = logits_text.masked_fill(dropped, -math.inf)
+        loss = (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels)) / 2
+        return (loss, *_similarity_means(per_image.detach(), offset, dropped))
 
     # ---- sigmoid ------------------------------------------------------------------------------------
-    def _sigmoid_loss(self, image, text, distributed: bool, logit_scale, logit_bias):
+    def _sigmoid_loss(self, image, text, distributed: bool, logit_scale, logit_bias, ids, all_ids):
         """Return (loss, positive mean, negative mean) over this rank's image rows."""
         offset = 0
         if distributed:
@@ -268,16 +292,22 @@ class ContrastiveLoss(nn.Module):
         tile = self._tile(image.shape[0], text.shape[0])
         if tile is not None:
             return tiled_sigmoid_loss(image, text, self.geometry, logit_scale=logit_scale, logit_bias=logit_bias,
-                                      offset=offset, tile_size=tile)
+                                      offset=offset, tile_size=tile, class_ids=ids,
+                                      class_ids_all=all_ids if distributed else None)
         scores = self.geometry.pairwise(image, text)
         logits = scale_scores(scores, logit_scale, logit_bias)
         labels = 2.0 * _positive_mask(scores.shape[0], scores.shape[1], offset, scores.device).to(logits.dtype) - 1.0
-        loss = -F.logsigmoid(labels * logits).sum() / image.shape[0]
-        return (loss, *_similarity_means(scores.detach(), offset))
+        terms = -F.logsigmoid(labels * logits)
+        dropped = _dropped(ids, all_ids, offset)
+        if dropped is not None:
+            terms = terms.masked_fill(dropped, 0.0)  # neither negative nor positive: no term, no gradient
+        loss = terms.sum() / image.shape[0]
+        return (loss, *_similarity_means(scores.detach(), offset, dropped))
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: Optional[torch.Tensor] = None, *, validate: bool = True) -> ContrastiveLossOutput:
+                logit_bias: Optional[torch.Tensor] = None, *, class_ids: Optional[torch.Tensor] = None,
+                validate: bool = True) -> ContrastiveLossOutput:
         """Loss of a batch of matched pairs.
 
         Parameters
@@ -289,6 +319,13 @@ class ContrastiveLoss(nn.Module):
             ``scale()``).
         logit_bias : torch.Tensor, 0-dim, optional
             ``sigmoid`` only, required there: the model's ``logit_bias`` output.
+        class_ids : torch.Tensor, shape (N,), integer, optional, keyword-only
+            Class of each pair (a SupCon-style label). Given, pairs of different rows with equal ids are left out
+            of the negatives: with ``softmax`` their logits leave the log-sum-exp in both directions, with
+            ``sigmoid`` their terms are dropped (neither negative nor positive); row i's own pair stays its
+            positive. Exact in the materialized and the tiled loss; under ``world_size > 1`` gathered like the
+            features (every rank must pass them, or none). The diagnostics' unmatched pairs are then the pairs
+            counted as negatives.
         validate : bool, default True, keyword-only
             Run the finite and on-manifold checks the constructor enabled: one host transfer (a device sync on a
             GPU). A training loop that checks the loss itself passes False on most steps.
@@ -297,8 +334,8 @@ class ContrastiveLoss(nn.Module):
         ------
         ValueError
             Naming the argument: wrong shape for the geometry, an integer dtype, an empty batch, shapes that
-            differ, a missing or misplaced ``logit_bias``; when validating, NaN/Inf values or features off the
-            geometry's space.
+            differ, a missing or misplaced ``logit_bias``, ``class_ids`` that are not an integer (N,) tensor on
+            the features' device; when validating, NaN/Inf values or features off the geometry's space.
 
         Returns
         -------
@@ -306,16 +343,20 @@ class ContrastiveLoss(nn.Module):
             ``loss`` in nats (float32 under autocast) and 0-dim diagnostics without gradient.
         """
         self._check_inputs(image_features, text_features, logit_scale, logit_bias)
+        if class_ids is not None:
+            check_class_ids(class_ids, image_features.shape[0], image_features.device)
         inputs = {"image_features": image_features, "text_features": text_features}
         if validate:
             self._validate(inputs)
         distributed = is_distributed(self.world_size)
+        # every rank's class ids, in the gathered features' order
+        all_ids = all_gather_no_grad(class_ids) if distributed and class_ids is not None else class_ids
         if self.objective == "softmax":
             contrastive, positive, negative = self._softmax_loss(image_features, text_features, distributed,
-                                                                 logit_scale)
+                                                                 logit_scale, class_ids, all_ids)
         else:
             contrastive, positive, negative = self._sigmoid_loss(image_features, text_features, distributed,
-                                                                 logit_scale, logit_bias)
+                                                                 logit_scale, logit_bias, class_ids, all_ids)
         loss = contrastive
         extra = {}
         for name, term in self.geometry.extra_losses(image_features, text_features).items():

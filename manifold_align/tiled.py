@@ -34,6 +34,7 @@ from torch import nn
 
 from .dtypes import autocast_disabled
 from .geometries import Geometry, scale_scores
+from .validation import check_class_ids
 
 __all__ = ["TiledLoss", "auto_tile_size", "tile_side", "tiled_sigmoid_loss", "tiled_softmax_loss"]
 
@@ -161,6 +162,17 @@ def _pos_values(logits: torch.Tensor, where) -> torch.Tensor:
     return torch.diagonal(logits[rows, cols])
 
 
+def _dropped(term: _Term, ids, i0: int, i1: int, j0: int, j1: int, where) -> Optional[torch.Tensor]:
+    """Boolean (i1 - i0, j1 - j0) mask of the tile's same-class pairs other than the positives (None without
+    class ids): the pairs left out of the negatives."""
+    if ids is None:
+        return None
+    same = ids[term.a][i0:i1, None] == ids[term.b][None, j0:j1]
+    if where is not None:
+        torch.diagonal(same[where[0], where[1]]).fill_(False)
+    return same
+
+
 class _TiledLoss(torch.autograd.Function):
     """Loss over tiles; backward recomputes every tile's scores (see the module docstring).
 
@@ -169,7 +181,7 @@ class _TiledLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fn, terms, tile, n_features, scale, bias, *tensors):  # noqa: D102
+    def forward(ctx, fn, terms, tile, n_features, ids, scale, bias, *tensors):  # noqa: D102
         features, params = tensors[:n_features], tensors[n_features:]
         scale_v = scale.detach().reshape(())
         bias_v = None if bias is None else bias.detach().reshape(())
@@ -177,11 +189,12 @@ class _TiledLoss(torch.autograd.Function):
         with torch.no_grad(), autocast_disabled(features[0].device):
             total, saved, stats = None, [], None
             for term in terms:
-                value, lse_r, lse_c, sums = _forward_term(pairwise, term, features, tile, scale_v, bias_v)
+                value, lse_r, lse_c, sums = _forward_term(pairwise, term, features, ids, tile, scale_v, bias_v)
                 total = value if total is None else total + value
                 stats = sums if stats is None else stats
                 saved += [lse_r, lse_c]
-        ctx.fn, ctx.terms, ctx.tile, ctx.n_features = fn, terms, tile, n_features
+        # the class ids are integer inputs without gradient: an attribute, like the terms
+        ctx.fn, ctx.terms, ctx.tile, ctx.n_features, ctx.ids = fn, terms, tile, n_features, ids
         ctx.has_bias = bias is not None
         ctx.save_for_backward(scale, *([bias] if bias is not None else []), *features, *params, *saved)
         ctx.mark_non_differentiable(stats)
@@ -198,7 +211,7 @@ class _TiledLoss(torch.autograd.Function):
         features = rest[:n_feat]
         params = rest[n_feat: len(rest) - 2 * n_terms]
         lses = rest[len(rest) - 2 * n_terms:]
-        needs = ctx.needs_input_grad[6:]
+        needs = ctx.needs_input_grad[7:]
         need_feat, need_param = needs[:n_feat], needs[n_feat:]
         device = features[0].device
         compute = torch.promote_types(_upcast(features[0]).dtype, scale.dtype)
@@ -220,19 +233,22 @@ class _TiledLoss(torch.autograd.Function):
         wanted = [leaf for leaf, need in zip(leaves, need_param) if need]
         with autocast_disabled(device):
             for index, term in enumerate(ctx.terms):
-                _backward_term(pairwise, term, features, wanted, lses[2 * index], lses[2 * index + 1], ctx.tile,
-                               scale_v, bias_v, g, grad_feat, [gp for gp in grad_param if gp is not None],
+                _backward_term(pairwise, term, features, ctx.ids, wanted, lses[2 * index], lses[2 * index + 1],
+                               ctx.tile, scale_v, bias_v, g, grad_feat, [gp for gp in grad_param if gp is not None],
                                grad_scale, grad_bias)
         out_feat = [None if gf is None else gf.to(f.dtype) for gf, f in zip(grad_feat, features)]
-        return (None, None, None, None,
-                grad_scale.to(scale.dtype).reshape(scale.shape) if ctx.needs_input_grad[4] else None,
-                grad_bias.to(bias.dtype).reshape(bias.shape) if ctx.has_bias and ctx.needs_input_grad[5] else None,
+        return (None, None, None, None, None,
+                grad_scale.to(scale.dtype).reshape(scale.shape) if ctx.needs_input_grad[5] else None,
+                grad_bias.to(bias.dtype).reshape(bias.shape) if ctx.has_bias and ctx.needs_input_grad[6] else None,
                 *out_feat, *(None if gp is None else gp.to(p.dtype) for gp, p in zip(grad_param, params)))
 
 
-def _forward_term(pairwise, term, features, tile, scale, bias):
+def _forward_term(pairwise, term, features, ids, tile, scale, bias):
     """One term without a graph: (loss contribution, row log-sum-exps or None, column log-sum-exps or None,
-    (sum of scores, sum of positive scores))."""
+    (sum of scores, sum of positive scores, sum and count of the scores of dropped same-class pairs)).
+
+    ``ids``: one class-id vector per entry of ``features``, or None; a dropped pair's logit is left out of
+    the log-sum-exps (``-inf``) and its sigmoid term out of the sum."""
     a, b = features[term.a], features[term.b]
     n, m = a.shape[0], b.shape[0]
     rows = term.kind in ("row", "both")
@@ -251,11 +267,19 @@ def _forward_term(pairwise, term, features, tile, scale, bias):
                 partial = new(n, 0.0) if term.kind == "sigmoid" else None  # per-row sums of softplus(logits)
                 pos_logits, pos_scores = new(term.n_pos, 0.0), new(term.n_pos, 0.0)
                 score_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+                dropped_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+                dropped_count = torch.zeros((), dtype=torch.float64, device=logits.device)
             score_sum += s.sum(dtype=torch.float64)
             where = _positives(term, i0, i1, j0, j1)
             if where is not None:
                 pos_logits[where[2]] = _pos_values(logits, where)
                 pos_scores[where[2]] = _pos_values(s, where)
+            drop = _dropped(term, ids, i0, i1, j0, j1, where)
+            if drop is not None:
+                dropped_sum += torch.where(drop, s, 0.0).sum(dtype=torch.float64)
+                dropped_count += drop.sum()
+                # -inf: exp(-inf) = 0 in the log-sum-exps; softplus(-inf) = 0 in the sigmoid sum
+                logits = logits.masked_fill(drop, -math.inf)
             if term.kind == "sigmoid":
                 tile_sum = F.softplus(logits).sum(1)
                 row_acc = tile_sum if row_acc is None else row_acc + tile_sum
@@ -269,7 +293,7 @@ def _forward_term(pairwise, term, features, tile, scale, bias):
             partial[i0:i1] = row_acc
         elif rows:
             lse_r[i0:i1] = row_acc
-    sums = torch.stack([score_sum, pos_scores.sum(dtype=torch.float64)])
+    sums = torch.stack([score_sum, pos_scores.sum(dtype=torch.float64), dropped_sum, dropped_count])
     if term.kind == "sigmoid":
         # -log sigmoid(y l) = softplus(-y l): softplus(l) for the negatives, softplus(-l) = softplus(l) - l for
         # the positives
@@ -282,10 +306,11 @@ def _forward_term(pairwise, term, features, tile, scale, bias):
     return value * term.weight, lse_r, lse_c, sums
 
 
-def _backward_term(pairwise, term, features, leaves, lse_r, lse_c, tile, scale, bias, g, grad_feat, grad_leaves,
-                   grad_scale, grad_bias):
+def _backward_term(pairwise, term, features, ids, leaves, lse_r, lse_c, tile, scale, bias, g, grad_feat,
+                   grad_leaves, grad_scale, grad_bias):
     """Accumulate one term's gradients into ``grad_feat``, ``grad_leaves`` (one per entry of ``leaves``, the
-    parameter stand-ins ``pairwise`` reads), ``grad_scale`` and ``grad_bias``."""
+    parameter stand-ins ``pairwise`` reads), ``grad_scale`` and ``grad_bias``; the dropped same-class pairs
+    (``ids``, as in :func:`_forward_term`) get none, their mask recomputed per tile."""
     a, b = features[term.a], features[term.b]
     need_a, need_b = grad_feat[term.a] is not None, grad_feat[term.b] is not None
     n, m = a.shape[0], b.shape[0]
@@ -311,6 +336,9 @@ def _backward_term(pairwise, term, features, leaves, lse_r, lse_c, tile, scale, 
                     if lse_c is not None:
                         grad.add_(torch.exp(logits - lse_c[None, j0:j1]), alpha=w)
                 where = _positives(term, i0, i1, j0, j1)
+                drop = _dropped(term, ids, i0, i1, j0, j1, where)
+                if drop is not None:
+                    grad.masked_fill_(drop, 0.0)
                 if where is not None:
                     torch.diagonal(grad[where[0], where[1]]).sub_(w * n_dirs)
                 grad.mul_(g)
@@ -376,16 +404,36 @@ def _check_args(image, text, logit_scale, offset, n_cols, name_cols, *, same_row
 
 
 def _result(out, n_rows: int, n_cols: int) -> TiledLoss:
-    loss, (score_sum, positive_sum) = out
-    n_negative = n_rows * n_cols - n_rows
+    loss, (score_sum, positive_sum, dropped_sum, dropped_count) = out
+    n_negative = (n_rows * n_cols - n_rows) - dropped_count  # a tensor: no host read
     dtype = loss.dtype
-    negative = (score_sum - positive_sum) / n_negative if n_negative else torch.full_like(score_sum, math.nan)
+    negative = torch.where(n_negative > 0, (score_sum - positive_sum - dropped_sum) / n_negative.clamp(min=1),
+                           torch.full_like(score_sum, math.nan))
     return TiledLoss(loss, (positive_sum / n_rows).to(dtype), negative.to(dtype))
+
+
+def _class_ids(class_ids, class_ids_all, n: int, n_all: Optional[int], device):
+    """The checked class ids of the rows and of the gathered rows (``class_ids_all`` needed iff ``n_all``)."""
+    if class_ids is None:
+        if class_ids_all is not None:
+            raise ValueError("`class_ids_all` goes with `class_ids`, got it without `class_ids`")
+        return None, None
+    check_class_ids(class_ids, n, device)
+    if n_all is None:
+        if class_ids_all is not None:
+            raise ValueError("`class_ids_all` is only used with gathered features (local_loss), got it without")
+        return class_ids, None
+    if class_ids_all is None:
+        raise ValueError("`class_ids_all` (the gathered rows' class ids) is required with `class_ids` and gathered "
+                         "features, got None")
+    check_class_ids(class_ids_all, n_all, device, "class_ids_all")
+    return class_ids, class_ids_all
 
 
 def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit_scale: torch.Tensor,
                        image_all: Optional[torch.Tensor] = None, text_all: Optional[torch.Tensor] = None,
-                       offset: int = 0, tile_size="auto") -> TiledLoss:
+                       offset: int = 0, tile_size="auto", class_ids: Optional[torch.Tensor] = None,
+                       class_ids_all: Optional[torch.Tensor] = None) -> TiledLoss:
     """Symmetric InfoNCE (open_clip's ``ClipLoss``) tile by tile.
 
     Parameters
@@ -407,33 +455,45 @@ def tiled_softmax_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit
         ``rank * n`` with ``image_all``.
     tile_size : int or "auto", default "auto", keyword-only
         The side of the square tiles; ``"auto"``: :func:`tile_side` of the geometry's ``score_grid()``.
+    class_ids : torch.Tensor, shape (n,), integer, optional, keyword-only
+        Class of each pair of ``image`` / ``text``: a pair of different rows with equal ids is left out of the
+        negatives in both directions (its logit out of the log-sum-exp); a row's own pair stays its positive.
+    class_ids_all : torch.Tensor, shape (M,), integer, optional, keyword-only
+        With ``image_all`` and ``class_ids``: the gathered rows' class ids.
 
     Returns
     -------
     TiledLoss
-        The loss in nats, float32 (float64 for float64 inputs), also under autocast, and the diagnostics.
+        The loss in nats, float32 (float64 for float64 inputs), also under autocast, and the diagnostics
+        (unmatched pairs: those counted as negatives).
     """
     if (image_all is None) != (text_all is None):
         raise ValueError("`image_all` and `text_all` go together (local_loss), got only one of them")
     local = image_all is not None
     _check_args(image, text, logit_scale, offset if local else 0, text_all.shape[0] if local else text.shape[0],
                 "text_all" if local else "text_features", same_rows=True)
+    ids, ids_all = _class_ids(class_ids, class_ids_all, image.shape[0], image_all.shape[0] if local else None,
+                              image.device)
     fn, params = _score_source(scores)
     tile = _resolve_tile(tile_size, scores, image)
     n = image.shape[0]
     w = 1.0 / (2 * n)
     if local:
         features = (image, text_all, image_all, text)
+        ids = None if ids is None else (ids, ids_all, ids_all, ids)
         terms = (_Term(0, 1, 0, offset, n, "row", w), _Term(2, 3, offset, 0, n, "col", w))
     else:
         features = (image, text)
+        ids = None if ids is None else (ids, ids)
         terms = (_Term(0, 1, 0, 0, n, "both", w),)
-    out = _TiledLoss.apply(fn, terms, tile, len(features), logit_scale, None, *features, *params)
+    out = _TiledLoss.apply(fn, terms, tile, len(features), ids, logit_scale, None, *features, *params)
     return _result(out, n, features[1].shape[0])
 
 
 def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit_scale: torch.Tensor,
-                       logit_bias: torch.Tensor, offset: int = 0, tile_size="auto") -> TiledLoss:
+                       logit_bias: torch.Tensor, offset: int = 0, tile_size="auto",
+                       class_ids: Optional[torch.Tensor] = None,
+                       class_ids_all: Optional[torch.Tensor] = None) -> TiledLoss:
     """SigLIP's pairwise sigmoid loss (open_clip's ``SigLipLoss``) tile by tile.
 
     Parameters
@@ -448,18 +508,28 @@ def tiled_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, scores, *, logit
         Logits are ``logit_scale * scores + logit_bias``.
     offset : int, default 0, keyword-only
         ``rank * n`` under DDP.
+    class_ids : torch.Tensor, shape (n,), integer, optional, keyword-only
+        Class of each image row: an image and a caption of different pairs with equal ids contribute no term
+        (neither negative nor positive).
+    class_ids_all : torch.Tensor, shape (M,), integer, optional, keyword-only
+        With ``class_ids``: the class of each ``text`` row. Optional when M = n (then ``class_ids``).
 
     Returns
     -------
     TiledLoss
-        ``-sum log sigmoid(y * logits) / n``, float32 (float64 for float64 inputs), and the diagnostics.
+        ``-sum log sigmoid(y * logits) / n`` over the pairs kept, float32 (float64 for float64 inputs), and the
+        diagnostics.
     """
     _check_args(image, text, logit_scale, offset, text.shape[0], "text_features")
     if not (isinstance(logit_bias, torch.Tensor) and logit_bias.numel() == 1):
         raise ValueError(f"`logit_bias` must be a one-element tensor, got {logit_bias!r}")
+    gathered = text.shape[0] != image.shape[0] or class_ids_all is not None
+    ids, ids_all = _class_ids(class_ids, class_ids_all, image.shape[0], text.shape[0] if gathered else None,
+                              image.device)
     fn, params = _score_source(scores)
     tile = _resolve_tile(tile_size, scores, image)
     n = image.shape[0]
     terms = (_Term(0, 1, 0, offset, n, "sigmoid", 1.0 / n),)
-    out = _TiledLoss.apply(fn, terms, tile, 2, logit_scale, logit_bias, image, text, *params)
+    ids = None if ids is None else (ids, ids if ids_all is None else ids_all)
+    out = _TiledLoss.apply(fn, terms, tile, 2, ids, logit_scale, logit_bias, image, text, *params)
     return _result(out, n, text.shape[0])

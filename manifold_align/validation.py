@@ -7,6 +7,7 @@ import torch
 
 __all__ = [
     "check_broadcastable",
+    "check_class_ids",
     "check_finite",
     "check_floating",
     "check_nonempty",
@@ -141,3 +142,29 @@ def check_on_manifold(deviation: float, tolerance: float, name: str, manifold: s
             f"got a largest | |row| - 1 | of {deviation:.3g}; project raw features with the geometry's "
             f"`project` first"
         )
+
+
+def check_class_ids(class_ids, n_rows: int, device, name: str = "class_ids") -> None:
+    """Raise ``ValueError`` unless ``class_ids`` is an integer tensor of shape (n_rows,) on ``device``.
+
+    Parameters
+    ----------
+    class_ids : object
+        The argument as passed.
+    n_rows : int
+        Rows of the features it labels.
+    device : torch.device
+        The features' device.
+    name : str, default "class_ids"
+        The argument's name, quoted in the message.
+    """
+    if not isinstance(class_ids, torch.Tensor):
+        raise ValueError(f"`{name}` must be an integer tensor of shape ({n_rows},) (one class id per pair), got "
+                         f"{type(class_ids).__name__}")
+    if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
+        raise ValueError(f"`{name}` must be an integer tensor (torch.int64), got dtype {class_ids.dtype}")
+    if class_ids.dim() != 1 or class_ids.shape[0] != n_rows:
+        raise ValueError(f"`{name}` must have shape ({n_rows},) (one class id per row of the features), got "
+                         f"{describe_shape(class_ids)}")
+    if class_ids.device != torch.device(device):
+        raise ValueError(f"`{name}` must be on the features' device {device}, got {class_ids.device}")

@@ -1,5 +1,7 @@
 """The tiled loss under two gloo processes (each half the batch, features gathered) against one process with the
-whole batch and the materialized loss: loss, feature gradients and the geometry's parameter gradients (float64)."""
+whole batch and the materialized loss: loss, feature gradients and the geometry's parameter gradients (float64).
+With ``class_ids`` (gathered like the features), both the tiled and the materialized two-process losses against
+the one-process materialized one, which tests/test_losses_class_ids.py checks against the formula."""
 
 import math
 import os
@@ -14,12 +16,19 @@ from manifold_align.geometries import get_geometry
 from manifold_align.losses import ContrastiveLoss
 
 WORLD, N_PER_RANK, K, D = 2, 5, 3, 4
-CASES = [  # (geometry, objective, local_loss)
-    ("oblique", "softmax", False),
-    ("oblique", "softmax", True),
-    ("lorentz", "softmax", True),
-    ("lorentz", "sigmoid", False),
+CASES = [  # (geometry, objective, local_loss, class ids, tile size of the two-process run)
+    ("oblique", "softmax", False, False, 3),
+    ("oblique", "softmax", True, False, 3),
+    ("lorentz", "softmax", True, False, 3),
+    ("lorentz", "sigmoid", False, False, 3),
+    ("oblique", "softmax", False, True, 3),
+    ("oblique", "softmax", True, True, 3),
+    ("oblique", "softmax", True, True, None),
+    ("lorentz", "sigmoid", False, True, 3),
+    ("lorentz", "sigmoid", False, True, None),
 ]
+#: class ids of the whole batch: same-class pairs within a rank and across the two ranks
+CLASS_IDS = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0, 2, 4])
 
 
 def _inputs(name):
@@ -35,7 +44,7 @@ def _inputs(name):
 
 def _run(case, rows, rank, world_size, tile_size):
     """Loss, feature gradients of ``rows`` and geometry parameter gradients of one process's loss."""
-    name, objective, local_loss = case
+    name, objective, local_loss, masked, _ = case
     geometry, raw_image, raw_text = _inputs(name)
     image = geometry.project(raw_image[rows]).detach().requires_grad_()
     text = geometry.project(raw_text[rows], modality="text").detach().requires_grad_()
@@ -43,7 +52,7 @@ def _run(case, rows, rank, world_size, tile_size):
                               rank=rank, world_size=world_size, tile_size=tile_size)
     scale = torch.tensor(2.0, dtype=torch.float64)
     bias = torch.tensor(-1.0, dtype=torch.float64) if objective == "sigmoid" else None
-    loss = loss_fn(image, text, scale, bias).loss
+    loss = loss_fn(image, text, scale, bias, class_ids=CLASS_IDS[rows] if masked else None).loss
     params = [p for p in geometry.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [image, text, *params], allow_unused=True)
     return [loss.detach(), *(torch.zeros((), dtype=torch.float64) if g is None else g for g in grads)]
@@ -54,7 +63,7 @@ def _worker(rank, port, path):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        torch.save([_run(case, rows, rank, WORLD, tile_size=3) for case in CASES], f"{path}.{rank}")
+        torch.save([_run(case, rows, rank, WORLD, tile_size=case[-1]) for case in CASES], f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
 
