@@ -457,16 +457,17 @@ def test_a_second_grid_into_the_same_folder_is_refused(tmp_path):
 
 def _fast_argv(out):
     return ["--mode", "fast", "--output", str(out), "--steps", "3", "--hidden", "8", "--seeds", "2",
-            "--max-seeds", "2", "--noise", "0,0.4", "--k-values", "1,16", "--batch-sizes", "32,64",
-            "--cheap-batch", "32", "--topologies", "sphere-learnable,oblique-none,sphere-none,lorentz-k16,joint-control"]
+            "--max-seeds", "2", "--noise", "0,0.4", "--k-values", "1,16",
+            "--topologies", "sphere-learnable,oblique-none,sphere-none,lorentz-k16,joint-control"]
 
 
 def test_fast_grid_resumes_and_report_only_reproduces(tmp_path, capsys):
     out = tmp_path / "fast"
     assert cli.main(_fast_argv(out)) == 0
     rows = results.read_csv(out / "results.csv")
-    # 4 topologies x 2 noise + k = 1 at 0.4 + batch 32 and 64 for 3 topologies, 2 seeds each
-    assert len(rows) == 2 * (4 * 2 + 1 + 3 * 2)
+    # 4 topologies x 2 noise + k = 1 at 0.4, 2 seeds each (the batch sweep is --sweep batch's)
+    assert len(rows) == 2 * (4 * 2 + 1)
+    assert {(r["negatives"], r["train_pairs"]) for r in rows} == {("all", 5000)}
     assert {r["mode"] for r in rows} == {"fast"} and "joint-control" not in {r["topology"] for r in rows}
     for r in rows:
         assert 0 <= r["zero_shot_top1"] <= 1 and math.isfinite(r["final_loss"]) and r["scale"] > 0
@@ -475,7 +476,7 @@ def test_fast_grid_resumes_and_report_only_reproduces(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| joint-control | = sphere-learnable" in md and "## The six answers" in md
     assert "| lorentz-k16 | curvature |" in md
-    for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png", "batch_sweep.png",
+    for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png",
                  "trajectories.png", "accuracy_vs_k.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -607,3 +608,119 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "2 already done, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps
+
+
+# --------------------------------------------------------------------------------------------------
+# the batch sweep: same-class pairs left out of the negatives, its own training set, folder and schema
+# --------------------------------------------------------------------------------------------------
+def test_same_class_per_anchor_and_the_floor_against_enumeration():
+    """E[m] = (N - 1)(P - 1)/(n - 1) against every batch of 3 out of 6 pairs (3 classes of 2), and the floors."""
+    import itertools
+
+    labels = [0, 0, 1, 1, 2, 2]
+    counts = [sum(labels[j] == labels[i] for j in batch if j != i)
+              for batch in itertools.combinations(range(6), 3) for i in batch]
+    assert spec.same_class_per_anchor(3, 6, n_classes=3) == pytest.approx(sum(counts) / len(counts), rel=1e-12)
+    m = spec.same_class_per_anchor(16384, 80000)
+    assert m == pytest.approx(16383 * 799 / 79999)
+    assert spec.row_floor(16384, "other-class", 80000) == pytest.approx(math.log(1 + (16383 - m) / math.e))
+    assert spec.row_floor(16384, "all", 80000) == spec.loss_floor(16384)
+
+
+def test_old_rows_read_as_the_main_setting_and_never_match_the_batch_sweep(tmp_path):
+    """A row written before `negatives` and `train_pairs` existed is a main-grid run (all negatives, 5000 pairs):
+    the main sweep does not train it again, the batch sweep's runs are other runs, and appending them to that
+    older file adds the two columns rather than dropping them."""
+    path = tmp_path / "results.csv"
+    old_columns = [c for c in grid.COLUMNS if c not in ("negatives", "train_pairs")]
+    results.append_rows(path, [_fast_row("oblique-none", 0.0, 0, 0.5, batch=32)], old_columns)
+    main = cli.resolve_fast_args(cli.build_fast_parser().parse_args([]))
+    batch = cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--sweep", "batch"]))
+    done = {results.run_key(r) for r in results.read_csv(path)}
+    cell = grid.Cell("oblique-none", 0.0, 32, (0,), "batch")
+    assert cell.missing(done, main) is None
+    assert cell.missing(done, batch) == cell
+    masked = _fast_row("oblique-none", 0.0, 0, 0.6, batch=32, negatives="other-class", train_pairs=80000)
+    results.append_rows(path, [masked], grid.COLUMNS)
+    rows = results.read_csv(path)
+    assert [(r["negatives"], r["train_pairs"], r["zero_shot_top1"]) for r in rows] == [
+        ("all", 5000, 0.5), ("other-class", 80000, 0.6)]
+    assert not results.duplicates(rows)
+    assert report.main_rows(rows) == [rows[0]]  # the masked row is no main-grid row
+
+
+def test_the_engine_passes_each_batch_s_class_ids():
+    """negatives="other-class": the same loss as "all" on a batch of distinct classes, a smaller one on a batch
+    with repeated classes (the same-class pairs left out), through the engine's one training step."""
+    from topology import fast
+
+    data = fast.build_data(0.0, (0,))
+    distinct = torch.tensor([[c * 50 for c in range(8)]])  # 50 pairs per class: rows 0, 50, ... are classes 0..7
+    repeated = torch.tensor([[0, 1, 2, 3, 50, 51, 52, 53]])  # classes 0 and 1, four pairs each
+    for idx, same in ((distinct, True), (repeated, False)):
+        losses = {}
+        for negatives in spec.NEGATIVES:
+            model = fast.FastModel(spec.topology("oblique-none"), (0,), data.train_images.shape[1],
+                                   data.text_table.shape[1], 16)
+            loss_fns = [fast.geometries.contrastive_loss(g) for g in model.geometry]
+            losses[negatives] = float(fast.train_step(model, fast.build_optimizer(model), loss_fns, data, idx,
+                                                      negatives)[0])
+        assert data.train_labels[idx[0]].unique().numel() == (8 if same else 2)
+        if same:
+            assert losses["other-class"] == losses["all"]
+        else:
+            assert losses["other-class"] < losses["all"] - 0.1
+
+
+def _planted_batch(tmp_path, setting, sizes):
+    negatives, pairs = setting
+    rows = [_fast_row(t, 0.0, s, 0.5 + 0.01 * s + 0.001 * n.bit_length(), batch=n, negatives=negatives,
+                      train_pairs=pairs, final_loss=spec.row_floor(n, negatives, pairs) + 0.1 * (s + 1))
+            for n in sizes for t in spec.BATCH_TOPOLOGIES for s in range(3)]
+    return _planted(tmp_path, rows)
+
+
+def test_batch_table_states_how_same_class_negatives_count_and_the_largest_n(tmp_path):
+    out = _planted_batch(tmp_path, ("other-class", 80000), (32, 1024, 16384))
+    rows, _, _ = results.load(out)
+    md = report.markdown(rows, command="test", machine="test machine")
+    assert md.startswith("# Batch sweep, fast mode")
+    assert "negatives: other-class" in md and "same-class pairs left out of the negatives" in md
+    assert "80000 training pairs (800 per class, 100 classes)" in md
+    assert "Largest N in these rows: 16384 (20% of the training pairs)." in md
+    m = 16383 * 799 / 79999
+    line = next(x for x in md.splitlines() if x.startswith("| 16384 |"))
+    assert line.startswith(f"| 16384 | {m:.1f} (left out) | {16383 - m:.1f} | "
+                           f"{math.log(1 + (16383 - m) / math.e):.3f} |")
+    # loss minus floor: 0.1, 0.2, 0.3 over the seeds, mean 0.2, from the rows and the masked floor
+    assert "+0.200 ± " in md and "left out of the negatives)" in md
+    assert "lower" in md or "higher" in md or stats.NO_DIFFERENCE in md
+    # the old sweep's rows say that the same-class captions were counted
+    (tmp_path / "old").mkdir()
+    old = _planted_batch(tmp_path / "old", ("all", 5000), (32, 64))
+    md_old = "\n".join(report.table_batch(results.load(old)[0]))
+    assert "every other pair of the batch a negative, same-class captions included" in md_old
+    assert f"| 64 | {63 * 49 / 4999:.1f} (counted) | 63.0 | {spec.loss_floor(64):.3f} |" in md_old
+
+
+@pytest.mark.slow
+def test_batch_sweep_end_to_end_into_its_own_folder(tmp_path, capsys):
+    out = tmp_path / "batch"
+    argv = ["--mode", "fast", "--sweep", "batch", "--output", str(out), "--steps", "3", "--hidden", "8",
+            "--seeds", "2", "--batch-sizes", "32,64"]
+    assert cli.main(argv) == 0
+    rows = results.read_csv(out / "results.csv")
+    assert len(rows) == 2 * 2 * 3
+    assert {(r["negatives"], r["train_pairs"], r["noise"]) for r in rows} == {("other-class", 80000, 0.0)}
+    assert {r["loss_floor"] for r in rows if r["batch_size"] == 64} == {spec.row_floor(64, "other-class", 80000)}
+    md = (out / "results.md").read_text()
+    assert "Largest N in these rows: 64" in md and "same-class pairs left out of the negatives" in md
+    assert (out / "batch_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "accuracy_vs_noise.png").exists()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "0 cells in" in capsys.readouterr().out
+    assert cli.main(argv + ["--dry-run"]) == 0
+    assert "80000 training pairs, negatives other-class" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--batch-sizes"):
+        cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--sweep", "batch", "--batch-sizes", "100000"]))

@@ -22,6 +22,8 @@ from .results import DuplicateRunError
 MODES = ("full", "fast")
 REPO = full.REPO
 DEFAULT_FAST_OUTPUT = REPO / "benchmarks" / "results" / "topologies-fast"
+#: the batch sweep's folder: its rows (same-class negatives left out, 80000 pairs) never mix with the main grid's
+DEFAULT_BATCH_OUTPUT = REPO / "benchmarks" / "results" / "topologies-fast-batch"
 
 
 def _prog() -> str:
@@ -173,11 +175,16 @@ def build_fast_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{_prog()} --mode fast",
                                 description="Fast mode: fixed inputs, 2-layer MLP towers, the library's "
                                             "geometries, temperatures, loss and optimizer.")
+    p.add_argument("--sweep", choices=tuple(spec.SWEEPS), default="main",
+                   help="main (default): the main grid, the k sweep and the power extension, every other pair of a "
+                        "batch a negative, 5000 training pairs; batch: the batch sweep at noise 0 over "
+                        "--batch-sizes, same-class pairs left out of the negatives, 80000 training pairs, into its "
+                        "own folder")
     p.add_argument("--profile", choices=tuple(spec.PROFILES), default="cpu",
                    help="cpu (default) or gpu: the same grid at hidden 1024, batch 512, device cuda, "
                         "10-seed chunks, a 540 s budget")
     p.add_argument("--output", type=Path, help=f"results folder (default {DEFAULT_FAST_OUTPUT.relative_to(REPO)}, "
-                   "with -gpu appended for the gpu profile)")
+                   f"--sweep batch: {DEFAULT_BATCH_OUTPUT.relative_to(REPO)}; with -gpu appended for the gpu profile)")
     p.add_argument("--device", help="torch device (default: the profile's)")
     p.add_argument("--steps", type=int, help="optimizer steps per run (cpu 300, gpu 300)")
     p.add_argument("--hidden", type=int, help="towers' hidden width (cpu 128, gpu 1024)")
@@ -190,12 +197,11 @@ def build_fast_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=spec.comma_floats, default=spec.NOISE, help="caption noise levels (0,0.2,0.4,0.6,0.8)")
     p.add_argument("--k-values", type=spec.comma_ints, default=spec.K_VALUES, help="k sweep (1,2,4,8,16,32,64; '' none)")
     p.add_argument("--k-noise", type=spec.comma_floats, default=spec.K_NOISE, help="noise of the k sweep (0.4)")
-    p.add_argument("--batch-sizes", type=spec.comma_ints, help="batch sweep (32,...,4096; '' none)")
-    p.add_argument("--cheap-batch", type=int, help="batch sizes above this run last (cpu 512, gpu 4096)")
+    p.add_argument("--batch-sizes", type=spec.comma_ints, help="--sweep batch: its batch sizes (32,...,16384)")
     p.add_argument("--time-budget", type=float, help="seconds after which no new cell starts (gpu 540)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
-    p.add_argument("--docs-img", type=Path, help="also copy the plots here (docs/img/topologies-fast for the cpu "
-                   "profile's default output; none otherwise)")
+    p.add_argument("--docs-img", type=Path, help="also copy the plots here (docs/img/topologies-fast, --sweep batch: "
+                   "docs/img/topologies-fast-batch, for the cpu profile's default output; none otherwise)")
     _common(p)
     return p
 
@@ -203,23 +209,30 @@ def build_fast_parser() -> argparse.ArgumentParser:
 def resolve_fast_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the profile's defaults for unset flags; validate."""
     profile = spec.PROFILES[args.profile]
-    for key in ("device", "hidden", "steps", "batch_size", "seeds", "max_seeds", "batch_sizes", "cheap_batch",
-                "time_budget"):
+    for key in ("device", "hidden", "steps", "batch_size", "seeds", "max_seeds", "batch_sizes", "time_budget"):
         if getattr(args, key) is None:
             setattr(args, key, profile[key])
+    sweep = spec.SWEEPS[args.sweep]
+    args.negatives, args.train_per_class = sweep["negatives"], sweep["train_per_class"]
+    args.train_pairs = spec.N_CLASSES * args.train_per_class
     default_output = args.output is None
     if default_output:
-        args.output = DEFAULT_FAST_OUTPUT.with_name(DEFAULT_FAST_OUTPUT.name + ("" if args.profile == "cpu" else "-gpu"))
+        base = DEFAULT_BATCH_OUTPUT if args.sweep == "batch" else DEFAULT_FAST_OUTPUT
+        args.output = base.with_name(base.name + ("" if args.profile == "cpu" else "-gpu"))
     args.output = args.output.resolve()
     if args.docs_img is None and default_output and args.profile == "cpu":
-        args.docs_img = REPO / "docs" / "img" / "topologies-fast"
+        args.docs_img = REPO / "docs" / "img" / args.output.name
     if args.topologies is None:
-        args.topologies = tuple(spec.fast_topologies())
+        args.topologies = spec.BATCH_TOPOLOGIES if args.sweep == "batch" else tuple(spec.fast_topologies())
     args.topologies = tuple(dict.fromkeys(spec.ALIASES.get(t, t) for t in args.topologies))
     _check_noise_and_k(args)
     if args.seeds < 1 or args.steps < 2 or args.max_seeds < args.seeds:
         raise SystemExit(f"--seeds >= 1, --steps >= 2 and --max-seeds >= --seeds are required, got --seeds "
                          f"{args.seeds}, --steps {args.steps}, --max-seeds {args.max_seeds}")
+    bad = [n for n in args.batch_sizes if not 2 <= n <= args.train_pairs]
+    if args.sweep == "batch" and bad:
+        raise SystemExit(f"--batch-sizes: each must be in [2, {args.train_pairs}] (the batch sweep's training pairs), "
+                         f"got {bad}")
     return args
 
 
@@ -229,12 +242,17 @@ def main_fast(argv: Sequence[str]) -> int:
     from . import grid
 
     if args.dry_run:
-        cells, tail = grid.first_pass(args)
-        for cell in cells + tail:
+        cells = grid.first_pass(args)
+        for cell in cells:
             print(f"{cell.part}: {cell.topology} noise {cell.noise:g} batch {cell.batch_size} seeds "
                   f"{cell.seeds[0]}-{cell.seeds[-1]}")
-        print(f"# {len(cells) + len(tail)} cells, then seed chunks until the paired half-width is <= "
-              f"{args.target:g} points (at most {args.max_seeds} seeds)")
+        if args.sweep == "batch":
+            print(f"# {len(cells)} cells, {args.train_pairs} training pairs, negatives {args.negatives}, into "
+                  f"{args.output}")
+            print("\n".join(grid.cost_plan(args, cells, args.output / "step_cost.json")))
+        else:
+            print(f"# {len(cells)} cells, then seed chunks until the paired half-width is <= "
+                  f"{args.target:g} points (at most {args.max_seeds} seeds)")
         return 0
     if not args.report_only:
         import torch

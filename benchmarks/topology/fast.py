@@ -38,7 +38,7 @@ from torch import nn
 from manifold_align.optim import NO_DECAY_KEYWORDS, RiemannianAdamW, parameter_groups
 
 from . import geometry as geometries
-from .spec import Topology
+from .spec import NEGATIVES, Topology
 
 #: the trainer's optimizer settings (manifold_align_train.config.TrainConfig defaults)
 LR, WEIGHT_DECAY, BETAS, EPS, GRAD_CLIP = 2e-3, 0.1, (0.9, 0.98), 1e-6, 1.0
@@ -90,6 +90,9 @@ class FastData:
         Bag-of-token vectors of every distinct string used (training captions, prompts, retrieval captions).
     train_captions : torch.Tensor, shape (S, n), int64
         Per seed, the row of ``text_table`` of each training caption (noise and phrasing drawn by the seed).
+    train_labels : torch.Tensor, shape (n,), int64
+        Class of each training image (``10 * left + right``; at caption noise 0 also its caption's), the
+        ``class_ids`` of a batch whose same-class pairs are left out of the negatives.
     test_images : torch.Tensor, shape (m, P)
     test_labels : torch.Tensor, shape (m,)
     prompts : torch.Tensor, shape (C, n_templates), int64
@@ -103,6 +106,7 @@ class FastData:
     train_images: torch.Tensor
     text_table: torch.Tensor
     train_captions: torch.Tensor
+    train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     prompts: torch.Tensor
@@ -114,11 +118,16 @@ class FastData:
         return FastData(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def build_data(noise: float, seeds: Sequence[int]) -> FastData:
-    """The digit-pairs task at ``IMAGE_SIZE`` for ``seeds`` at caption noise ``noise``, as fixed features."""
+def build_data(noise: float, seeds: Sequence[int], *, train_per_class: int = 50) -> FastData:
+    """The digit-pairs task at ``IMAGE_SIZE`` for ``seeds`` at caption noise ``noise``, as fixed features.
+
+    ``train_per_class``: training pairs per class (``make_digit_pairs``'s; 50 gives its 5000 pairs). The
+    held-out pairs are drawn after the training pairs, so they differ between values of it.
+    """
     from manifold_align_train.data.digit_pairs import PAIR_TRAIN_PHRASINGS, make_digit_pairs, pair_caption
 
-    tasks = [make_digit_pairs(IMAGE_SIZE, seed=int(s), caption_noise=float(noise)) for s in seeds]
+    tasks = [make_digit_pairs(IMAGE_SIZE, seed=int(s), caption_noise=float(noise),
+                              train_per_class=int(train_per_class)) for s in seeds]
     task = tasks[0]  # images, prompts and held-out data depend on split_seed only
     pixels = torch.from_numpy(task.train_images.reshape(len(task.train_images), -1)).float()
     mean, std = pixels.mean(0), pixels.std(0).clamp(min=1.0)
@@ -133,6 +142,7 @@ def build_data(noise: float, seeds: Sequence[int]) -> FastData:
         train_images=standardize(task.train_images),
         text_table=bag_features(strings),
         train_captions=torch.tensor([[row[c] for c in t.train_captions] for t in tasks]),
+        train_labels=torch.from_numpy(np.asarray(task.train_labels)).long(),
         test_images=standardize(task.test_images),
         test_labels=torch.from_numpy(test_labels).long(),
         prompts=torch.tensor([row[p] for p in prompts]).view(len(task.classnames), len(task.templates)),
@@ -276,8 +286,35 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def train_step(model: FastModel, optimizer: torch.optim.Optimizer, loss_fns: Sequence, data: FastData,
+               idx: torch.Tensor, negatives: str = "all") -> torch.Tensor:
+    """One optimizer step of every seed on its batch ``idx`` (S, N) of training rows; returns the S losses
+    (detached). ``negatives="other-class"`` passes each batch's class ids to the loss."""
+    S = model.n_seeds
+    images = model.raw(model.image_tower, data.train_images[idx])
+    texts = model.raw(model.text_tower, data.text_table[torch.gather(data.train_captions, 1, idx)])
+    class_ids = data.train_labels[idx] if negatives == "other-class" else None  # (S, N)
+    per_seed = [loss_fns[s](model.project(images[s], s, "image"), model.project(texts[s], s, "text"),
+                            model.temperature[s].scale(), None if class_ids is None else class_ids[s])
+                for s in range(S)]
+    total = torch.stack(per_seed)
+    optimizer.zero_grad(set_to_none=True)
+    total.sum().backward()
+    _per_seed_clip_(model, GRAD_CLIP)
+    optimizer.step()
+    model.clamp_()
+    return total.detach()
+
+
+def build_optimizer(model: FastModel) -> RiemannianAdamW:
+    """The trainer's optimizer on ``model`` (no weight decay on biases and the library's no-decay names)."""
+    groups = parameter_groups(model, WEIGHT_DECAY, no_decay=(*NO_DECAY_KEYWORDS, "bias"))
+    return RiemannianAdamW(groups, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+
+
 def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: int, batch_size: int, hidden: int,
-          device: str = "cpu", evals: int = EVALS) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
+          device: str = "cpu", evals: int = EVALS, negatives: str = "all"
+          ) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
     """Train one topology for every seed at once.
 
     Parameters
@@ -291,6 +328,9 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
     device : str
     evals : int
         Zero-shot evaluations along the way (the last at the final step).
+    negatives : {"all", "other-class"}
+        ``"other-class"``: each batch's class ids (``data.train_labels``) go to the loss, which leaves the
+        same-class pairs out of the negatives; ``"all"``: every other pair of the batch is a negative.
 
     Returns
     -------
@@ -305,9 +345,10 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
     S, n = data.train_captions.shape[0], data.train_images.shape[0]
     if batch_size > n:
         raise ValueError(f"batch size {batch_size} exceeds the {n} training pairs")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"`negatives` must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
     model = FastModel(topology, seeds, data.train_images.shape[1], data.text_table.shape[1], hidden).to(device)
-    groups = parameter_groups(model, WEIGHT_DECAY, no_decay=(*NO_DECAY_KEYWORDS, "bias"))
-    optimizer = RiemannianAdamW(groups, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    optimizer = build_optimizer(model)
     warmup = max(1, steps // 20)
     loss_fns = [geometries.contrastive_loss(g) for g in model.geometry]
     gens = [torch.Generator(device=device).manual_seed(int(s) * 7919 + 17) for s in seeds]
@@ -319,18 +360,7 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
         for group in optimizer.param_groups:
             group["lr"] = LR * lr_factor(step, steps, warmup)
         idx = torch.stack([torch.randperm(n, generator=g, device=device)[:batch_size] for g in gens])
-        images = model.raw(model.image_tower, data.train_images[idx])
-        texts = model.raw(model.text_tower, data.text_table[torch.gather(data.train_captions, 1, idx)])
-        per_seed = [loss_fns[s](model.project(images[s], s, "image"), model.project(texts[s], s, "text"),
-                                model.temperature[s].scale()) for s in range(S)]
-        total = torch.stack(per_seed)
-        losses[:, step] = total.detach().cpu()
-        total = total.sum()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        _per_seed_clip_(model, GRAD_CLIP)
-        optimizer.step()
-        model.clamp_()
+        losses[:, step] = train_step(model, optimizer, loss_fns, data, idx, negatives).cpu()
         if step + 1 in eval_at:
             metrics, values = evaluate(model, data), model.geometry_values()
             for s in range(S):

@@ -19,7 +19,7 @@ The full mode selects the geometry of a ``manifold-align train`` run with the co
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -80,18 +80,21 @@ def temperature(spec: dict) -> nn.Module:
     return get_temperature(dict(spec))
 
 
-def contrastive_loss(geometry: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def contrastive_loss(geometry: nn.Module) -> Callable[..., torch.Tensor]:
     """The library's contrastive loss scored by ``geometry`` (its extra terms included):
-    ``loss(image, text, logit_scale) -> 0-dim tensor``.
+    ``loss(image, text, logit_scale, class_ids=None) -> 0-dim tensor``.
 
     ``image`` and ``text`` are projected features (``geometry.project``), matched by row; ``logit_scale``
-    is the temperature's multiplicative scale (0-dim tensor).
+    is the temperature's multiplicative scale (0-dim tensor); ``class_ids`` (N,), int64, when given, leaves
+    the same-class pairs out of the negatives. Scores are tiled once a batch has more than 2^24 of them (the
+    library's ``tile_size="auto"``), so memory stays linear in N beyond N = 4096.
     """
     from manifold_align import ContrastiveLoss
 
     loss = ContrastiveLoss(geometry)
 
-    def call(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-        return loss(image, text, logit_scale).loss
+    def call(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+             class_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return loss(image, text, logit_scale, class_ids=class_ids).loss
 
     return call

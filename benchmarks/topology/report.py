@@ -50,10 +50,17 @@ def is_k_variant(name: str) -> bool:
     return name.startswith(f"{spec.K_SWEEP_BASE}-k")
 
 
+def is_main_setting(row: dict[str, Any]) -> bool:
+    """Whether a row was trained as the main grid is: every other pair a negative, the task's 5000 pairs (a
+    full-mode row has neither column and is)."""
+    defaults = spec.FAST_ROW_DEFAULTS
+    return all(row.get(key, value) == value for key, value in defaults.items())
+
+
 def main_rows(rows: Rows) -> Rows:
-    """The main grid: the main batch size, without the k sweep's variants."""
+    """The main grid: the main batch size, without the k sweep's variants and the masked batch sweep's rows."""
     batch = main_batch(rows)
-    return [r for r in rows if r["batch_size"] == batch and not is_k_variant(r["topology"])]
+    return [r for r in rows if r["batch_size"] == batch and not is_k_variant(r["topology"]) and is_main_setting(r)]
 
 
 def values(rows: Rows, topology: str, noise: Optional[float] = None, metric: str = "zero_shot_top1",
@@ -250,34 +257,88 @@ def table_trained(rows: Rows) -> list[str]:
     return out + [""]
 
 
-def batch_rows(rows: Rows) -> Rows:
-    return [r for r in rows if r["noise"] == 0 and r["topology"] in spec.BATCH_TOPOLOGIES]
+def batch_settings(rows: Rows) -> list[tuple[str, int]]:
+    """The (negatives, training pairs) of the batch sweep's rows, the main grid's first (spec.NEGATIVES order)."""
+    found = {(r.get("negatives", "all"), r.get("train_pairs", spec.FAST_ROW_DEFAULTS["train_pairs"]))
+             for r in rows if r["noise"] == 0 and r["topology"] in spec.BATCH_TOPOLOGIES}
+    return sorted(found, key=lambda s: (spec.NEGATIVES.index(s[0]), s[1]))
 
 
-def batch_sizes(rows: Rows) -> list[int]:
-    """Batch sizes of the batch sweep that every topology of it reached (its tail may be partly run)."""
-    sel = batch_rows(rows)
+def batch_rows(rows: Rows, setting: Optional[tuple[str, int]] = None) -> Rows:
+    """Rows of the batch sweep's topologies at noise 0, of one (negatives, training pairs) ``setting``: by
+    default the last of :func:`batch_settings` (the masked sweep where a folder holds both)."""
+    settings = batch_settings(rows)
+    if not settings:
+        return []
+    setting = setting or settings[-1]
+    return [r for r in rows if r["noise"] == 0 and r["topology"] in spec.BATCH_TOPOLOGIES
+            and (r.get("negatives", "all"), r.get("train_pairs", spec.FAST_ROW_DEFAULTS["train_pairs"])) == setting]
+
+
+def batch_sizes(rows: Rows, setting: Optional[tuple[str, int]] = None) -> list[int]:
+    """Batch sizes of the batch sweep (of ``setting``, as :func:`batch_rows`) that every topology of it reached
+    (its largest ones may be partly run)."""
+    sel = batch_rows(rows, setting)
     present = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
     return sorted(n for n in {r["batch_size"] for r in sel} if all(values(sel, t, 0.0, batch=n) for t in present))
 
 
+def _same_class(n: int, setting: tuple[str, int]) -> float:
+    """Expected same-class captions per anchor at batch ``n`` (noise 0: a caption's class is its image's)."""
+    return spec.same_class_per_anchor(n, setting[1])
+
+
+def _floor(n: int, setting: tuple[str, int]) -> float:
+    return spec.row_floor(n, *setting)
+
+
+def negatives_text(setting: tuple[str, int]) -> str:
+    """How a batch sweep setting treats same-class pairs, in words, with its training set."""
+    negatives, pairs = setting
+    how = ("same-class pairs left out of the negatives (`ContrastiveLoss(class_ids=...)`: a caption of the "
+           "anchor's class is neither positive nor negative)" if negatives == "other-class"
+           else "every other pair of the batch a negative, same-class captions included")
+    return f"{how}; {pairs} training pairs ({pairs // spec.N_CLASSES} per class, {spec.N_CLASSES} classes)"
+
+
 def table_batch(rows: Rows) -> list[str]:
-    """Batch sweep: final training loss against the floor, and accuracy, per N."""
-    sel = batch_rows(rows)
-    sizes = sorted({r["batch_size"] for r in sel})
-    if len(sizes) < 2:
-        return []
-    topos = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
-    out = ["### Batch sweep at noise 0: final training loss (nats) and zero-shot top-1 (%)", "",
-           "Final loss: mean over the last 5% of steps of the training batches' loss. Floor: "
-           "log(1 + (N - 1)/e), the loss at scale 1 with positives at similarity 1 and negatives at 0.", "",
-           "| N | floor | " + " | ".join(f"{t} loss" for t in topos) + " | "
-           + " | ".join(f"{t} top-1" for t in topos) + " |", "|---:|---:|" + "---:|" * (2 * len(topos))]
-    for n in sizes:
-        losses = [cell(values(sel, t, 0.0, "final_loss", n), 1.0, 3) for t in topos]
-        accs = [cell(values(sel, t, 0.0, "zero_shot_top1", n)) for t in topos]
-        out.append(f"| {n} | {spec.loss_floor(n):.3f} | " + " | ".join(losses + accs) + " |")
-    return out + [""]
+    """Batch sweep, one table per (negatives, training pairs) setting: final training loss against the floor,
+    and accuracy, per N, with the same-class captions per anchor and how they were treated."""
+    out = []
+    for setting in batch_settings(rows):
+        sel = batch_rows(rows, setting)
+        sizes = sorted({r["batch_size"] for r in sel})
+        if len(sizes) < 2:
+            continue
+        masked = setting[0] == "other-class"
+        topos = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
+        reached = batch_sizes(rows, setting)
+        largest = (f"Largest N in these rows: {sizes[-1]} ({100 * sizes[-1] / setting[1]:.0f}% of the training pairs)"
+                   + ("" if reached and reached[-1] == sizes[-1] else
+                      f"; the largest that every topology reached: {reached[-1] if reached else 'none'}") + ".")
+        m_text = ("m, the expected same-class captions per anchor, (N - 1)(P - 1)/(n - 1) for P pairs per class "
+                  "out of n, is left out of the negatives (the floor's N - 1 - m negatives; m's spread from row "
+                  "to row moves the mean floor by under 1e-3 nats)" if masked else
+                  "m, the expected same-class captions per anchor, (N - 1)(P - 1)/(n - 1), is counted among the "
+                  "N - 1 negatives")
+        out += [f"### Batch sweep at noise 0, negatives: {setting[0]}: final training loss (nats) and zero-shot "
+                "top-1 (%)", "",
+                f"Negatives: {negatives_text(setting)}. {largest}", "",
+                "Final loss: mean over the last 5% of steps of the training batches' loss. Floor: "
+                f"log(1 + (N - 1 - {'m' if masked else '0'})/e), the loss at scale 1 with positives at similarity 1 "
+                f"and negatives at 0; {m_text}.", "",
+                "| N | m, same-class per anchor | negatives per anchor | floor | "
+                + " | ".join(f"{t} loss" for t in topos) + " | " + " | ".join(f"{t} top-1" for t in topos) + " |",
+                "|---:|---:|---:|---:|" + "---:|" * (2 * len(topos))]
+        for n in sizes:
+            m = _same_class(n, setting)
+            losses = [cell(values(sel, t, 0.0, "final_loss", n), 1.0, 3) for t in topos]
+            accs = [cell(values(sel, t, 0.0, "zero_shot_top1", n)) for t in topos]
+            out.append(f"| {n} | {m:.1f} {'(left out)' if masked else '(counted)'} | "
+                       f"{n - 1 - m if masked else n - 1:.1f} | {_floor(n, setting):.3f} | "
+                       + " | ".join(losses + accs) + " |")
+        out.append("")
+    return out
 
 
 def k_rows(rows: Rows) -> Rows:
@@ -333,18 +394,31 @@ def _answer_range(rows: Rows, main: Rows) -> str:
     line = (f"1. **Range.** Noise 0: sphere at scale 1 {cell(values(main, 'sphere-none', 0.0))}%, oblique at scale 1 "
             f"{cell(values(main, 'oblique-none', 0.0))}%, CLIP sphere {cell(values(main, spec.BASELINE, 0.0))}%; "
             f"oblique-none minus sphere-none {_pd(main, 'oblique-none', 'sphere-none', 0.0)}.")
+    batch = answer_batch(rows)
+    return f"{line} {batch}" if batch else line
+
+
+def answer_batch(rows: Rows) -> str:
+    """Answer 1's batch-sweep sentence, of the setting :func:`batch_rows` picks: how same-class negatives were
+    treated, the N reached, loss minus floor at the smallest and largest N and the paired differences there
+    (their words from :func:`.stats.verdict`); empty without two batch sizes."""
+    settings = batch_settings(rows)
     sizes = batch_sizes(rows)
-    if len(sizes) < 2:
-        return line
+    if len(sizes) < 2 or not settings:
+        return ""
+    setting = settings[-1]
     sel = batch_rows(rows)
     lo_n, hi_n = sizes[0], sizes[-1]
-    gap = lambda t, n: [x - spec.loss_floor(n) for x in values(sel, t, 0.0, "final_loss", n)]  # noqa: E731
-    return line + (
-        f" Batch sweep N = {lo_n}..{hi_n}: sphere-none's final loss minus the floor "
-        f"{cell(gap('sphere-none', lo_n), 1, 3, True)} nats at N = {lo_n} and {cell(gap('sphere-none', hi_n), 1, 3, True)} "
-        f"at N = {hi_n} (floor {spec.loss_floor(lo_n):.2f} -> {spec.loss_floor(hi_n):.2f}); oblique-none "
-        f"{cell(gap('oblique-none', lo_n), 1, 3, True)} and {cell(gap('oblique-none', hi_n), 1, 3, True)}; "
-        f"top-1 at N = {hi_n}: sphere-none {cell(values(sel, 'sphere-none', 0.0, batch=hi_n))}%, oblique-none "
+    gap = lambda t, n: [x - _floor(n, setting) for x in values(sel, t, 0.0, "final_loss", n)]  # noqa: E731
+    treated = "left out of the negatives" if setting[0] == "other-class" else "counted as negatives"
+    return (
+        f"Batch sweep N = {lo_n}..{hi_n} ({setting[1]} training pairs; the expected {_same_class(lo_n, setting):.1f} "
+        f"to {_same_class(hi_n, setting):.1f} same-class captions per anchor {treated}): sphere-none's final loss "
+        f"minus the floor {cell(gap('sphere-none', lo_n), 1, 3, True)} nats at N = {lo_n} and "
+        f"{cell(gap('sphere-none', hi_n), 1, 3, True)} at N = {hi_n} (floor {_floor(lo_n, setting):.2f} -> "
+        f"{_floor(hi_n, setting):.2f}); oblique-none {cell(gap('oblique-none', lo_n), 1, 3, True)} and "
+        f"{cell(gap('oblique-none', hi_n), 1, 3, True)}; top-1 at N = {hi_n}: sphere-none "
+        f"{cell(values(sel, 'sphere-none', 0.0, batch=hi_n))}%, oblique-none "
         f"{cell(values(sel, 'oblique-none', 0.0, batch=hi_n))}%, CLIP sphere "
         f"{cell(values(sel, spec.BASELINE, 0.0, batch=hi_n))}%; sphere-none minus CLIP sphere at N = {hi_n}: "
         f"{compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}, minus oblique-none: "
@@ -517,11 +591,14 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
 
     sel = [r for r in batch_rows(rows) if r["batch_size"] in set(batch_sizes(rows))]
     if len({r["batch_size"] for r in sel}) > 1:
+        chosen = batch_settings(rows)[-1]
+        masked = chosen[0] == "other-class"
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
         present = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
         _errorbars(left, sel, present, "batch_size", "final_loss", 1.0, log_x=True)
         sizes = sorted({r["batch_size"] for r in sel})
-        left.plot(sizes, [spec.loss_floor(n) for n in sizes], "k--", label="log(1 + (N-1)/e)")
+        left.plot(sizes, [_floor(n, chosen) for n in sizes], "k--",
+                  label="log(1 + (N - 1 - m)/e), m same-class left out" if masked else "log(1 + (N-1)/e)")
         left.set(xlabel="batch size N", ylabel="final training loss (nats)", title="Loss against the floor")
         left.legend(fontsize=7)
         left.grid(alpha=0.3)
@@ -529,7 +606,8 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
         right.set(xlabel="batch size N", ylabel="zero-shot top-1 (%)", title="Accuracy against N")
         right.legend(fontsize=7)
         right.grid(alpha=0.3)
-        save(fig, "batch_sweep.png", f"Noise 0, mean and 95% interval over seeds. {setting(sel)}.")
+        save(fig, "batch_sweep.png", f"Noise 0, mean and 95% interval over seeds; negatives: {negatives_text(chosen)}; "
+             f"largest N {sizes[-1]}. {setting(sel)}.")
 
     ks = k_rows(rows)
     if ks:
@@ -583,10 +661,36 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------------------
+def batch_markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple] = (),
+                   failed: Sequence[str] = ()) -> str:
+    """``results.md`` of a batch sweep's own folder (``--sweep batch``): where it comes from, how same-class
+    negatives were treated and the largest N, the rule, the batch tables and the wall times."""
+    sel = batch_rows(rows)
+    lines = [f"# Batch sweep, {mode_of(rows)} mode", "",
+             f"Written by `{command}` on {machine}, from `results.csv` and `trajectories.csv` alone "
+             "(`--report-only` rewrites this file and the plots from them).", "",
+             f"Setting: {setting(sel or rows)}. Cells: mean ± half-width of the 95% Student-t interval (seeds in "
+             "parentheses). Differences are paired by seed (same phrasings, initialization and batch order). "
+             f"{stats.RULE}", ""]
+    if repeated:
+        lines += [f"**{len(repeated)} runs appear twice in `results.csv`, with identical results; each is counted "
+                  "once here:** " + results.summarize(repeated) + ".", ""]
+    if failed:
+        lines += [f"Runs that failed and are missing from the tables: {', '.join(failed)}.", ""]
+    answer = answer_batch(rows)
+    if answer:
+        lines += ["## The range answer at large batches", "", answer, ""]
+    lines += ["## Tables", "", *table_batch(rows), *table_time(rows)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple] = (),
              failed: Sequence[str] = ()) -> str:
-    """``results.md``: where it comes from, the rule, the six answers, then every table."""
+    """``results.md``: where it comes from, the rule, the six answers, then every table (a folder of the masked
+    batch sweep alone: :func:`batch_markdown`)."""
     main = main_rows(rows)
+    if not main:
+        return batch_markdown(rows, command=command, machine=machine, repeated=repeated, failed=failed)
     mode = mode_of(rows)
     inputs = "`results.csv` and `trajectories.csv`" if mode == "fast" else "`results.csv` and `results.json`"
     lines = [f"# Topology comparison, {mode} mode", "",

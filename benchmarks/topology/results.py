@@ -8,7 +8,9 @@ into the report's rows and trajectory points, with the same column names:
 - ``geometry`` (older files: ``similarity``), ``scale`` (the final temperature scale; full mode:
   ``final_temperature``), ``mode`` (``full`` where the file has no such column);
 - a geometry's learned values (``curvature``, ``image_scale``, ... whatever its ``values()`` returned) are
-  the columns that are not the benchmark's own (:func:`value_columns`).
+  the columns that are not the benchmark's own (:func:`value_columns`);
+- ``negatives`` and ``train_pairs`` of a fast-mode row written before those columns existed (empty there): what
+  such runs were trained with, :data:`.spec.FAST_ROW_DEFAULTS` (every pair a negative, 5000 pairs).
 
 A run is identified by :data:`RUN_KEY`; :func:`distinct` refuses a file that holds a run twice.
 """
@@ -23,13 +25,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from . import spec
+
 #: the columns that identify a run (a missing one counts as empty)
-RUN_KEY = ("mode", "profile", "dataset", "model", "topology", "noise", "batch_size", "steps", "hidden", "seed")
+RUN_KEY = ("mode", "profile", "dataset", "model", "topology", "noise", "batch_size", "steps", "hidden", "negatives",
+           "train_pairs", "seed")
 #: columns whose differences between two copies of a run are not results (timing, paths)
 INCIDENTAL = ("wall_time_seconds", "run_dir")
 TEXT_COLUMNS = {"mode", "profile", "topology", "geometry", "similarity", "temperature", "device", "dataset",
-                "model", "run_dir"}
-INT_COLUMNS = {"k", "d", "seed", "steps", "batch_size", "hidden", "step"}
+                "model", "run_dir", "negatives"}
+INT_COLUMNS = {"k", "d", "seed", "steps", "batch_size", "hidden", "step", "train_pairs"}
 #: the benchmark's own columns, both modes; any other numeric column is a learned value of the geometry
 OWN_COLUMNS = TEXT_COLUMNS | INT_COLUMNS | {
     "noise", "class_tokens", "zero_shot_top1", "zero_shot_top5", "image_to_text_R@1", "text_to_image_R@1",
@@ -60,7 +65,17 @@ def normalize(row: dict[str, Any], mode: str = "full") -> dict[str, Any]:
     if "scale" not in out and "final_temperature" in out:
         out["scale"] = out["final_temperature"]
     out.setdefault("mode", mode)
-    return out
+    return _fast_defaults(out)
+
+
+def _fast_defaults(row: dict[str, Any]) -> dict[str, Any]:
+    """A fast-mode row with :data:`.spec.FAST_ROW_DEFAULTS` where it has no value (``row`` itself otherwise)."""
+    def missing(value):
+        return value in (None, "") or (isinstance(value, float) and math.isnan(value))
+
+    if row.get("mode") != "fast" or not any(missing(row.get(k)) for k in spec.FAST_ROW_DEFAULTS):
+        return row
+    return {**row, **{k: v for k, v in spec.FAST_ROW_DEFAULTS.items() if missing(row.get(k))}}
 
 
 def read_csv(path: Path, mode: str = "full") -> list[dict[str, Any]]:
@@ -73,7 +88,10 @@ def read_csv(path: Path, mode: str = "full") -> list[dict[str, Any]]:
 
 
 def run_key(row: dict[str, Any]) -> tuple:
-    """The identity of the run a row belongs to (:data:`RUN_KEY`; noise rounded to 1e-6)."""
+    """The identity of the run a row belongs to (:data:`RUN_KEY`; noise rounded to 1e-6; a fast-mode row without
+    ``negatives`` or ``train_pairs`` has :data:`.spec.FAST_ROW_DEFAULTS`')."""
+    row = _fast_defaults(row)
+
     def value(key):
         v = row.get(key, "")
         if isinstance(v, float):
@@ -205,12 +223,15 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
     ``columns`` are the file's own columns (those of a new file, in order; other keys of the rows are left
     out), followed by the geometries' learned values (keys that are not :data:`OWN_COLUMNS`). A learned value
-    the file has no column for yet (a geometry not seen before) rewrites the file with that column added,
-    atomically; its older rows leave it empty. An older file's ``similarity`` column becomes ``geometry``.
+    the file has no column for yet (a geometry not seen before), or one of ``columns`` an older file lacks
+    (``negatives``, ``train_pairs``), rewrites the file with that column added, atomically; its older rows leave
+    it empty. An older file's ``similarity`` column becomes ``geometry``.
     """
     existing = header(path)
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in OWN_COLUMNS and k not in columns]
-    if existing and set(extra) <= set(existing):
+    renamed = ["geometry" if c == "similarity" else c for c in existing]
+    missing = [c for c in columns if c not in renamed] if existing else []
+    if existing and not missing and set(extra) <= set(existing):
         with path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=existing, extrasaction="ignore")
             # an older file names the geometry column `similarity`
@@ -224,8 +245,7 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
         return
     with path.open(newline="") as handle:  # the old rows as written, renamed, not reparsed
         old = [{("geometry" if k == "similarity" else k): v for k, v in raw.items()} for raw in csv.DictReader(handle)]
-    renamed = ["geometry" if c == "similarity" else c for c in existing]
-    _write_atomic(path, [*old, *rows], list(dict.fromkeys([*renamed, *extra])))
+    _write_atomic(path, [*old, *rows], list(dict.fromkeys([*renamed, *missing, *extra])))
 
 
 def value_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -216,23 +216,55 @@ def comma_names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def loss_floor(n: int) -> float:
-    """``log(1 + (N - 1) / e)``: InfoNCE at scale 1 with positives at similarity 1 and negatives at 0."""
-    return math.log(1.0 + (n - 1) / math.e)
-
-
 # --------------------------------------------------------------------------------------------------
 # the fast grid's plan
 # --------------------------------------------------------------------------------------------------
+#: classes of the digit-pairs task
+N_CLASSES = 100
+#: what a batch counts as negatives of an anchor: every other pair ("all"), or the pairs of other classes only
+#: ("other-class": ``ContrastiveLoss(class_ids=...)`` leaves the same-class pairs out)
+NEGATIVES = ("all", "other-class")
+#: the fast mode's two sweeps, each into its own results folder: ``main`` (the main grid, the k sweep and the
+#: power extension, on the task's 50 pairs per class) and ``batch`` (the batch sweep: same-class pairs left out
+#: of the negatives, on 800 pairs per class, so that N = 16384 is 20% of the training set)
+SWEEPS: dict[str, dict] = {
+    "main": dict(negatives="all", train_per_class=50),
+    "batch": dict(negatives="other-class", train_per_class=800),
+}
+#: what a fast-mode row written before the ``negatives`` and ``train_pairs`` columns existed was trained with
+FAST_ROW_DEFAULTS = {"negatives": "all", "train_pairs": 5000}
 #: per-profile defaults; the GPU profile is the same grid at a wider tower and larger batch and seed chunks
 PROFILES: dict[str, dict] = {
     "cpu": dict(device="cpu", hidden=128, steps=300, batch_size=128, seeds=5, max_seeds=80,
-                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096), cheap_batch=512, time_budget=None),
+                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=None),
     "gpu": dict(device="cuda", hidden=1024, steps=300, batch_size=512, seeds=10, max_seeds=40,
-                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096), cheap_batch=4096, time_budget=540.0),
+                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=540.0),
 }
 NOISE = (0.0, 0.2, 0.4, 0.6, 0.8)
 K_VALUES = (1, 2, 4, 8, 16, 32, 64)
 K_NOISE = (0.4,)
 #: the paired differences' target: 95% half-width in points of zero-shot top-1
 TARGET = 1.5
+
+
+def loss_floor(n: int, same_class: float = 0.0) -> float:
+    """``log(1 + (N - 1 - m) / e)``: InfoNCE at scale 1 with positives at similarity 1 and the N - 1 - m negatives
+    at 0, where ``m`` (``same_class``) same-class pairs per anchor are left out of the negatives (0: all counted).
+
+    With masked negatives m varies from row to row; the mean of m inside the log is the mean floor to within
+    var(m) / (2 (e + N - 1 - m)^2), under 1e-3 nats at every N of the sweep.
+    """
+    return math.log(1.0 + (n - 1 - same_class) / math.e)
+
+
+def same_class_per_anchor(n: int, train_pairs: int, n_classes: int = N_CLASSES) -> float:
+    """Expected other pairs of an anchor's class in a batch of ``n`` drawn without replacement from ``train_pairs``
+    pairs, ``train_pairs / n_classes`` per class: ``(N - 1) (P - 1) / (n_pairs - 1)``."""
+    per_class = train_pairs / n_classes
+    return (n - 1) * (per_class - 1) / (train_pairs - 1)
+
+
+def row_floor(n: int, negatives: str, train_pairs: int) -> float:
+    """The loss floor of a run: :func:`loss_floor` with the same-class pairs left out when ``negatives`` is
+    ``"other-class"``."""
+    return loss_floor(n, same_class_per_anchor(n, train_pairs) if negatives == "other-class" else 0.0)
