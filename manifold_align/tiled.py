@@ -13,6 +13,9 @@ scores exist one (T, T) tile at a time (Inf-CL, Cheng et al. 2024, arXiv 2410.17
   sigmoid minus the labels), and ``torch.autograd.grad`` takes it back to the feature slices and the
   parameters. The logit scale's and bias's gradients are the sums ``sum(G * S)`` and ``sum(G)``.
 
+With class ids (``class_ids``: same-class pairs left out of the negatives) each tile's mask is built from the
+ids of its rows and columns, in the forward and again in the backward, so it costs no (N, N) memory either.
+
 One forward and two score evaluations per tile: the result equals the materialized computation to rounding
 (tests/test_tiled.py: 1e-5 relative in float32, 1e-10 in float64) for any score function.
 

@@ -724,3 +724,24 @@ def test_batch_sweep_end_to_end_into_its_own_folder(tmp_path, capsys):
     assert "80000 training pairs, negatives other-class" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--batch-sizes"):
         cli.resolve_fast_args(cli.build_fast_parser().parse_args(["--sweep", "batch", "--batch-sizes", "100000"]))
+
+
+def test_the_dry_run_prices_the_batch_sweep_from_the_measured_steps(tmp_path):
+    """Log-log between measured N, t ~ N^2 above the largest, t ~ N below the smallest; sphere-none priced as
+    sphere-learnable; two cores at half the one-thread total."""
+    args = cli.resolve_fast_args(cli.build_fast_parser().parse_args(
+        ["--sweep", "batch", "--batch-sizes", "512,2048,8192", "--topologies", "sphere-none,oblique-none"]))
+    point = dict(seeds=5, load_start=2.0)
+    measured = [{**point, "topology": t, "batch_size": n, "seconds_per_step": s}
+                for t in ("oblique-none", "sphere-learnable") for n, s in ((1024, 1.0), (4096, 16.0))]
+    path = tmp_path / "step_cost.json"
+    path.write_text(json.dumps({"machine": "test machine", "points": measured}))
+    lines = grid.cost_plan(args, grid.first_pass(args), path)
+    hours = {(t, n): 300 * s / 3600 for t in ("sphere-none", "oblique-none")
+             for n, s in ((512, 0.5), (2048, 4.0), (8192, 64.0))}
+    for (t, n), h in hours.items():
+        assert f"#   {t} batch {n}: {h:.2f} h on one thread" in lines
+    total = sum(hours.values())
+    assert lines[-1] == f"# total {total:.1f} h on one thread; on 2 cores at best {total / 2:.1f} h (--threads 2)"
+    path.write_text(json.dumps({"machine": "test machine", "points": measured[:2]}))  # no sphere-learnable
+    assert "no 5-seed measurement of sphere-learnable" in grid.cost_plan(args, grid.first_pass(args), path)[0]

@@ -313,7 +313,7 @@ def build_optimizer(model: FastModel) -> RiemannianAdamW:
 
 
 def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: int, batch_size: int, hidden: int,
-          device: str = "cpu", evals: int = EVALS, negatives: str = "all"
+          device: str = "cpu", evals: int = EVALS, negatives: str = "all", tile_size="auto"
           ) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
     """Train one topology for every seed at once.
 
@@ -331,6 +331,8 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
     negatives : {"all", "other-class"}
         ``"other-class"``: each batch's class ids (``data.train_labels``) go to the loss, which leaves the
         same-class pairs out of the negatives; ``"all"``: every other pair of the batch is a negative.
+    tile_size : "auto", int or None
+        The loss's (:class:`manifold_align.ContrastiveLoss`); the same loss and gradients to rounding either way.
 
     Returns
     -------
@@ -350,7 +352,7 @@ def train(topology: Topology, data: FastData, seeds: Sequence[int], *, steps: in
     model = FastModel(topology, seeds, data.train_images.shape[1], data.text_table.shape[1], hidden).to(device)
     optimizer = build_optimizer(model)
     warmup = max(1, steps // 20)
-    loss_fns = [geometries.contrastive_loss(g) for g in model.geometry]
+    loss_fns = [geometries.contrastive_loss(g, tile_size=tile_size) for g in model.geometry]
     gens = [torch.Generator(device=device).manual_seed(int(s) * 7919 + 17) for s in seeds]
     eval_at = sorted({max(1, round(steps * (i + 1) / evals)) for i in range(evals)})
     traj: list[list[dict]] = [[] for _ in range(S)]

@@ -80,18 +80,18 @@ def temperature(spec: dict) -> nn.Module:
     return get_temperature(dict(spec))
 
 
-def contrastive_loss(geometry: nn.Module) -> Callable[..., torch.Tensor]:
+def contrastive_loss(geometry: nn.Module, *, tile_size="auto") -> Callable[..., torch.Tensor]:
     """The library's contrastive loss scored by ``geometry`` (its extra terms included):
     ``loss(image, text, logit_scale, class_ids=None) -> 0-dim tensor``.
 
     ``image`` and ``text`` are projected features (``geometry.project``), matched by row; ``logit_scale``
     is the temperature's multiplicative scale (0-dim tensor); ``class_ids`` (N,), int64, when given, leaves
-    the same-class pairs out of the negatives. Scores are tiled once a batch has more than 2^24 of them (the
-    library's ``tile_size="auto"``), so memory stays linear in N beyond N = 4096.
+    the same-class pairs out of the negatives. ``tile_size``: the library's (``"auto"``: scores tiled once a batch
+    has more than 2^24 of them, so memory stays linear in N beyond N = 4096; an int: tiles of that side).
     """
     from manifold_align import ContrastiveLoss
 
-    loss = ContrastiveLoss(geometry)
+    loss = ContrastiveLoss(geometry, tile_size=tile_size)
 
     def call(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
              class_ids: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -159,7 +159,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, data_cache: dict) -> tuple[li
         data_cache.clear()  # one noise level's features at a time
         data_cache[key] = build_data(cell.noise, cell.seeds, train_per_class=args.train_per_class)
     rows, traj = train(topo, data_cache[key], cell.seeds, steps=args.steps, batch_size=cell.batch_size,
-                       hidden=args.hidden, device=args.device, negatives=args.negatives)
+                       hidden=args.hidden, device=args.device, negatives=args.negatives,
+                       tile_size=spec.tile_size(args.profile, cell.batch_size))
     common = dict(mode="fast", profile=args.profile, topology=topo.name, geometry=topo.geometry,
                   k=topo.n_tokens, d=topo.token_dim, temperature=topo.temperature_label(), noise=cell.noise,
                   steps=args.steps, batch_size=cell.batch_size, hidden=args.hidden, negatives=args.negatives,

@@ -325,7 +325,7 @@ def table_batch(rows: Rows) -> list[str]:
                 "top-1 (%)", "",
                 f"Negatives: {negatives_text(setting)}. {largest}", "",
                 "Final loss: mean over the last 5% of steps of the training batches' loss. Floor: "
-                f"log(1 + (N - 1 - {'m' if masked else '0'})/e), the loss at scale 1 with positives at similarity 1 "
+                f"log(1 + (N - 1{' - m' if masked else ''})/e), the loss at scale 1 with positives at similarity 1 "
                 f"and negatives at 0; {m_text}.", "",
                 "| N | m, same-class per anchor | negatives per anchor | floor | "
                 + " | ".join(f"{t} loss" for t in topos) + " | " + " | ".join(f"{t} top-1" for t in topos) + " |",

@@ -236,9 +236,11 @@ FAST_ROW_DEFAULTS = {"negatives": "all", "train_pairs": 5000}
 #: per-profile defaults; the GPU profile is the same grid at a wider tower and larger batch and seed chunks
 PROFILES: dict[str, dict] = {
     "cpu": dict(device="cpu", hidden=128, steps=300, batch_size=128, seeds=5, max_seeds=80,
-                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=None),
+                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=None,
+                tile=(4096, 512)),
     "gpu": dict(device="cuda", hidden=1024, steps=300, batch_size=512, seeds=10, max_seeds=40,
-                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=540.0),
+                batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), time_budget=540.0,
+                tile=None),
 }
 NOISE = (0.0, 0.2, 0.4, 0.6, 0.8)
 K_VALUES = (1, 2, 4, 8, 16, 32, 64)
@@ -268,3 +270,13 @@ def row_floor(n: int, negatives: str, train_pairs: int) -> float:
     """The loss floor of a run: :func:`loss_floor` with the same-class pairs left out when ``negatives`` is
     ``"other-class"``."""
     return loss_floor(n, same_class_per_anchor(n, train_pairs) if negatives == "other-class" else 0.0)
+
+
+def tile_size(profile: str, n: int):
+    """The loss's ``tile_size`` for a batch of ``n`` under ``profile``: the profile's ``tile`` = (from N, side)
+    tiles of that side from that N on, else the library's ``"auto"``. On one CPU thread the materialized scores
+    stop fitting in cache before the library's 2^24 threshold: at N = 4096, 5 seeds, tiles of 512 take
+    less time a step than the materialized loss (benchmarks/batch_sweep_cost.py); the loss is the same to
+    rounding."""
+    tile = PROFILES[profile]["tile"]
+    return tile[1] if tile is not None and n >= tile[0] else "auto"
