@@ -687,7 +687,7 @@ def test_batch_table_states_how_same_class_negatives_count_and_the_largest_n(tmp
     assert md.startswith("# Batch sweep, fast mode")
     assert "negatives: other-class" in md and "same-class pairs left out of the negatives" in md
     assert "80000 training pairs (800 per class, 100 classes)" in md
-    assert "Largest N in these rows: 16384 (20% of the training pairs)." in md
+    assert "Largest N in these rows: 16384 (20.5% of the training pairs)." in md
     m = 16383 * 799 / 79999
     line = next(x for x in md.splitlines() if x.startswith("| 16384 |"))
     assert line.startswith(f"| 16384 | {m:.1f} (left out) | {16383 - m:.1f} | "

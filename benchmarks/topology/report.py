@@ -308,12 +308,12 @@ def table_batch(rows: Rows) -> list[str]:
     for setting in batch_settings(rows):
         sel = batch_rows(rows, setting)
         sizes = sorted({r["batch_size"] for r in sel})
-        if len(sizes) < 2:
-            continue
+        if len(sizes) < 2 and setting == tuple(spec.FAST_ROW_DEFAULTS.values()):
+            continue  # the main grid's own batch at noise 0, no sweep
         masked = setting[0] == "other-class"
         topos = [t for t in spec.BATCH_TOPOLOGIES if any(r["topology"] == t for r in sel)]
         reached = batch_sizes(rows, setting)
-        largest = (f"Largest N in these rows: {sizes[-1]} ({100 * sizes[-1] / setting[1]:.0f}% of the training pairs)"
+        largest = (f"Largest N in these rows: {sizes[-1]} ({100 * sizes[-1] / setting[1]:.1f}% of the training pairs)"
                    + ("" if reached and reached[-1] == sizes[-1] else
                       f"; the largest that every topology reached: {reached[-1] if reached else 'none'}") + ".")
         m_text = ("m, the expected same-class captions per anchor, (N - 1)(P - 1)/(n - 1) for P pairs per class "
