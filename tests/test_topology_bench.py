@@ -234,7 +234,7 @@ def test_full_mode_tables_and_plots_from_its_results_files(tmp_path):
     rows = [_full_row(t, n, s, 0.5 - 0.3 * n + 0.01 * s) for t in ("sphere-learnable", "oblique-none")
             for n in (0.0, 0.4) for s in range(3)]
     rows += [_full_row(f"oblique-none-k{k}", 0.4, s, 0.3 + 0.01 * s) for k in (1, 4) for s in range(3)]
-    full.write_results(rows, tmp_path)
+    full.record(tmp_path, rows)
     written = report.write_report(tmp_path, command="cmd")
     md = (tmp_path / "results.md").read_text()
     assert "full mode, task digit-pairs, towers digits-fast, 150 steps, batch 128, 3 seeds per point (seeds 0-2)" in md
@@ -588,13 +588,15 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
         assert row["steps"] == "2" and row["batch_size"] == "32" and row["dataset"] == "synthetic"
         assert 0.0 <= float(row["zero_shot_top1"]) <= 1.0 and 0.0 <= float(row["retrieval_R@1"]) <= 1.0
         assert math.isfinite(float(row["gap"]))
-    by_topo = {r["topology"]: r for r in json.loads((out / "results.json").read_text())}
+    by_topo = {r["topology"]: r for r in results.read_csv(out / "results.csv")}
     assert by_topo["block-control"]["geometry"] == "oblique"
     assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
     assert by_topo["block-control"]["final_temperature"] == 1.0
     cap = spec.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
     assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
-    assert by_topo["sphere-learnable"]["temperature_trajectory"]
+    # the trajectory of every logged step (log.every = 5 of 2 steps: the first), in trajectories.csv
+    points = [p for p in results.read_csv(out / "trajectories.csv") if p["topology"] == "sphere-learnable"]
+    assert [p["step"] for p in points] == [1] and points[0]["mode"] == "full" and points[0]["scale"] > 1.0
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
     assert "| block-control |" in md and "| sphere-learnable |" in md
@@ -605,5 +607,5 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     assert cli.main(argv) == 0
-    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert "2 runs planned, 2 with a row; shard 0/1: 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps

@@ -1,7 +1,7 @@
 """The one report engine of the topology benchmark: ``results.md`` and the plots, for both modes.
 
-:func:`write_report` reads a results folder (:func:`.results.load`: ``results.csv`` plus ``trajectories.csv`` in
-fast mode or ``results.json`` in full mode) and writes every table, answer and plot from those rows alone;
+:func:`write_report` reads a results folder (:func:`.results.load`: ``results.csv`` plus ``trajectories.csv``, or
+an older full-mode folder's ``results.json``) and writes every table, answer and plot from those rows alone;
 ``--report-only`` runs nothing else. A table or plot whose data a folder lacks is left out (the full mode has
 no batch sweep, the fast mode no similarity gap). It refuses a folder that holds a run twice
 (:class:`.results.DuplicateRunError`). Every comparative word comes from :func:`.stats.verdict`, whose rule
@@ -100,7 +100,21 @@ def setting(rows: Rows) -> str:
     if mode_of(rows) == "fast":
         return (f"fast mode, profile {join('profile')} ({join('device')}), digit-pairs 16 px on fixed features, "
                 f"MLP towers hidden {join('hidden')}, {budget}")
-    return f"{mode_of(rows)} mode, task {join('dataset')}, towers {join('model')}, {budget}"
+    return f"{mode_of(rows)} mode, task {_data(rows)}, towers {join('model')}, {budget}"
+
+
+def _data(rows: Rows) -> str:
+    """The full mode's data: the dataset, and for csv/webdataset data its path and the eval sets that gave the
+    zero-shot and retrieval numbers (its rows' ``data``, ``zero_shot_set``, ``retrieval_set``)."""
+    parts = []
+    for dataset, data in sorted({(r.get("dataset", ""), r.get("data", "")) for r in rows}):
+        parts.append(f"{dataset} data {data} (its captions as they are: caption noise does not apply)" if data
+                     else dataset)
+    for key, what in (("zero_shot_set", "zero-shot"), ("retrieval_set", "retrieval")):
+        names = sorted({r.get(key, "") for r in rows} - {""})
+        if names:
+            parts.append(f"{what} on eval set {', '.join(names)}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -588,7 +602,7 @@ def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple
     """``results.md``: where it comes from, the rule, the six answers, then every table."""
     main = main_rows(rows)
     mode = mode_of(rows)
-    inputs = "`results.csv` and `trajectories.csv`" if mode == "fast" else "`results.csv` and `results.json`"
+    inputs = "`results.csv` and `trajectories.csv`" + ("" if mode == "fast" else " (or an older folder's `results.json`)")
     lines = [f"# Topology comparison, {mode} mode", "",
              f"Written by `{command}` on {machine}, from {inputs} alone "
              "(`--report-only` rewrites this file and the plots from them).", "",
