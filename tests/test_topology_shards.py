@@ -249,7 +249,7 @@ def test_two_shards_at_once_give_the_rows_of_one_process_on_csv_data(tmp_path):
     assert [p.returncode for p in shards] == [0, 0], logs
     for log in logs:  # each part trained its own two runs (each cell's seeds 0 and 1 go to different parts)
         assert log.count(": trained") == 2, log
-    one = _bench(*plan, "--output", str(tmp_path / "one"), "--runs-dir", str(tmp_path / "one-runs"))
+    one = _bench(*plan, "--output", str(tmp_path / "one"), "--runs-dir", str(tmp_path / "one-runs"), "--jobs", "2")
     log = one.communicate(timeout=600)[0]
     assert one.returncode == 0, log
 

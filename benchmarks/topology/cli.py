@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import full, spec
-from .results import DuplicateRunError
+from .results import DuplicateRunError, writing
 
 MODES = ("full", "fast")
 REPO = full.REPO
@@ -220,8 +220,9 @@ def main_full(argv: Sequence[str]) -> int:
 
 
 def _full_report(output: Path, command: str, args: argparse.Namespace, failed: Sequence[str]) -> int:
-    written = _report(output, command, drop_duplicates=args.drop_duplicates, images_to=args.docs_img,
-                      failed=failed)
+    with writing(output):  # two shards ending at once write one report after the other, never interleaved
+        written = _report(output, command, drop_duplicates=args.drop_duplicates, images_to=args.docs_img,
+                          failed=failed)
     print(f"report -> {', '.join(p.name for p in written) or 'nothing (no finished runs)'}")
     if failed:
         print(f"failed runs: {', '.join(failed)}", file=sys.stderr)

@@ -57,8 +57,8 @@ DEFAULT_TARGET = 2.0
 LOG_EVERY = 5
 #: what trains one run: ``<launcher> train --output ... --set ...``
 DEFAULT_LAUNCHER = (sys.executable, "-m", "manifold_align_train")
-#: a run's claim, in its run folder (:func:`claim`)
-CLAIM = ".claim"
+#: a run's claim, in its run folder (:func:`claim`), and the mark of its last attempt's failure
+CLAIM, FAILED = ".claim", ".failed"
 #: seconds between two looks at the shared results while other processes finish runs the plan needs
 WAIT_SECONDS = 5.0
 
@@ -400,6 +400,7 @@ def run_one(spec: RunSpec, args: argparse.Namespace, runs_dir: Path, output: Pat
     with claim(run_dir) as mine:
         if not mine:
             return spec, "claimed elsewhere", 0.0
+        (run_dir / FAILED).unlink(missing_ok=True)
         adopted = run_state(run_dir) == "done"
         if not adopted:
             rc = _train(spec, args, run_dir)
@@ -439,6 +440,8 @@ def _run_batch(todo: Sequence[RunSpec], args: argparse.Namespace, runs_dir: Path
             print(f"[{i}/{len(todo)}] {spec.name}: {outcome}" + (f", {seconds:.0f} s" if seconds else ""), flush=True)
             if outcome.startswith("FAILED"):
                 failed[spec.name] = outcome
+                # for the other processes: nobody is training it (the next attempt removes the mark)
+                (runs_dir / spec.name / FAILED).write_text(outcome + "\n")
     finally:
         # on Ctrl-C the running children get the signal too; queued runs must not start
         pool.shutdown(wait=True, cancel_futures=True)
@@ -476,8 +479,10 @@ def execute(args: argparse.Namespace, runs_dir: Path, output: Path, setting: Set
                 continue
             if not extends or not missing:
                 break
+            # a run is under way if claimed, or still to come if its part is running and it has not failed
             busy = [r for r in missing if claimed(runs_dir / r.name)
-                    or (not shard.owns(r) and shard_running(output, shard_of(r, shard.count), shard.count))]
+                    or (not shard.owns(r) and not (runs_dir / r.name / FAILED).exists()
+                        and shard_running(output, shard_of(r, shard.count), shard.count))]
             if not busy:
                 parts = sorted({shard_of(r, shard.count) for r in missing})
                 print(f"plan incomplete: {len(missing)} runs have no row and no process runs them (parts "
