@@ -607,3 +607,62 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "2 already done, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps
+
+
+def _planted_plots(tmp_path):
+    """A fast folder with a main grid (batch 128, noise 0 and 0.4), a batch sweep at noise 0 (N = 32, 128, 256)
+    and a k sweep (k = 4 at noise 0.4); trajectories at batch 32 read 90% and at batch 128 50%, so a plot that
+    pooled the batch sweep into the main grid's trajectories would show it."""
+    rows, traj = [], []
+    for s in range(3):
+        for topo in ("sphere-learnable", "sphere-none", "oblique-none"):
+            for n in (0.0, 0.4):
+                # the CLIP sphere's scale: 15 at noise 0, 12 at 0.4 (a -20% change); others 1
+                scale = (15.0 if n == 0 else 12.0) if topo == "sphere-learnable" else 1.0
+                rows.append(_fast_row(topo, n, s, 0.5 + 0.01 * s - 0.2 * n, scale=scale, scale_at_80pct=scale))
+            for batch in (32, 256):
+                rows.append(_fast_row(topo, 0.0, s, 0.4 + 0.01 * s, batch=batch))
+            for batch, acc in ((128, 0.5), (32, 0.9)):
+                traj += [{"profile": "cpu", "topology": topo, "noise": 0.0, "batch_size": batch, "steps": 300,
+                          "hidden": 128, "seed": s, "step": step, "zero_shot_top1": acc, "loss": 1.0,
+                          "scale": 15.0 if topo == "sphere-learnable" else 1.0} for step in (150, 300)]
+        rows.append(_fast_row(spec.k_name(4), 0.4, s, 0.45))
+    results.append_rows(tmp_path / "results.csv", rows, grid.COLUMNS)
+    results.append_rows(tmp_path / "trajectories.csv", traj, grid.TRAJECTORY_COLUMNS)
+    return tmp_path
+
+
+def test_plots_show_what_their_captions_say_and_fit_the_figure(tmp_path, monkeypatch):
+    """Each plot's caption names the mode, budget and seeds; trajectories.png plots the main batch only and says
+    so; scale_vs_noise.png is the paired % change on a linear axis; no title or caption leaves the figure."""
+    import matplotlib.figure
+
+    folder, seen, save = _planted_plots(tmp_path), {}, matplotlib.figure.Figure.savefig
+
+    def recording(fig, path, *args, **kwargs):
+        save(fig, path, *args, **kwargs)  # drawn at its final layout, then inspected
+        box = fig.bbox
+        texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)] + list(fig.texts)
+        outside = [t.get_text() for t in texts if t.get_text() and not (
+            box.x0 - 1 <= (e := t.get_window_extent()).x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0
+            and e.y1 <= box.y1 + 1)]
+        seen[Path(path).name] = (fig, " ".join(t.get_text() for t in fig.texts), outside)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    report.write_report(folder, command="cmd")
+    assert set(seen) == {"accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png", "batch_sweep.png",
+                         "accuracy_vs_k.png", "trajectories.png"}
+    for name, (fig, caption, outside) in seen.items():
+        assert not outside, f"{name}: text outside the figure: {outside}"
+        assert "fast mode" in caption and "300 steps" in caption and "seeds per point" in caption, (name, caption)
+    fig, caption, _ = seen["trajectories.png"]
+    assert "batch 128," in caption and "32" not in caption and "256" not in caption
+    accuracy = fig.axes[0]
+    assert {tuple(line.get_ydata()) for line in accuracy.get_lines() if line.get_label()[0] != "_"} == {(50.0, 50.0)}
+    fig, caption, _ = seen["scale_vs_noise.png"]
+    scale_axes = fig.axes[0]
+    assert scale_axes.get_yscale() == "linear"
+    ys = [list(c.lines[0].get_ydata()) for c in scale_axes.containers if c.get_label() == "sphere-learnable"]
+    assert ys == [pytest.approx([0.0, -20.0])]
+    fig, caption, _ = seen["batch_sweep.png"]
+    assert "batch 32, 128, 256" in caption

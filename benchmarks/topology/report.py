@@ -144,7 +144,7 @@ def table_paired(rows: Rows) -> list[str]:
     levels = noises(rows)
     others = [t for t in topologies(rows) if t != spec.BASELINE]
     out = [f"### Paired by seed: zero-shot top-1 minus {spec.BASELINE}'s (points)", "",
-           f"Cell: mean ± 95% t half-width (seeds); **n.d.**: {stats.NO_DIFFERENCE} (the interval includes 0); "
+           f"Cell: mean ± 95% t half-width (seeds); **n.d.**: *{stats.NO_DIFFERENCE}* (the interval includes 0); "
            "unmarked: the interval excludes 0, so the sign of the mean is the verdict.", "", *_head(levels)]
     wide = []
     for topo in others:
@@ -667,8 +667,10 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
                 ax.set_xlabel("points", fontsize=8)
                 ax.grid(alpha=0.3)
             axes[0][0].set_yticks(range(len(others)), others, fontsize=7)
-            fig.suptitle(f"Zero-shot top-1 minus {spec.BASELINE}, paired by seed, 95% intervals "
-                         f"(red: excludes 0; blue: {stats.NO_DIFFERENCE})", fontsize=9)
+            title = (f"Zero-shot top-1 minus {spec.BASELINE}, paired by seed, 95% intervals (red: excludes 0; "
+                     f"blue: {stats.NO_DIFFERENCE})")
+            # 9-point text is about 13 characters an inch: wrapped, the title fits a grid of few noise levels
+            fig.suptitle(textwrap.fill(title, width=int(13 * fig.get_size_inches()[0])), fontsize=9)
             save(fig, "paired_differences.png", f"{setting(main)}.")
 
     sel = [r for r in batch_rows(rows) if r["batch_size"] in set(batch_sizes(rows))]
