@@ -291,6 +291,11 @@ def k_rows(rows: Rows) -> Rows:
     return [r for r in sel if r["noise"] in levels]
 
 
+def k_means(rows: Rows) -> dict[int, float]:
+    """Mean zero-shot top-1 of each k of the k sweep's rows (:func:`k_rows`), by k."""
+    return {k: statistics.fmean(values(rows, spec.k_name(k))) for k in sorted({r["k"] for r in rows})}
+
+
 def _k_noise_text(rows: Rows) -> str:
     return ", ".join(f"{n:g}" for n in noises(rows))
 
@@ -394,7 +399,7 @@ def claims(rows: Rows) -> list[str]:
                         for t in obl) + ".")
     ks = k_rows(rows)
     if ks:
-        means = {k: statistics.fmean(values(ks, spec.k_name(k))) for k in sorted({r['k'] for r in ks})}
+        means = k_means(ks)
         best = max(means, key=means.get)
         second = max((k for k in means if k != best), key=means.get, default=None)
         line = (f"5. **Best k** (noise {_k_noise_text(ks)}, oblique, no scale): the highest mean is k = {best} "
@@ -456,7 +461,7 @@ def summary(rows: Rows) -> list[str]:
                    f"paired: {compared(rel, 1, 1, '%')}.")
     ks = k_rows(rows)
     if ks and 16 in {r["k"] for r in ks}:
-        means = {k: statistics.fmean(values(ks, spec.k_name(k))) for k in sorted({r['k'] for r in ks})}
+        means = k_means(ks)
         best = max(means, key=means.get)
         if best != 16:
             out.append(f"- k sweep at k * d = {spec.WIDTH}, noise {_k_noise_text(ks)}: `{spec.k_name(best)}` (k = "
