@@ -281,6 +281,10 @@ def test_run_counts_and_minutes_recounted(folders):
                    for t in {r["topology"] for r in fast.runs if r["batch_size"] == "4096"})
     said = re.search(r"the three N = 4096 cells took ([\d.]+), ([\d.]+) and ([\d.]+) minutes", bench)
     assert sorted(float(x) for x in said.groups()) == [round(c, 1) for c in cells]
+    budget = folders["topologies-fast-600"]
+    assert f"(5 seeds, {sum(float(r['wall_time_seconds']) for r in budget.runs) / 60:.1f} minutes;" in bench
+    assert f"plus the k sweep, {len(folders['topologies'].runs)} runs, 2 at a time" in bench
+    assert f"topologies-full-new` ({len(folders['topologies-full-new'].runs)} runs," in bench
 
 
 def test_the_checker_fails_on_a_contradicting_sentence(folders):

@@ -547,7 +547,7 @@ def block(kind: str, folders: Sequence[Path]) -> str:
     elif kind == "answers" and len(folders) == 1:
         lines = claims(loaded[0])[2:]  # without the heading: the page has its own
     elif kind == "agreement" and len(folders) == 2:
-        lines = agreement(loaded[0], loaded[1], other_name=f"`{folders[1].name}`")
+        lines = agreement(loaded[0], loaded[1], other_name=f"`{folders[1].name}`")[2:]  # likewise
     else:
         raise ValueError(f"topology-report: expected 'summary FOLDER', 'answers FOLDER' or 'agreement FOLDER "
                          f"FOLDER', got {kind!r} with {len(folders)} folders")
