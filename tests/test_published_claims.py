@@ -159,7 +159,10 @@ def pages() -> list[tuple[str, str, list[str]]]:
     raw = [("README.md#which-geometry", _section(readme, "## Which geometry?"), every),
            ("docs/benchmarks.md#topology-comparison", _section(bench, "## Topology comparison"), every),
            ("docs/benchmarks-topologies.md", (ROOT / "docs" / "benchmarks-topologies.md").read_text(), every)]
-    raw += [(f"{f.relative_to(ROOT)}/results.md", (f / "results.md").read_text(), [f.name]) for f in FOLDERS]
+    for f in FOLDERS:  # a results.md cites its own folder, and the one its agreement table compares it with
+        text = (f / "results.md").read_text()
+        raw.append((f"{f.relative_to(ROOT)}/results.md", text,
+                    [f.name, *re.findall(r"^## Agreement with `([\w.-]+)`", text, re.M)]))
     out = []
     for name, text, cites in raw:
         for m in BLOCK.finditer(text):
