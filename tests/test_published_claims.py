@@ -253,7 +253,8 @@ def test_paired_tables_mark_exactly_the_intervals_that_include_0(page, text, cit
     interval includes 0, unmarked when it excludes 0."""
     lines, wrong, checked = text.splitlines(), [], 0
     for i, line in enumerate(lines):
-        if not line.startswith("|") or not any("**n.d.**" in l and not l.startswith("|") for l in lines[max(0, i - 8):i]):
+        legend = [text for text in lines[max(0, i - 8):i] if "**n.d.**" in text and not text.startswith("|")]
+        if not line.startswith("|") or not legend:
             continue
         for cell_text in (c.strip() for c in line.strip("|").split("|")):
             m = _TABLE_CELL.match(cell_text)

@@ -731,7 +731,8 @@ def test_agreement_table_judges_only_resolved_comparisons(tmp_path):
         rows = []
         for s in range(4):
             jitter = 0.001 * s
-            rows += [mode_row("sphere-learnable", 0.0, s, 0.50 + jitter), mode_row("sphere-none", 0.0, s, 0.20 + jitter),
+            rows += [mode_row("sphere-learnable", 0.0, s, 0.50 + jitter),
+                     mode_row("sphere-none", 0.0, s, 0.20 + jitter),
                      mode_row("oblique-none", 0.0, s, 0.50 + shift + jitter),  # (b): +shift points
                      mode_row("oblique-none", 0.4, s, 0.40), mode_row(spec.k_name(4), 0.4, s, 0.40 + 0.1 * (s % 2))]
         return rows
@@ -747,5 +748,6 @@ def test_agreement_table_judges_only_resolved_comparisons(tmp_path):
             "| no |") in table
     k_half = 100 * math.sqrt(sum((x - 0.05) ** 2 for x in (0, .1, 0, .1)) / 3) * 3.182446305 / 2
     assert f"| (c) k = 4 minus k = 16, noise 0.4 | +5.0 ± {k_half:.1f} (4) (no difference detected) |" in table
-    assert "| (a) oblique-none minus sphere-none, noise 0 | +35.0 ± 0.0 (4) (higher) | +25.0 ± 0.0 (4) (higher) | yes |" in table
+    assert ("| (a) oblique-none minus sphere-none, noise 0 | +35.0 ± 0.0 (4) (higher) | +25.0 ± 0.0 (4) (higher) "
+            "| yes |") in table
     assert table.count("| not resolved |") == 1 and "2 agree, 1 disagree, 1 not resolved, of 4 comparisons" in table
