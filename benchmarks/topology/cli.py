@@ -66,6 +66,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="report a run found twice in results.csv once, when its copies agree in every result "
                              "(without it such a file is refused)")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="another results folder (the other mode's): results.md gets a table of whether the "
+                             "main answers agree")
+    parser.add_argument("--docs", type=Path, action="append", default=[], metavar="PAGE.md",
+                        help="after the report, rewrite the generated <!-- topology-report ... --> blocks of this "
+                             "page from their results folders (repeatable; e.g. README.md)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,18 +191,37 @@ def _check_noise_and_k(args: argparse.Namespace) -> None:
         raise SystemExit(f"--k-values: k must divide {spec.WIDTH} and leave d >= 2, got {bad_k}")
 
 
-def _report(output: Path, command: str, **kwargs) -> list[Path]:
-    from .report import write_report
+def check_report_args(args: argparse.Namespace) -> None:
+    """``--compare-with`` and ``--docs`` checked before any run starts (a grid takes hours)."""
+    from .report import BLOCK
+
+    if args.compare_with is not None and not (args.compare_with / "results.csv").is_file():
+        raise SystemExit(f"--compare-with: expected a results folder holding results.csv, got {args.compare_with}")
+    for page in args.docs:
+        if not page.is_file() or not BLOCK.search(page.read_text(encoding="utf-8")):
+            raise SystemExit(f"--docs: expected a Markdown page with a <!-- topology-report KIND FOLDER --> block, "
+                             f"got {page}")
+
+
+def _report(output: Path, command: str, args: argparse.Namespace, **kwargs) -> list[Path]:
+    """``results.md`` and the plots, then the generated blocks of ``--docs``' pages."""
+    from .report import update_pages, write_report
 
     try:
-        return write_report(output, command=command, **kwargs)
+        written = write_report(output, command=command, drop_duplicates=args.drop_duplicates,
+                               images_to=args.docs_img, compare_with=args.compare_with, **kwargs)
+        changed = update_pages(args.docs, REPO)
     except DuplicateRunError as exc:
         raise SystemExit(f"report refused: {exc}") from None
+    for page in args.docs:
+        print(f"{page}: generated blocks {'rewritten' if page in changed else 'already current'}")
+    return written
 
 
 def main_full(argv: Sequence[str]) -> int:
     """The full mode; returns the exit status (1 if a run failed)."""
     args = build_parser().parse_args(argv)
+    check_report_args(args)
     output = args.output.resolve()
     command = shlex.join(["python", "benchmarks/topologies.py", *argv])
     if args.report_only:  # the rows say what they were run on; no configuration needed
@@ -221,8 +246,7 @@ def main_full(argv: Sequence[str]) -> int:
 
 def _full_report(output: Path, command: str, args: argparse.Namespace, failed: Sequence[str]) -> int:
     with writing(output):  # two shards ending at once write one report after the other, never interleaved
-        written = _report(output, command, drop_duplicates=args.drop_duplicates, images_to=args.docs_img,
-                          failed=failed)
+        written = _report(output, command, args, failed=failed)
     print(f"report -> {', '.join(p.name for p in written) or 'nothing (no finished runs)'}")
     if failed:
         print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
@@ -290,6 +314,7 @@ def resolve_fast_args(args: argparse.Namespace) -> argparse.Namespace:
 def main_fast(argv: Sequence[str]) -> int:
     """The fast mode; returns the exit status."""
     args = resolve_fast_args(build_fast_parser().parse_args(argv))
+    check_report_args(args)
     from . import grid
 
     if args.dry_run:
@@ -306,8 +331,7 @@ def main_fast(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
         grid.execute(args)
     command = shlex.join(["python", "benchmarks/topologies.py", "--mode", "fast", *argv])
-    written = _report(args.output, command, profile=args.profile, drop_duplicates=args.drop_duplicates,
-                      images_to=args.docs_img)
+    written = _report(args.output, command, args, profile=args.profile)
     print(f"report -> {', '.join(p.name for p in written) or 'nothing (no rows)'}")
     return 0
 
