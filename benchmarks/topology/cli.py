@@ -236,9 +236,11 @@ def main_full(argv: Sequence[str]) -> int:
             state = full.run_state(runs_dir / run.name)
             print(f"# {run.name} [{state}]")
             print(" ".join(full.train_command(run, args, runs_dir / run.name, state)))
-        print(f"# {len(mine)} of {len(specs)} runs in shard {args.shard}" + (
-            f", then more seeds where the paired half-width is above {args.target:g} points (at most "
-            f"{args.max_seeds} seeds)" if args.max_seeds > args.seeds else ""))
+        if args.shard.count > 1 or args.max_seeds > args.seeds:
+            print(f"# shard {args.shard}: {len(mine)} of the {len(specs)} runs planned" + (
+                f", then more seeds where the paired half-width is above {args.target:g} points (at most "
+                f"{args.max_seeds} seeds)" if args.max_seeds > args.seeds else ""))
+        print(f"# {len(mine)} runs")
         return 0
     failed = full.execute(args, runs_dir, output, setting)
     return _full_report(output, command, args, failed)
