@@ -8,7 +8,6 @@ process; a finished run folder without a row is adopted, not retrained; a user's
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import subprocess
@@ -298,3 +297,22 @@ def test_a_finished_run_folder_without_a_row_is_adopted_not_retrained(tmp_path, 
     out = capsys.readouterr()
     assert "holds a finished run of another setting" in out.out and "(2 steps)" in out.out
     assert not (tmp_path / "out3" / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_run_under_torchrun_through_the_launcher(tmp_path):
+    """``--launcher`` runs each run as a two-process gloo job; its row is recorded like any other."""
+    import json
+
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node 2 -m manifold_align_train"
+    proc = _bench("--topologies", "sphere-learnable", "--noise", "0", "--seeds", "1", "--k-values", "", "--steps", "2",
+                  "--batch-size", "16", "--set", "data.dataset=synthetic", "--set", "data.num_samples=32",
+                  "--set", "model.name=digits-tiny", "--output", str(tmp_path / "out"), "--runs-dir",
+                  str(tmp_path / "runs"), "--launcher", launcher)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    assert (run_dir / "command.txt").read_text().startswith(launcher + " train --output")
+    (row,) = results.read_csv(tmp_path / "out" / "results.csv")
+    assert (row["topology"], row["steps"], row["batch_size"]) == ("sphere-learnable", 2, 16)
