@@ -594,9 +594,9 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     assert by_topo["block-control"]["final_temperature"] == 1.0
     cap = spec.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
     assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
-    # the trajectory of every logged step (log.every = 5 of 2 steps: the first), in trajectories.csv
+    # the trajectory of every logged step (log.every = 5 of 2 steps: the last), in trajectories.csv
     points = [p for p in results.read_csv(out / "trajectories.csv") if p["topology"] == "sphere-learnable"]
-    assert [p["step"] for p in points] == [1] and points[0]["mode"] == "full" and points[0]["scale"] > 1.0
+    assert [p["step"] for p in points] == [2] and points[0]["mode"] == "full" and points[0]["scale"] > 1.0
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
     assert "| block-control |" in md and "| sphere-learnable |" in md
