@@ -234,7 +234,7 @@ def test_full_mode_tables_and_plots_from_its_results_files(tmp_path):
     rows = [_full_row(t, n, s, 0.5 - 0.3 * n + 0.01 * s) for t in ("sphere-learnable", "oblique-none")
             for n in (0.0, 0.4) for s in range(3)]
     rows += [_full_row(f"oblique-none-k{k}", 0.4, s, 0.3 + 0.01 * s) for k in (1, 4) for s in range(3)]
-    full.write_results(rows, tmp_path)
+    full.record(tmp_path, rows)
     written = report.write_report(tmp_path, command="cmd")
     md = (tmp_path / "results.md").read_text()
     assert "full mode, task digit-pairs, towers digits-fast, 150 steps, batch 128, 3 seeds per point (seeds 0-2)" in md
@@ -589,13 +589,15 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
         assert row["steps"] == "2" and row["batch_size"] == "32" and row["dataset"] == "synthetic"
         assert 0.0 <= float(row["zero_shot_top1"]) <= 1.0 and 0.0 <= float(row["retrieval_R@1"]) <= 1.0
         assert math.isfinite(float(row["gap"]))
-    by_topo = {r["topology"]: r for r in json.loads((out / "results.json").read_text())}
+    by_topo = {r["topology"]: r for r in results.read_csv(out / "results.csv")}
     assert by_topo["block-control"]["geometry"] == "oblique"
     assert by_topo["block-control"]["class_tokens"] == 1 and by_topo["block-control"]["k"] == 16
     assert by_topo["block-control"]["final_temperature"] == 1.0
     cap = spec.TOPOLOGIES["sphere-learnable"].temperature["max_scale"]
     assert 1.0 < by_topo["sphere-learnable"]["final_temperature"] <= cap
-    assert by_topo["sphere-learnable"]["temperature_trajectory"]
+    # the trajectory of every logged step (log.every = 5 of 2 steps: the last), in trajectories.csv
+    points = [p for p in results.read_csv(out / "trajectories.csv") if p["topology"] == "sphere-learnable"]
+    assert [p["step"] for p in points] == [2] and points[0]["mode"] == "full" and points[0]["scale"] > 1.0
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
     assert "| block-control |" in md and "| sphere-learnable |" in md
@@ -606,7 +608,7 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     assert cli.main(argv) == 0
-    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert "2 runs planned, 2 with a row; shard 0/1: 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")} == stamps
 
 
@@ -745,3 +747,147 @@ def test_the_dry_run_prices_the_batch_sweep_from_the_measured_steps(tmp_path):
     assert lines[-1] == f"# total {total:.1f} h on one thread; on 2 cores at best {total / 2:.1f} h (--threads 2)"
     path.write_text(json.dumps({"machine": "test machine", "points": measured[:2]}))  # no sphere-learnable
     assert "no 5-seed measurement of sphere-learnable" in grid.cost_plan(args, grid.first_pass(args), path)[0]
+
+
+def _planted_plots(tmp_path):
+    """A fast folder with a main grid (batch 128, noise 0 and 0.4), a batch sweep at noise 0 (N = 32, 128, 256)
+    and a k sweep (k = 4 at noise 0.4); trajectories at batch 32 read 90% and at batch 128 50%, so a plot that
+    pooled the batch sweep into the main grid's trajectories would show it."""
+    rows, traj = [], []
+    for s in range(3):
+        for topo in ("sphere-learnable", "sphere-none", "oblique-none"):
+            for n in (0.0, 0.4):
+                # the CLIP sphere's scale: 15 at noise 0, 12 at 0.4 (a -20% change); others 1
+                scale = (15.0 if n == 0 else 12.0) if topo == "sphere-learnable" else 1.0
+                rows.append(_fast_row(topo, n, s, 0.5 + 0.01 * s - 0.2 * n, scale=scale, scale_at_80pct=scale))
+            for batch in (32, 256):
+                rows.append(_fast_row(topo, 0.0, s, 0.4 + 0.01 * s, batch=batch))
+            for batch, acc in ((128, 0.5), (32, 0.9)):
+                traj += [{"profile": "cpu", "topology": topo, "noise": 0.0, "batch_size": batch, "steps": 300,
+                          "hidden": 128, "seed": s, "step": step, "zero_shot_top1": acc, "loss": 1.0,
+                          "scale": 15.0 if topo == "sphere-learnable" else 1.0} for step in (150, 300)]
+        rows.append(_fast_row(spec.k_name(4), 0.4, s, 0.45))
+    results.append_rows(tmp_path / "results.csv", rows, grid.COLUMNS)
+    results.append_rows(tmp_path / "trajectories.csv", traj, grid.TRAJECTORY_COLUMNS)
+    return tmp_path
+
+
+def test_plots_show_what_their_captions_say_and_fit_the_figure(tmp_path, monkeypatch):
+    """Each plot's caption names the mode, budget and seeds; trajectories.png plots the main batch only and says
+    so; scale_vs_noise.png is the paired % change on a linear axis; no title or caption leaves the figure."""
+    import matplotlib.figure
+
+    folder, seen, save = _planted_plots(tmp_path), {}, matplotlib.figure.Figure.savefig
+
+    def recording(fig, path, *args, **kwargs):
+        save(fig, path, *args, **kwargs)  # drawn at its final layout, then inspected
+        box = fig.bbox
+        texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)] + list(fig.texts)
+        outside = [t.get_text() for t in texts if t.get_text() and not (
+            box.x0 - 1 <= (e := t.get_window_extent()).x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0
+            and e.y1 <= box.y1 + 1)]
+        seen[Path(path).name] = (fig, " ".join(t.get_text() for t in fig.texts), outside)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    report.write_report(folder, command="cmd")
+    assert set(seen) == {"accuracy_vs_noise.png", "scale_vs_noise.png", "paired_differences.png", "batch_sweep.png",
+                         "accuracy_vs_k.png", "trajectories.png"}
+    for name, (fig, caption, outside) in seen.items():
+        assert not outside, f"{name}: text outside the figure: {outside}"
+        assert "fast mode" in caption and "300 steps" in caption and "seeds per point" in caption, (name, caption)
+    fig, caption, _ = seen["trajectories.png"]
+    assert "batch 128," in caption and "32" not in caption and "256" not in caption
+    accuracy = fig.axes[0]
+    assert {tuple(line.get_ydata()) for line in accuracy.get_lines() if line.get_label()[0] != "_"} == {(50.0, 50.0)}
+    fig, caption, _ = seen["scale_vs_noise.png"]
+    scale_axes = fig.axes[0]
+    assert scale_axes.get_yscale() == "linear"
+    ys = [list(c.lines[0].get_ydata()) for c in scale_axes.containers if c.get_label() == "sphere-learnable"]
+    assert ys == [pytest.approx([0.0, -20.0])]
+    fig, caption, _ = seen["batch_sweep.png"]
+    assert "batch 32, 128, 256" in caption
+
+
+# --------------------------------------------------------------------------------------------------
+# generated blocks of the README and docs, and the agreement between two folders
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", ["README.md", "docs/benchmarks.md"])
+def test_generated_blocks_match_the_committed_results(page):
+    text = (REPO / page).read_text()
+    assert report.BLOCK.search(text), f"{page} has no generated topology-report block"
+    assert report.render_blocks(text, REPO) == text, (
+        f"{page} drifted from its results folders: python benchmarks/topologies.py --mode fast --report-only "
+        f"--drop-duplicates --docs {page}")
+
+
+def _summary_folder(tmp_path):
+    # oblique-none minus the CLIP sphere at noise 0: +60, -30, +30 points (mean +20, interval +-112: includes 0)
+    gain = [0.60, -0.30, 0.30]
+    rows = [_fast_row("sphere-learnable", n, s, 0.35) for n in (0.0, 0.4) for s in range(3)]
+    rows += [_fast_row("oblique-none", 0.0, s, 0.35 + gain[s]) for s in range(3)]
+    rows += [_fast_row("oblique-none", 0.4, s, 0.37 + 0.001 * s) for s in range(3)]  # +2.0, +2.1, +2.2
+    folder = tmp_path / "fast"
+    folder.mkdir()
+    results.append_rows(folder / "results.csv", rows, grid.COLUMNS)
+    page = tmp_path / "README.md"
+    # a marker's folder is relative to the repository root, or absolute as here
+    page.write_text(f"# x\n\n<!-- topology-report summary {folder} -->\nstale\n<!-- /topology-report -->\n\nafter\n")
+    return folder, page, gain, rows
+
+
+def test_readme_summary_words_come_from_the_interval_and_a_duplicate_is_refused(tmp_path):
+    folder, page, gain, rows = _summary_folder(tmp_path)
+    assert cli.main(["--mode", "fast", "--report-only", "--output", str(folder), "--docs", str(page)]) == 0
+    text = page.read_text()
+    assert "stale" not in text and text.endswith("<!-- /topology-report -->\n\nafter\n")
+    assert (f"`oblique-none` (OB(32, 16), no temperature) minus `sphere-learnable`: noise 0: +20.0 ± "
+            f"{100 * _half(gain):.1f} (3) points (no difference detected); noise 0.4: +2.1 ± "
+            f"{100 * _half([0.020, 0.021, 0.022]):.1f} (3) points (higher).") in text
+    assert text.startswith(f"# x\n\n<!-- topology-report summary {folder} -->\n12 runs, 0.4 minutes of run time")
+
+    report.write_report(folder, command="cmd", compare_with=folder)
+    assert "## Agreement with `fast`" in (folder / "results.md").read_text()
+
+    results.append_rows(folder / "results.csv", [dict(rows[0], zero_shot_top1=0.9)], grid.COLUMNS)
+    with pytest.raises(results.DuplicateRunError, match="sphere-learnable noise 0 batch 128 seed 0 "):
+        report.render_blocks(text, tmp_path)
+    with pytest.raises(SystemExit, match="report refused: .*different results"):
+        cli.main(["--mode", "fast", "--report-only", "--drop-duplicates", "--output", str(folder), "--docs", str(page)])
+    assert page.read_text() == text  # a refused report writes nothing
+
+
+def test_report_flags_are_checked_before_any_run(tmp_path):
+    with pytest.raises(SystemExit, match="--compare-with: expected a results folder holding results.csv, got"):
+        cli.main(["--mode", "fast", "--output", str(tmp_path), "--compare-with", str(tmp_path / "none")])
+    (tmp_path / "page.md").write_text("no block\n")
+    with pytest.raises(SystemExit, match="--docs: expected a Markdown page with a <!-- topology-report"):
+        cli.main(["--output", str(tmp_path), "--docs", str(tmp_path / "page.md")])
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_agreement_table_judges_only_resolved_comparisons(tmp_path):
+    """Fast and full rows planted so that (a) agrees, (b) disagrees and one k is not resolved."""
+    def runs(mode_row, shift):
+        rows = []
+        for s in range(4):
+            jitter = 0.001 * s
+            rows += [mode_row("sphere-learnable", 0.0, s, 0.50 + jitter),
+                     mode_row("sphere-none", 0.0, s, 0.20 + jitter),
+                     mode_row("oblique-none", 0.0, s, 0.50 + shift + jitter),  # (b): +shift points
+                     mode_row("oblique-none", 0.4, s, 0.40), mode_row(spec.k_name(4), 0.4, s, 0.40 + 0.1 * (s % 2))]
+        return rows
+
+    fast_rows = [results.normalize(r) for r in runs(_fast_row, 0.05)]
+    full_rows = [results.normalize(_full_row(*a)) for a in
+                 [(r["topology"], r["noise"], r["seed"], r["zero_shot_top1"]) for r in runs(_fast_row, -0.05)]]
+    table = "\n".join(report.agreement(fast_rows, full_rows, other_name="`full`"))
+    assert "| fast mode (points) | full mode (points) | agree? |" in table
+    assert ("| (a) sphere-none minus sphere-learnable, noise 0 | -30.0 ± 0.0 (4) (lower) | -30.0 ± 0.0 (4) (lower) "
+            "| yes |") in table
+    assert ("| (b) oblique-none minus sphere-learnable, noise 0 | +5.0 ± 0.0 (4) (higher) | -5.0 ± 0.0 (4) (lower) "
+            "| no |") in table
+    k_half = 100 * math.sqrt(sum((x - 0.05) ** 2 for x in (0, .1, 0, .1)) / 3) * 3.182446305 / 2
+    assert f"| (c) k = 4 minus k = 16, noise 0.4 | +5.0 ± {k_half:.1f} (4) (no difference detected) |" in table
+    assert ("| (a) oblique-none minus sphere-none, noise 0 | +35.0 ± 0.0 (4) (higher) | +25.0 ± 0.0 (4) (higher) "
+            "| yes |") in table
+    assert table.count("| not resolved |") == 1 and "2 agree, 1 disagree, 1 not resolved, of 4 comparisons" in table

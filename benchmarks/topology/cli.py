@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import full, spec
-from .results import DuplicateRunError
+from .results import DuplicateRunError, writing
 
 MODES = ("full", "fast")
 REPO = full.REPO
@@ -42,6 +43,24 @@ def _topology_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _shard(text: str) -> "full.Shard":
+    try:
+        return full.parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _launcher(text: str) -> tuple[str, ...]:
+    words = tuple(shlex.split(text))
+    if not words:
+        raise argparse.ArgumentTypeError(f"expected a command that runs `manifold_align_train` (e.g. \"torchrun "
+                                         f"--standalone --nproc-per-node 4 -m manifold_align_train\"), got {text!r}")
+    if shutil.which(words[0]) is None:
+        raise argparse.ArgumentTypeError(f"expected a command that runs `manifold_align_train`; {words[0]!r} is "
+                                         "not an executable file or on PATH")
+    return words
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
     parser.add_argument("--report-only", action="store_true",
@@ -49,6 +68,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="report a run found twice in results.csv once, when its copies agree in every result "
                              "(without it such a file is refused)")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="another results folder (the other mode's): results.md gets a table of whether the "
+                             "main answers agree")
+    parser.add_argument("--docs", type=Path, action="append", default=[], metavar="PAGE.md",
+                        help="after the report, rewrite the generated <!-- topology-report ... --> blocks of this "
+                             "page from their results folders (repeatable; e.g. README.md)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k-noise", type=spec.comma_floats, help="caption noise of the k sweep "
                         f"(default {','.join(map(str, full.DEFAULT_K_NOISE))})")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each (default 2)")
+    parser.add_argument("--target", type=float, default=full.DEFAULT_TARGET,
+                        help="power extension: a cell whose paired 95%% half-width (points of zero-shot top-1) is "
+                             f"above this gets --seeds more seeds, up to --max-seeds (default {full.DEFAULT_TARGET:g})")
+    parser.add_argument("--max-seeds", type=int, help="seeds the power extension may reach (default: --seeds, "
+                        "no extension)")
+    parser.add_argument("--shard", type=_shard, default=full.Shard(), metavar="I/N",
+                        help="run part I of N (0-based: 0/8 ... 7/8, as $SLURM_ARRAY_TASK_ID/8 of --array=0-7) "
+                             "into the shared --output and --runs-dir; the parts are disjoint and together the "
+                             "whole plan (default 0/1: all of it)")
+    parser.add_argument("--launcher", type=_launcher, metavar="COMMAND",
+                        help="the command that trains one run, followed by `train --output ...` (default: this "
+                             "python -m manifold_align_train; e.g. \"torchrun --standalone --nproc-per-node 4 -m "
+                             "manifold_align_train\")")
     quick = full.QUICK
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {quick['seeds']} seed, {quick['steps']} steps, noise "
@@ -97,11 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the full grid's defaults (quick or not) for the flags left unset; validate sizes."""
+def resolve_args(args: argparse.Namespace, *, dataset: str = full.DEFAULT_DATASET) -> argparse.Namespace:
+    """Fill the full grid's defaults (quick or not) for the flags left unset; validate sizes.
+
+    ``dataset`` is the runs' ``data.dataset``: caption noise applies to the embedded datasets only, so for
+    any other the noise levels are ``0`` (the captions as they are) and ``--noise`` / ``--k-noise`` are refused.
+    """
     quick, q = args.quick, full.QUICK
     if args.topologies is None:
         args.topologies = tuple(spec.default_topologies())
+    _check_data(args, dataset)
     if args.noise is None:
         args.noise = q["noise"] if quick else full.DEFAULT_NOISE
     if args.seeds is None:
@@ -114,11 +157,31 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.k_noise = full.DEFAULT_K_NOISE
     if args.runs_dir is None:
         args.runs_dir = full.DEFAULT_RUNS.with_name(full.DEFAULT_RUNS.name + ("-quick" if quick else ""))
+    if args.max_seeds is None:
+        args.max_seeds = args.seeds
     _check_noise_and_k(args)
     if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 2):
         raise SystemExit(f"--seeds and --jobs must be >= 1 and --steps >= 2, got --seeds {args.seeds}, "
                          f"--jobs {args.jobs}, --steps {args.steps}")
+    if args.max_seeds < args.seeds or not args.target > 0:
+        raise SystemExit(f"--max-seeds must be >= --seeds and --target > 0, got --max-seeds {args.max_seeds}, "
+                         f"--seeds {args.seeds}, --target {args.target}")
     return args
+
+
+def _check_data(args: argparse.Namespace, dataset: str) -> None:
+    from manifold_align_train.data import EMBEDDED_DATASETS
+
+    if dataset in EMBEDDED_DATASETS:
+        return
+    given = [f"{flag} {','.join(map(str, value))}" for flag, value in (("--noise", args.noise),
+                                                                         ("--k-noise", args.k_noise))
+             if value is not None]
+    if given:
+        raise SystemExit(f"--noise/--k-noise: caption noise applies to the embedded datasets "
+                         f"({', '.join(EMBEDDED_DATASETS)}), not to data.dataset={dataset!r}, whose captions are "
+                         f"used as they are; leave both out, got {'; '.join(given)}")
+    args.noise = args.k_noise = (0.0,)
 
 
 def _check_noise_and_k(args: argparse.Namespace) -> None:
@@ -130,37 +193,64 @@ def _check_noise_and_k(args: argparse.Namespace) -> None:
         raise SystemExit(f"--k-values: k must divide {spec.WIDTH} and leave d >= 2, got {bad_k}")
 
 
-def _report(output: Path, command: str, **kwargs) -> list[Path]:
-    from .report import write_report
+def check_report_args(args: argparse.Namespace) -> None:
+    """``--compare-with`` and ``--docs`` checked before any run starts (a grid takes hours)."""
+    from .report import BLOCK
+
+    if args.compare_with is not None and not (args.compare_with / "results.csv").is_file():
+        raise SystemExit(f"--compare-with: expected a results folder holding results.csv, got {args.compare_with}")
+    for page in args.docs:
+        if not page.is_file() or not BLOCK.search(page.read_text(encoding="utf-8")):
+            raise SystemExit(f"--docs: expected a Markdown page with a <!-- topology-report KIND FOLDER --> block, "
+                             f"got {page}")
+
+
+def _report(output: Path, command: str, args: argparse.Namespace, **kwargs) -> list[Path]:
+    """``results.md`` and the plots, then the generated blocks of ``--docs``' pages."""
+    from .report import update_pages, write_report
 
     try:
-        return write_report(output, command=command, **kwargs)
+        written = write_report(output, command=command, drop_duplicates=args.drop_duplicates,
+                               images_to=args.docs_img, compare_with=args.compare_with, **kwargs)
+        changed = update_pages(args.docs, REPO)
     except DuplicateRunError as exc:
         raise SystemExit(f"report refused: {exc}") from None
+    for page in args.docs:
+        print(f"{page}: generated blocks {'rewritten' if page in changed else 'already current'}")
+    return written
 
 
 def main_full(argv: Sequence[str]) -> int:
     """The full mode; returns the exit status (1 if a run failed)."""
-    args = resolve_args(build_parser().parse_args(argv))
-    specs = full.plan_runs(args.topologies, args.noise, list(range(args.seeds)), args.k_values, args.k_noise)
+    args = build_parser().parse_args(argv)
+    check_report_args(args)
+    output = args.output.resolve()
+    command = shlex.join(["python", "benchmarks/topologies.py", *argv])
+    if args.report_only:  # the rows say what they were run on; no configuration needed
+        return _full_report(output, command, args, [])
+    args = resolve_args(args, dataset=full.run_config(args).data.dataset)
+    setting = full.Setting.of(full.run_config(args))
     runs_dir = args.runs_dir.resolve()
     if args.dry_run:
-        for run in specs:
+        specs = full.plan(args, setting.rows(output))
+        mine = [run for run in specs if args.shard.owns(run)]
+        for run in mine:
             state = full.run_state(runs_dir / run.name)
             print(f"# {run.name} [{state}]")
             print(" ".join(full.train_command(run, args, runs_dir / run.name, state)))
-        print(f"# {len(specs)} runs")
+        if args.shard.count > 1 or args.max_seeds > args.seeds:
+            print(f"# shard {args.shard}: {len(mine)} of the {len(specs)} runs planned" + (
+                f", then more seeds where the paired half-width is above {args.target:g} points (at most "
+                f"{args.max_seeds} seeds)" if args.max_seeds > args.seeds else ""))
+        print(f"# {len(mine)} runs")
         return 0
-    output = args.output.resolve()
-    failed = []
-    if not args.report_only:
-        failed = full.execute(specs, args, runs_dir)
-        rows = [row for run in specs if (row := full.collect_row(run, runs_dir / run.name)) is not None]
-        full.write_results(rows, output)
-        print(f"{len(rows)} of {len(specs)} runs collected -> {output / 'results.csv'}")
-    command = shlex.join(["python", "benchmarks/topologies.py", *argv])
-    written = _report(output, command, drop_duplicates=args.drop_duplicates, images_to=args.docs_img,
-                      failed=failed)
+    failed = full.execute(args, runs_dir, output, setting)
+    return _full_report(output, command, args, failed)
+
+
+def _full_report(output: Path, command: str, args: argparse.Namespace, failed: Sequence[str]) -> int:
+    with writing(output):  # two shards ending at once write one report after the other, never interleaved
+        written = _report(output, command, args, failed=failed)
     print(f"report -> {', '.join(p.name for p in written) or 'nothing (no finished runs)'}")
     if failed:
         print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
@@ -239,6 +329,7 @@ def resolve_fast_args(args: argparse.Namespace) -> argparse.Namespace:
 def main_fast(argv: Sequence[str]) -> int:
     """The fast mode; returns the exit status."""
     args = resolve_fast_args(build_fast_parser().parse_args(argv))
+    check_report_args(args)
     from . import grid
 
     if args.dry_run:
@@ -260,8 +351,7 @@ def main_fast(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
         grid.execute(args)
     command = shlex.join(["python", "benchmarks/topologies.py", "--mode", "fast", *argv])
-    written = _report(args.output, command, profile=args.profile, drop_duplicates=args.drop_duplicates,
-                      images_to=args.docs_img)
+    written = _report(args.output, command, args, profile=args.profile)
     print(f"report -> {', '.join(p.name for p in written) or 'nothing (no rows)'}")
     return 0
 

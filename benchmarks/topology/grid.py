@@ -193,13 +193,8 @@ def holding(folder: Path) -> Iterator[None]:
 
 
 def _append(args: argparse.Namespace, rows: list[dict], traj: list[dict]) -> None:
-    path = args.output / "results.csv"
-    present = {results.run_key(r) for r in results.read_csv(path)}
-    again = [results.run_key(r) for r in rows if results.run_key(r) in present]
-    if again:  # a bug upstream, never a state to write: the report would refuse the file
-        raise RuntimeError(f"refusing to write runs already in {path}: {results.summarize(again)}")
-    results.append_rows(args.output / "trajectories.csv", traj, TRAJECTORY_COLUMNS)
-    results.append_rows(path, rows, COLUMNS)  # last: a run counts as done once its row is here
+    with results.writing(args.output):  # a run already in the file is refused there
+        results.append_runs(args.output, rows, COLUMNS, traj, TRAJECTORY_COLUMNS)
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The one report engine of the topology benchmark: ``results.md`` and the plots, for both modes.
 
-:func:`write_report` reads a results folder (:func:`.results.load`: ``results.csv`` plus ``trajectories.csv`` in
-fast mode or ``results.json`` in full mode) and writes every table, answer and plot from those rows alone;
+:func:`write_report` reads a results folder (:func:`.results.load`: ``results.csv`` plus ``trajectories.csv``, or
+an older full-mode folder's ``results.json``) and writes every table, answer and plot from those rows alone;
 ``--report-only`` runs nothing else. A table or plot whose data a folder lacks is left out (the full mode has
 no batch sweep, the fast mode no similarity gap). It refuses a folder that holds a run twice
 (:class:`.results.DuplicateRunError`). Every comparative word comes from :func:`.stats.verdict`, whose rule
@@ -11,6 +11,7 @@ no batch sweep, the fast mode no similarity gap). It refuses a folder that holds
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import statistics
 import textwrap
@@ -107,7 +108,21 @@ def setting(rows: Rows) -> str:
     if mode_of(rows) == "fast":
         return (f"fast mode, profile {join('profile')} ({join('device')}), digit-pairs 16 px on fixed features, "
                 f"MLP towers hidden {join('hidden')}, {budget}")
-    return f"{mode_of(rows)} mode, task {join('dataset')}, towers {join('model')}, {budget}"
+    return f"{mode_of(rows)} mode, task {_data(rows)}, towers {join('model')}, {budget}"
+
+
+def _data(rows: Rows) -> str:
+    """The full mode's data: the dataset, and for csv/webdataset data its path and the eval sets that gave the
+    zero-shot and retrieval numbers (its rows' ``data``, ``zero_shot_set``, ``retrieval_set``)."""
+    parts = []
+    for dataset, data in sorted({(r.get("dataset", ""), r.get("data", "")) for r in rows}):
+        parts.append(f"{dataset} data {data} (its captions as they are: caption noise does not apply)" if data
+                     else dataset)
+    for key, what in (("zero_shot_set", "zero-shot"), ("retrieval_set", "retrieval")):
+        names = sorted({r.get(key, "") for r in rows} - {""})
+        if names:
+            parts.append(f"{what} on eval set {', '.join(names)}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +165,7 @@ def table_paired(rows: Rows) -> list[str]:
     levels = noises(rows)
     others = [t for t in topologies(rows) if t != spec.BASELINE]
     out = [f"### Paired by seed: zero-shot top-1 minus {spec.BASELINE}'s (points)", "",
-           f"Cell: mean ± 95% t half-width (seeds); **n.d.**: {stats.NO_DIFFERENCE} (the interval includes 0); "
+           f"Cell: mean ± 95% t half-width (seeds); **n.d.**: *{stats.NO_DIFFERENCE}* (the interval includes 0); "
            "unmarked: the interval excludes 0, so the sign of the mean is the verdict.", "", *_head(levels)]
     wide = []
     for topo in others:
@@ -351,6 +366,11 @@ def k_rows(rows: Rows) -> Rows:
     return [r for r in sel if r["noise"] in levels]
 
 
+def k_means(rows: Rows) -> dict[int, float]:
+    """Mean zero-shot top-1 of each k of the k sweep's rows (:func:`k_rows`), by k."""
+    return {k: statistics.fmean(values(rows, spec.k_name(k))) for k in sorted({r["k"] for r in rows})}
+
+
 def _k_noise_text(rows: Rows) -> str:
     return ", ".join(f"{n:g}" for n in noises(rows))
 
@@ -467,7 +487,7 @@ def claims(rows: Rows) -> list[str]:
                         for t in obl) + ".")
     ks = k_rows(rows)
     if ks:
-        means = {k: statistics.fmean(values(ks, spec.k_name(k))) for k in sorted({r['k'] for r in ks})}
+        means = k_means(ks)
         best = max(means, key=means.get)
         second = max((k for k in means if k != best), key=means.get, default=None)
         line = (f"5. **Best k** (noise {_k_noise_text(ks)}, oblique, no scale): the highest mean is k = {best} "
@@ -486,6 +506,161 @@ def claims(rows: Rows) -> list[str]:
             parts.append(f"{t} {cell(values(main, t, 0.0))}% at noise 0, minus CLIP sphere {vs_sphere}{vs_obl}")
         out.append("6. **Other geometries.** " + "; ".join(parts) + ".")
     return out + [""]
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's summary, the fast-full agreement, and the generated blocks of the docs
+# --------------------------------------------------------------------------------------------------
+#: the pairs the README's summary states (minuend, subtrahend, what the minuend is), each where both have rows
+SUMMARY_PAIRS = (("oblique-none", spec.BASELINE, "OB(32, 16), no temperature"),
+                 ("sphere-none", spec.BASELINE, "the sphere at scale 1"),
+                 ("oblique-learnable-3.95", "oblique-none", "a learnable scale on oblique, capped at 3.95"),
+                 ("oblique-learnable-100", "oblique-none", "capped at 100"),
+                 ("lorentz-k1", spec.BASELINE, "hyperbolic, MERU's geometry, one token"),
+                 ("euclidean-k1-own", spec.BASELINE, "squared Euclidean with its own temperature"),
+                 ("euclidean-k1", spec.BASELINE, "squared Euclidean with CLIP's temperature, as EuCLIP trains it"))
+
+
+def _by_noise(rows: Rows, a: str, b: str, levels: Sequence[float]) -> str:
+    """``noise 0: +0.5 ± 0.9 (5) points (no difference detected); noise 0.2: ...`` (levels where both ran)."""
+    return "; ".join(f"noise {n:g}: {_pd(rows, a, b, n)}" for n in levels if paired(rows, a, b, n))
+
+
+def summary(rows: Rows) -> list[str]:
+    """The README's summary of a fast grid: its size and setting, then one bullet per comparison of
+    :data:`SUMMARY_PAIRS`, the learned scale against noise, the best k and the batch sweep's largest N, each
+    as ``A minus B`` with its paired interval, seed count and :func:`.stats.verdict`.
+
+    It states numbers and verdicts only: the pages around it describe, they do not conclude.
+    """
+    main = main_rows(rows)
+    levels = noises(main)
+    minutes = sum(r["wall_time_seconds"] for r in rows) / 60
+    out = [f"{len(rows)} runs, {minutes:.1f} minutes of run time ({setting(main)}). The CLIP sphere "
+           f"(`{spec.BASELINE}`) reaches {cell(values(main, spec.BASELINE, levels[0]))}% zero-shot top-1 at "
+           f"noise {levels[0]:g}. Differences in points of zero-shot top-1, paired by seed, each with its 95% "
+           "interval, seed count and the rule's verdict:", ""]
+    for a, b, what in SUMMARY_PAIRS:
+        if paired(main, a, b):
+            out.append(f"- `{a}` ({what}) minus `{b}`: {_by_noise(main, a, b, levels)}.")
+    if spec.BASELINE in learnable(main) and len(levels) > 1:
+        rel = [100 * x for x in relative(main, spec.BASELINE, levels[0], levels[-1])]
+        out.append(f"- `{spec.BASELINE}`'s learned scale at noise {levels[-1]:g} against noise {levels[0]:g}, "
+                   f"paired: {compared(rel, 1, 1, '%')}.")
+    ks = k_rows(rows)
+    if ks and 16 in {r["k"] for r in ks}:
+        means = k_means(ks)
+        best = max(means, key=means.get)
+        if best != 16:
+            out.append(f"- k sweep at k * d = {spec.WIDTH}, noise {_k_noise_text(ks)}: `{spec.k_name(best)}` (k = "
+                       f"{best}, the highest mean) minus `{spec.k_name(16)}` (k = 16): "
+                       f"{_pd(ks, spec.k_name(best), spec.k_name(16), None)}.")
+    sizes = batch_sizes(rows)
+    if len(sizes) > 1:
+        sel, hi_n = batch_rows(rows), sizes[-1]
+        out.append(f"- batch sweep at noise 0, N = {hi_n}: `sphere-none` minus `{spec.BASELINE}`: "
+                   f"{compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}; `sphere-none` minus "
+                   f"`oblique-none`: {compared(_paired_at(sel, 'sphere-none', 'oblique-none', hi_n))}.")
+    return out
+
+
+#: half-width (points) above which the agreement table calls a comparison "not resolved" (the full-mode grid's
+#: target: fewer seeds than the fast mode's 1.5 points buys)
+RESOLVED = 2.0
+
+
+def _comparisons(rows: Rows) -> dict[str, list[float]]:
+    """The three main answers as paired differences, by name: the range effect at scale 1 and oblique against
+    the CLIP sphere per noise level, and each k of the k sweep against k = 16."""
+    main = main_rows(rows)
+    out = {}
+    for answer, a, b in (("a", "sphere-none", spec.BASELINE), ("a", "oblique-none", "sphere-none"),
+                         ("b", "oblique-none", spec.BASELINE)):
+        for n in noises(main):
+            diffs = paired(main, a, b, n)
+            if diffs:
+                out[f"({answer}) {a} minus {b}, noise {n:g}"] = diffs
+    ks = k_rows(rows)
+    for k in sorted({r["k"] for r in ks} - {16}):
+        diffs = paired(ks, spec.k_name(k), spec.k_name(16))
+        if diffs:
+            out[f"(c) k = {k} minus k = 16, noise {_k_noise_text(ks)}"] = diffs
+    return out
+
+
+def _agrees(a: list[float], b: list[float], resolved: float) -> str:
+    halves = [stats.t_interval([100 * x for x in d])[1] for d in (a, b)]
+    if not all(h <= resolved for h in halves):  # NaN (one seed) is not resolved either
+        return "not resolved"
+    return "yes" if verdict(a) == verdict(b) else "no"
+
+
+def agreement(rows: Rows, other: Rows, *, other_name: str, resolved: float = RESOLVED) -> list[str]:
+    """Table: each main comparison (:func:`_comparisons`) in ``rows`` and in ``other`` (another results folder,
+    named ``other_name``), with its interval and verdict, and whether the verdicts agree; ``not resolved`` where
+    either half-width is above ``resolved`` points. Comparisons only one side has are left out."""
+    mine, theirs = _comparisons(rows), _comparisons(other)
+    names = [n for n in mine if n in theirs]
+    if not names:
+        return []
+    here, there = mode_of(rows), mode_of(other)
+    out = [f"## Agreement with {other_name}", "",
+           f"This folder: {setting(main_rows(rows))}. {other_name}: {setting(main_rows(other))}. "
+           f"*Agree*: the same verdict on both sides; *not resolved*: a half-width above {resolved:g} points on "
+           "either side, so agreement is not judged.", "",
+           f"| comparison | {here} mode (points) | {there} mode (points) | agree? |", "|---|---:|---:|---|"]
+    for name in names:
+        out.append(f"| {name} | {compared(mine[name], unit='')} | {compared(theirs[name], unit='')} | "
+                   f"{_agrees(mine[name], theirs[name], resolved)} |")
+    counts = Counter(_agrees(mine[n], theirs[n], resolved) for n in names)
+    return out + ["", f"{counts['yes']} agree, {counts['no']} disagree, {counts['not resolved']} not resolved, "
+                      f"of {len(names)} comparisons.", ""]
+
+
+#: a generated block of a Markdown page: ``<!-- topology-report KIND FOLDER [FOLDER] -->`` ... the block ...
+#: ``<!-- /topology-report -->``; FOLDER relative to the repository root
+BLOCK = re.compile(r"(<!-- topology-report (\w+) ([^>]*?) -->\n)(.*?)(<!-- /topology-report -->)", re.S)
+
+
+def block(kind: str, folders: Sequence[Path]) -> str:
+    """The Markdown of one generated block: ``summary`` (:func:`summary`) or ``answers`` (:func:`claims`) of one
+    folder, ``agreement`` (:func:`agreement`) of two. Rows are read as ``--drop-duplicates`` reads them (the
+    published folders' repeated runs are identical copies, listed in their ``results.md``)."""
+    loaded = [results.load(f, drop_duplicates=True)[0] for f in folders]
+    if not all(loaded):
+        raise ValueError(f"topology-report {kind}: expected results in {', '.join(map(str, folders))}, "
+                         "found no rows")
+    if kind == "summary" and len(folders) == 1:
+        lines = summary(loaded[0])
+    elif kind == "answers" and len(folders) == 1:
+        lines = claims(loaded[0])[2:]  # without the heading: the page has its own
+    elif kind == "agreement" and len(folders) == 2:
+        lines = agreement(loaded[0], loaded[1], other_name=f"`{folders[1].name}`")[2:]  # likewise
+    else:
+        raise ValueError(f"topology-report: expected 'summary FOLDER', 'answers FOLDER' or 'agreement FOLDER "
+                         f"FOLDER', got {kind!r} with {len(folders)} folders")
+    return "\n".join(lines).strip() + "\n"
+
+
+def render_blocks(text: str, root: Path) -> str:
+    """``text`` with every generated block (:data:`BLOCK`) rewritten from its folders under ``root``."""
+    def fill(match):
+        folders = [root / f for f in match.group(3).split()]
+        return match.group(1) + block(match.group(2), folders) + match.group(5)
+
+    return BLOCK.sub(fill, text)
+
+
+def update_pages(pages: Sequence[Path], root: Path) -> list[Path]:
+    """Rewrite the generated blocks of ``pages`` in place; returns the pages that changed."""
+    changed = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        new = render_blocks(text, root)
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            changed.append(page)
+    return changed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,8 +760,10 @@ def write_plots(rows: Rows, traj: Rows, output: Path) -> list[Path]:
                 ax.set_xlabel("points", fontsize=8)
                 ax.grid(alpha=0.3)
             axes[0][0].set_yticks(range(len(others)), others, fontsize=7)
-            fig.suptitle(f"Zero-shot top-1 minus {spec.BASELINE}, paired by seed, 95% intervals "
-                         f"(red: excludes 0; blue: {stats.NO_DIFFERENCE})", fontsize=9)
+            title = (f"Zero-shot top-1 minus {spec.BASELINE}, paired by seed, 95% intervals (red: excludes 0; "
+                     f"blue: {stats.NO_DIFFERENCE})")
+            # 9-point text is about 13 characters an inch: wrapped, the title fits a grid of few noise levels
+            fig.suptitle(textwrap.fill(title, width=int(13 * fig.get_size_inches()[0])), fontsize=9)
             save(fig, "paired_differences.png", f"{setting(main)}.")
 
     sel = [r for r in batch_rows(rows) if r["batch_size"] in set(batch_sizes(rows))]
@@ -685,14 +862,15 @@ def batch_markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence
 
 
 def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple] = (),
-             failed: Sequence[str] = ()) -> str:
-    """``results.md``: where it comes from, the rule, the six answers, then every table (a folder of the masked
-    batch sweep alone: :func:`batch_markdown`)."""
+             failed: Sequence[str] = (), compare: Optional[tuple[str, Rows]] = None) -> str:
+    """``results.md``: where it comes from, the rule, the six answers, the agreement with ``compare`` (a name
+    and the rows of another results folder) when given, then every table (a folder of the masked batch sweep
+    alone: :func:`batch_markdown`)."""
     main = main_rows(rows)
     if not main:
         return batch_markdown(rows, command=command, machine=machine, repeated=repeated, failed=failed)
     mode = mode_of(rows)
-    inputs = "`results.csv` and `trajectories.csv`" if mode == "fast" else "`results.csv` and `results.json`"
+    inputs = "`results.csv` and `trajectories.csv`" + ("" if mode == "fast" else " (or an older folder's `results.json`)")
     lines = [f"# Topology comparison, {mode} mode", "",
              f"Written by `{command}` on {machine}, from {inputs} alone "
              "(`--report-only` rewrites this file and the plots from them).", "",
@@ -706,6 +884,8 @@ def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple
     if failed:
         lines += [f"Runs that failed and are missing from the tables: {', '.join(failed)}.", ""]
     lines += claims(rows)
+    if compare is not None:
+        lines += agreement(rows, compare[1], other_name=compare[0])
     lines += ["## Tables", ""]
     lines += table_metric(main, "zero_shot_top1", "Zero-shot top-1 (%)")
     lines += table_paired(main)
@@ -724,9 +904,12 @@ def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple
 
 
 def write_report(output: Path, *, command: str, profile: Optional[str] = None, drop_duplicates: bool = False,
-                 images_to: Optional[Path] = None, failed: Sequence[str] = ()) -> list[Path]:
+                 images_to: Optional[Path] = None, failed: Sequence[str] = (),
+                 compare_with: Optional[Path] = None) -> list[Path]:
     """``results.md`` and the plots from the results folder ``output`` (rows of ``profile`` when given); the
-    plots are also copied to ``images_to`` when given. Returns the files written (none without rows).
+    plots are also copied to ``images_to`` when given; ``compare_with``, another results folder (read with the
+    same ``drop_duplicates``), adds the agreement table (:func:`agreement`). Returns the files written (none
+    without rows).
 
     Raises
     ------
@@ -742,8 +925,15 @@ def write_report(output: Path, *, command: str, profile: Optional[str] = None, d
         print(f"WARNING: {len(repeated)} runs appear more than once in {output / 'results.csv'} with identical "
               "results; counting each once (--drop-duplicates): " + results.summarize(repeated),
               flush=True)
+    compare = None
+    if compare_with is not None:
+        other = results.load(compare_with, drop_duplicates=drop_duplicates)[0]
+        if not other:
+            raise ValueError(f"--compare-with: expected a results folder with a results.csv, got {compare_with}")
+        compare = (f"`{compare_with.name}`", other)
     path = output / "results.md"
-    path.write_text(markdown(rows, command=command, machine=machine(), repeated=repeated, failed=failed))
+    path.write_text(markdown(rows, command=command, machine=machine(), repeated=repeated, failed=failed,
+                             compare=compare))
     plots = write_plots(rows, traj, output)
     for stale in set(PLOTS) - {p.name for p in plots}:
         (output / stale).unlink(missing_ok=True)  # a plot this data no longer supports must not linger

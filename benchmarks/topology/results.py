@@ -1,9 +1,12 @@
 """Results files of the topology benchmark: one row per run, read the same way for both modes.
 
 ``results.csv`` holds one row per run (a topology at one noise, batch size and seed, with the mode's budget
-columns); the fast mode also writes ``trajectories.csv`` (one row per run and evaluation), the full mode
-``results.json`` (its rows with the temperature and gap trajectories). :func:`load` turns either folder
-into the report's rows and trajectory points, with the same column names:
+columns), ``trajectories.csv`` one row per run and logged step (the fast mode: its evaluations; the full
+mode: the temperature scale and similarity gap of its logged steps). Both modes append a run's rows the
+moment it finishes, under the folder's write lock (:func:`writing`, :func:`append_runs`), so several
+processes can write into one folder. Full-mode folders written before then hold the trajectories in
+``results.json`` (its rows with ``temperature_trajectory`` and ``gap_trajectory``), which :func:`load` still
+reads. :func:`load` turns any folder into the report's rows and trajectory points, with the same column names:
 
 - ``geometry`` (older files: ``similarity``), ``scale`` (the final temperature scale; full mode:
   ``final_temperature``), ``mode`` (``full`` where the file has no such column);
@@ -18,22 +21,28 @@ A run is identified by :data:`RUN_KEY`; :func:`distinct` refuses a file that hol
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from . import spec
 
+RESULTS, TRAJECTORIES = "results.csv", "trajectories.csv"
+#: the lock file of a results folder: held while a process appends to it (:func:`writing`)
+WRITE_LOCK = ".results.lock"
 #: the columns that identify a run (a missing one counts as empty)
 RUN_KEY = ("mode", "profile", "dataset", "model", "topology", "noise", "batch_size", "steps", "hidden", "negatives",
            "train_pairs", "seed")
 #: columns whose differences between two copies of a run are not results (timing, paths)
 INCIDENTAL = ("wall_time_seconds", "run_dir")
 TEXT_COLUMNS = {"mode", "profile", "topology", "geometry", "similarity", "temperature", "device", "dataset",
-                "model", "run_dir", "negatives"}
+                "data", "zero_shot_set", "retrieval_set", "model", "run_dir", "negatives"}
 INT_COLUMNS = {"k", "d", "seed", "steps", "batch_size", "hidden", "step", "train_pairs"}
 #: the benchmark's own columns, both modes; any other numeric column is a learned value of the geometry
 OWN_COLUMNS = TEXT_COLUMNS | INT_COLUMNS | {
@@ -259,38 +268,98 @@ def value_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(out)
 
 
+#: a full-mode row's trajectories (lists of ``[step, value]``) and the trajectory column each becomes
+FULL_TRAJECTORIES = {"temperature_trajectory": "scale", "gap_trajectory": "gap_normalized"}
+
+
+def trajectory_points(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A full-mode row's trajectories as points: its :data:`RUN_KEY` columns, ``step``, ``scale``,
+    ``gap_normalized`` (NaN for a value a step lacks), in step order."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for key, column in FULL_TRAJECTORIES.items():
+        for step, value in row.get(key) or []:
+            by_step.setdefault(int(step), {})[column] = math.nan if value is None else float(value)
+    base = {k: row.get(k, "") for k in RUN_KEY}
+    return [{**base, "step": step, **{c: values.get(c, math.nan) for c in FULL_TRAJECTORIES.values()}}
+            for step, values in sorted(by_step.items())]
+
+
 def full_trajectories(path: Path) -> list[dict[str, Any]]:
-    """Trajectory points of a full-mode ``results.json``: ``scale`` and ``gap_normalized`` per logged step."""
+    """Trajectory points of a full-mode ``results.json`` (folders written before ``trajectories.csv``)."""
     if not path.is_file():
         return []
     points = []
     for raw in json.loads(path.read_text()):
-        row = normalize({k: (math.nan if v is None else v) for k, v in raw.items()
-                         if k not in ("temperature_trajectory", "gap_trajectory")})
-        by_step: dict[int, dict[str, Any]] = {}
-        for key, column in (("temperature_trajectory", "scale"), ("gap_trajectory", "gap_normalized")):
-            for step, value in raw.get(key) or []:
-                by_step.setdefault(int(step), {})[column] = math.nan if value is None else float(value)
-        base = {k: row.get(k, "") for k in RUN_KEY}
-        points += [{**base, "step": step, **values} for step, values in sorted(by_step.items())]
+        row = normalize({k: (math.nan if v is None else v) for k, v in raw.items() if k not in FULL_TRAJECTORIES})
+        points += trajectory_points({**row, **{k: raw.get(k) for k in FULL_TRAJECTORIES}})
     return points
+
+
+# --------------------------------------------------------------------------------------------------
+# writing: one process at a time per folder, a run's rows at once
+# --------------------------------------------------------------------------------------------------
+# flock excludes other open files of the lock, not other threads of one process on a filesystem (NFS) that
+# maps it to POSIX locks, which belong to the process: the threads of one process also take this
+_THREADS = threading.Lock()
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s write lock (:data:`WRITE_LOCK`) for the duration, waiting for it if another process
+    (or thread) holds it: read-check-append sequences inside never interleave with another writer's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _THREADS, open(folder / WRITE_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def keys(folder: Path) -> set[tuple]:
+    """The run keys of ``folder``'s ``results.csv``."""
+    return {run_key(r) for r in read_csv(folder / RESULTS)}
+
+
+def append_runs(folder: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str],
+                points: Sequence[dict[str, Any]] = (), point_columns: Sequence[str] = ()) -> None:
+    """Append finished runs' ``rows`` to ``folder/results.csv`` and their trajectory ``points`` to
+    ``folder/trajectories.csv``; the caller holds :func:`writing`.
+
+    The points go first: a run counts as done once its row is written, so an interruption between the two
+    leaves no row without its trajectory (a run trained again after such an interruption repeats points,
+    which :func:`load` reads once).
+
+    Raises
+    ------
+    RuntimeError
+        When a row's run is already in ``results.csv`` (nothing is written): a bug upstream, never a state
+        to write, since the report would refuse the file.
+    """
+    path = folder / RESULTS
+    present = keys(folder)
+    again = [run_key(r) for r in rows if run_key(r) in present]
+    if again:
+        raise RuntimeError(f"refusing to write runs already in {path}: {summarize(again)}")
+    if point_columns:
+        append_rows(folder / TRAJECTORIES, points, point_columns)
+    append_rows(path, rows, columns)
 
 
 def load(folder: Path, *, profile: Optional[str] = None, drop_duplicates: bool = False
          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple]]:
     """``(rows, trajectory points, repeated run keys)`` of a results folder of either mode.
 
-    ``profile`` keeps the fast-mode rows of that profile only. Raises :class:`DuplicateRunError` as
-    :func:`distinct` does.
+    The points are those of ``trajectories.csv`` and, in a full-mode folder written before that file
+    existed, of ``results.json``. ``profile`` keeps the fast-mode rows of that profile only. Raises
+    :class:`DuplicateRunError` as :func:`distinct` does.
     """
-    rows = read_csv(folder / "results.csv")
+    rows = read_csv(folder / RESULTS)
     if profile is not None:
         rows = [r for r in rows if r.get("profile", profile) == profile]
-    rows, repeated = distinct(rows, drop_identical=drop_duplicates, source=str(folder / "results.csv"))
-    if (folder / "trajectories.csv").is_file():
-        points = read_csv(folder / "trajectories.csv", mode="fast")  # the fast mode's file has no mode column
-        if profile is not None:
-            points = [p for p in points if p.get("profile", profile) == profile]
-    else:
-        points = full_trajectories(folder / "results.json")
+    rows, repeated = distinct(rows, drop_identical=drop_duplicates, source=str(folder / RESULTS))
+    points = read_csv(folder / TRAJECTORIES, mode="fast")  # the fast mode's file has no mode column
+    if profile is not None:
+        points = [p for p in points if p.get("profile", profile) == profile]
+    points += full_trajectories(folder / "results.json")
     return rows, distinct_points(points), repeated
