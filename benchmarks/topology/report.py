@@ -534,8 +534,11 @@ def summary(rows: Rows) -> list[str]:
     It states numbers and verdicts only: the pages around it describe, they do not conclude.
     """
     main = main_rows(rows)
-    levels = noises(main)
     minutes = sum(r["wall_time_seconds"] for r in rows) / 60
+    if not main:  # a batch-sweep folder: its size, setting and the largest N only
+        sel = batch_rows(rows)
+        return [f"{len(rows)} runs, {minutes:.1f} minutes of run time ({setting(sel)}).", "", *_batch_bullet(rows)]
+    levels = noises(main)
     out = [f"{len(rows)} runs, {minutes:.1f} minutes of run time ({setting(main)}). The CLIP sphere "
            f"(`{spec.BASELINE}`) reaches {cell(values(main, spec.BASELINE, levels[0]))}% zero-shot top-1 at "
            f"noise {levels[0]:g}. Differences in points of zero-shot top-1, paired by seed, each with its 95% "
@@ -555,13 +558,23 @@ def summary(rows: Rows) -> list[str]:
             out.append(f"- k sweep at k * d = {spec.WIDTH}, noise {_k_noise_text(ks)}: `{spec.k_name(best)}` (k = "
                        f"{best}, the highest mean) minus `{spec.k_name(16)}` (k = 16): "
                        f"{_pd(ks, spec.k_name(best), spec.k_name(16), None)}.")
-    sizes = batch_sizes(rows)
-    if len(sizes) > 1:
-        sel, hi_n = batch_rows(rows), sizes[-1]
-        out.append(f"- batch sweep at noise 0, N = {hi_n}: `sphere-none` minus `{spec.BASELINE}`: "
-                   f"{compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}; `sphere-none` minus "
-                   f"`oblique-none`: {compared(_paired_at(sel, 'sphere-none', 'oblique-none', hi_n))}.")
-    return out
+    return out + _batch_bullet(rows)
+
+
+def _batch_bullet(rows: Rows) -> list[str]:
+    """The summary's batch-sweep bullet (the setting :func:`batch_rows` picks) at its largest N, saying how the
+    same-class captions counted; none without two batch sizes."""
+    sizes, settings = batch_sizes(rows), batch_settings(rows)
+    if len(sizes) < 2:
+        return []
+    sel, hi_n, negatives = batch_rows(rows), sizes[-1], settings[-1]
+    treated = "left out of the negatives" if negatives[0] == "other-class" else "counted as negatives"
+    return [f"- batch sweep at noise 0, largest N = {hi_n} ({negatives[1]} training pairs; the expected "
+            f"{_same_class(hi_n, negatives):.1f} same-class captions per anchor {treated}): `sphere-none` minus "
+            f"`{spec.BASELINE}`: {compared(_paired_at(sel, 'sphere-none', spec.BASELINE, hi_n))}; `sphere-none` "
+            f"minus `oblique-none`: {compared(_paired_at(sel, 'sphere-none', 'oblique-none', hi_n))}; "
+            f"`oblique-none` minus `{spec.BASELINE}`: "
+            f"{compared(_paired_at(sel, 'oblique-none', spec.BASELINE, hi_n))}."]
 
 
 #: half-width (points) above which the agreement table calls a comparison "not resolved" (the full-mode grid's
