@@ -138,8 +138,11 @@ def folders() -> dict[str, Folder]:
 
 
 def printed_as(mean: float, half: float, m: str, h: str) -> bool:
+    """Whether ``m ± h`` is ``mean ± half`` rounded to the printed digits; a value on a rounding boundary (a
+    mean of -8.55 summed in another order is -8.5499... or -8.5500...) may round either way."""
     digits = len(m.split(".")[1])
-    return f"{mean:+.{digits}f}" == (m if m[0] in "+-" else "+" + m) and f"{half:.{digits}f}" == h
+    bound = 0.5 * 10.0 ** -digits + 1e-9
+    return abs(mean - float(m)) <= bound and abs(half - float(h)) <= bound
 
 
 # --------------------------------------------------------------------------------------------------
