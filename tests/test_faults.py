@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fault_runs import (
     assert_same_weights, children, finish, last_line, logged_step, run, sets, start, torchrun_cmd, train_cmd,
     wait_for_step, worker_of_rank,
 )
 from manifold_align_train import checkpoint as ckpt
+from manifold_align_train.faults import LoaderWorkerDied, explain
 
 WORKER = Path(__file__).with_name("fault_worker.py")
 
@@ -93,3 +97,33 @@ def test_a_dead_loader_worker_ends_the_run_clearly_and_resume_matches(tmp_path, 
     done = run(train_cmd(job, "--resume", "latest", *sets(*extra)), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(job, straight_runs(1))
+
+
+class _SecondItemHangs(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        time.sleep(60 * index)
+        return index
+
+
+def test_a_loader_worker_killed_while_the_main_process_waits_is_named_with_its_signal():
+    """Killed while the main process blocks on the data queue, torch's SIGCHLD handler raises ``is killed by
+    signal`` inside the queue wait and torch raises ``exited unexpectedly`` from it. The explanation used to
+    read only the outer error and lost the signal and the out-of-memory hint (a flaky CI run of the test above:
+    which of the two the run sees depends on where the main process is when the worker dies)."""
+    before = set(children(os.getpid()))
+    batches = iter(torch.utils.data.DataLoader(_SecondItemHangs(), batch_size=1, num_workers=1))
+    next(batches)
+    (worker,) = set(children(os.getpid())) - before
+    killer = threading.Timer(1.0, os.kill, (worker, signal.SIGKILL))  # once the main process waits for item 1
+    killer.start()
+    with pytest.raises(RuntimeError) as raised:
+        next(batches)
+    killer.join()
+    assert "exited unexpectedly" in str(raised.value), raised.value  # the case this test is about
+    explained = explain(raised.value, step=7, last_checkpoint=None)
+    assert isinstance(explained, LoaderWorkerDied), raised.value
+    assert str(explained).startswith(f"a data-loading worker process (pid {worker}) killed by signal Killed at "
+                                     "step 7 (SIGKILL: most often the out-of-memory killer"), str(explained)

@@ -93,8 +93,10 @@ def explain(error: BaseException, *, step: Optional[int], last_checkpoint: Optio
     A data-loader worker that died (torch: ``DataLoader worker (pid 123) is killed by signal: Killed``)
     becomes :class:`LoaderWorkerDied` naming the step, the likely cause and the checkpoint to continue from.
     """
-    found = _LOADER_DEATH.search(str(error)) if isinstance(error, RuntimeError) else None
-    if found is None or isinstance(error, LoaderWorkerDied):
+    if isinstance(error, LoaderWorkerDied):
+        return error
+    found = _loader_death(error)
+    if found is None:
         return error
     how = f"killed by signal {found.group(3).strip()}" if found.group(3) else "exited unexpectedly"
     hint = " (SIGKILL: most often the out-of-memory killer; lower data.workers or data.batch_size)" if (
@@ -105,6 +107,22 @@ def explain(error: BaseException, *, step: Optional[int], last_checkpoint: Optio
                                  f"{resume}; continue with --resume latest")
     explained.__cause__ = error
     return explained
+
+
+def _loader_death(error: BaseException) -> Optional[re.Match]:
+    """torch's words for a dead loader worker in ``error`` or the errors it was raised from, the signal preferred.
+
+    The SIGCHLD handler's ``is killed by signal`` error can fire while the main process waits on the data
+    queue; torch then raises ``exited unexpectedly`` from it, so the signal is one link down the chain.
+    """
+    matches, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found = _LOADER_DEATH.search(str(error)) if isinstance(error, RuntimeError) else None
+        if found is not None:
+            matches.append(found)
+        error = error.__cause__ or error.__context__
+    return next((found for found in matches if found.group(3)), matches[0] if matches else None)
 
 
 def write_elastic_error_file(line: str, details: str = "") -> None:
