@@ -11,6 +11,7 @@ import ast
 import csv
 import json
 import math
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -27,8 +28,8 @@ if str(BENCHMARKS) not in sys.path:  # as `python benchmarks/topologies.py` has 
 
 from topology import cli, full, grid, report, results, spec, stats  # noqa: E402
 
-#: t(0.975, n - 1) for n = 2..5, from a table (scipy computes it in the code under test)
-T975 = {2: 12.706204736, 3: 4.302652730, 4: 3.182446305, 5: 2.776445105}
+#: t(0.975, n - 1) for n = 2..7, from a table (scipy computes it in the code under test)
+T975 = {2: 12.706204736, 3: 4.302652730, 4: 3.182446305, 5: 2.776445105, 6: 2.570581836, 7: 2.446911851}
 
 
 def _half(xs):
@@ -260,6 +261,39 @@ def test_paired_table_differences_by_seed():
     half = 100 * _half([0.02, 0.04, 0.06])
     assert half > 4.0  # the interval includes 0 although every seed gained
     assert f"| oblique-none | +4.0 ± {half:.1f} (3) **n.d.** | +4.0 ± {half:.1f} (3) **n.d.** |" in table
+
+
+def test_the_paired_table_holds_each_mode_to_its_own_target_and_says_how_many_seeds_would_reach_it():
+    # oblique-none minus the CLIP sphere: +1, +3, +2, +4, 0 points; sd sqrt(2.5), half-width 1.96: inside the
+    # full mode's 2 points, outside the fast mode's 1.5, which 7 seeds at this spread reach (6 do not)
+    gains = [0.01, 0.03, 0.02, 0.04, 0.00]
+    sd = math.sqrt(2.5)
+    half = T975[5] * sd / math.sqrt(5)
+    assert spec.TARGET < half <= spec.FULL_TARGET
+    assert T975[7] * sd / math.sqrt(7) <= spec.TARGET < T975[6] * sd / math.sqrt(6)
+    full_rows = [results.normalize(_full_row(t, 0.0, s, 0.5 + (g if t == "oblique-none" else 0.0)))
+                 for t in ("sphere-learnable", "oblique-none") for s, g in enumerate(gains)]
+    fast_rows = [_fast_row(t, 0.0, s, 0.5 + (g if t == "oblique-none" else 0.0))
+                 for t in ("sphere-learnable", "oblique-none") for s, g in enumerate(gains)]
+    assert "1 of 1 cells have a half-width of at most 2 points; all do." in "\n".join(report.table_paired(full_rows))
+    assert ("0 of 1 cells have a half-width of at most 1.5 points; the others: oblique-none at 0 (±2.0, 5 seeds, "
+            "mean +2.0; about 7 seeds for ±1.5 at this spread).") in "\n".join(report.table_paired(fast_rows))
+
+
+def test_seeds_for_is_the_fewest_seeds_whose_interval_at_the_same_spread_meets_the_half_width():
+    observed = [3.0, -1.0, 4.0, 1.5, -2.5, 0.5]
+    sd = statistics.stdev(observed)
+    for goal in (0.5, 1.0, 2.0, 4.0):
+        n = stats.seeds_for(observed, goal)
+        # n values with the same sample sd (a centred, rescaled pattern) meet the goal; n - 1 do not
+        for count, meets in ((n, True), (n - 1, False)):
+            if count < 2:
+                continue
+            pattern = [i - (count - 1) / 2 for i in range(count)]
+            scaled = [sd * x / statistics.stdev(pattern) for x in pattern]
+            assert (stats.t_interval(scaled)[1] <= goal) is meets
+    with pytest.raises(ValueError, match="at least 2 values"):
+        stats.seeds_for([1.0], 1.0)
 
 
 def _fast_row(topo, noise, seed, acc, batch=128, **extra):

@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k-noise", type=spec.comma_floats, help="caption noise of the k sweep "
                         f"(default {','.join(map(str, full.DEFAULT_K_NOISE))})")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each (default 2)")
-    parser.add_argument("--target", type=float, default=full.DEFAULT_TARGET,
+    parser.add_argument("--target", type=float, default=spec.FULL_TARGET,
                         help="power extension: a cell whose paired 95%% half-width (points of zero-shot top-1) is "
-                             f"above this gets --seeds more seeds, up to --max-seeds (default {full.DEFAULT_TARGET:g})")
+                             f"above this gets --seeds more seeds, up to --max-seeds (default {spec.FULL_TARGET:g})")
     parser.add_argument("--max-seeds", type=int, help="seeds the power extension may reach (default: --seeds, "
                         "no extension)")
     parser.add_argument("--shard", type=_shard, default=full.Shard(), metavar="I/N",

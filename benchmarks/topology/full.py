@@ -50,9 +50,6 @@ DEFAULT_NOISE = (0.0, 0.2, 0.4, 0.6, 0.8)
 DEFAULT_SEEDS = 3
 DEFAULT_K_VALUES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_K_NOISE = (0.4,)
-#: the power extension's target: paired 95% half-width in points of zero-shot top-1 (runs cost minutes here,
-#: so a wider one than the fast mode's)
-DEFAULT_TARGET = 2.0
 #: every run appends one train row to metrics.jsonl per LOG_EVERY steps (the gap and scale trajectories)
 LOG_EVERY = 5
 #: what trains one run: ``<launcher> train --output ... --set ...``

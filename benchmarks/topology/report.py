@@ -167,18 +167,20 @@ def table_paired(rows: Rows) -> list[str]:
     out = [f"### Paired by seed: zero-shot top-1 minus {spec.BASELINE}'s (points)", "",
            f"Cell: mean ± 95% t half-width (seeds); **n.d.**: *{stats.NO_DIFFERENCE}* (the interval includes 0); "
            "unmarked: the interval excludes 0, so the sign of the mean is the verdict.", "", *_head(levels)]
-    wide = []
+    wide, goal = [], spec.target(mode_of(rows))
     for topo in others:
         cells = []
         for n in levels:
             diffs = paired(rows, topo, spec.BASELINE, n)
             cells.append(cell(diffs, sign=True) + (" **n.d.**" if verdict(diffs) == stats.NO_DIFFERENCE else ""))
             mean, half, count = stats.t_interval([100 * d for d in diffs])
-            if count and not half <= spec.TARGET:
-                wide.append(f"{topo} at {n:g} (±{half:.1f}, {count} seeds, mean {mean:+.1f})")
+            if count and not half <= goal:
+                need = (f"; about {stats.seeds_for([100 * d for d in diffs], goal)} seeds for ±{goal:g} at this "
+                        "spread" if count > 1 else "")
+                wide.append(f"{topo} at {n:g} (±{half:.1f}, {count} seeds, mean {mean:+.1f}{need})")
         out.append(f"| {topo} | " + " | ".join(cells) + " |")
     total = len(others) * len(levels)
-    out += ["", f"{total - len(wide)} of {total} cells have a half-width of at most {spec.TARGET:g} points"
+    out += ["", f"{total - len(wide)} of {total} cells have a half-width of at most {goal:g} points"
             + ("; the others: " + "; ".join(wide) + "." if wide else "; all do.")]
     return out + [""]
 
@@ -577,11 +579,6 @@ def _batch_bullet(rows: Rows) -> list[str]:
             f"{compared(_paired_at(sel, 'oblique-none', spec.BASELINE, hi_n))}."]
 
 
-#: half-width (points) above which the agreement table calls a comparison "not resolved" (the full-mode grid's
-#: target: fewer seeds than the fast mode's 1.5 points buys)
-RESOLVED = 2.0
-
-
 def _comparisons(rows: Rows) -> dict[str, list[float]]:
     """The three main answers as paired differences, by name: the range effect at scale 1 and oblique against
     the CLIP sphere per noise level, and each k of the k sweep against k = 16."""
@@ -608,7 +605,7 @@ def _agrees(a: list[float], b: list[float], resolved: float) -> str:
     return "yes" if verdict(a) == verdict(b) else "no"
 
 
-def agreement(rows: Rows, other: Rows, *, other_name: str, resolved: float = RESOLVED) -> list[str]:
+def agreement(rows: Rows, other: Rows, *, other_name: str, resolved: float = spec.FULL_TARGET) -> list[str]:
     """Table: each main comparison (:func:`_comparisons`) in ``rows`` and in ``other`` (another results folder,
     named ``other_name``), with its interval and verdict, and whether the verdicts agree; ``not resolved`` where
     either half-width is above ``resolved`` points. Comparisons only one side has are left out."""

@@ -37,6 +37,32 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n), n
 
 
+def seeds_for(values: Sequence[float], half_width: float, confidence: float = CONFIDENCE,
+              most: int = 10_000) -> int:
+    """Seeds a paired interval needs for a half-width of at most ``half_width`` at the spread ``values`` show.
+
+    The smallest n with ``t(0.5 + confidence / 2, n - 1) s / sqrt(n) <= half_width``, ``s`` the sample standard
+    deviation of the non-NaN values; ``most`` + 1 when even ``most`` seeds are not enough. A planning figure
+    only: ``s`` itself comes from the seeds run so far.
+
+    Raises
+    ------
+    ValueError
+        With fewer than 2 values, or ``half_width`` not positive.
+    """
+    values = [v for v in values if not math.isnan(v)]
+    if len(values) < 2 or not half_width > 0:
+        raise ValueError(f"seeds_for: expected at least 2 values and half_width > 0, got {len(values)} values "
+                         f"and half_width {half_width}")
+    from scipy.stats import t
+
+    spread = statistics.stdev(values)
+    for n in range(2, most + 1):
+        if float(t.ppf(0.5 + confidence / 2, n - 1)) * spread / math.sqrt(n) <= half_width:
+            return n
+    return most + 1
+
+
 def verdict(differences: Sequence[float]) -> str:
     """:data:`HIGHER`, :data:`LOWER`, :data:`NO_DIFFERENCE` or :data:`TOO_FEW`, by :data:`RULE`."""
     mean, half, n = t_interval(differences)
