@@ -9,11 +9,10 @@ geometry, both objectives, with and without local_loss. With every class id dist
 loss, bit for bit.
 """
 
-import math
-
 import pytest
 import torch
 
+from loss_leaves import loss_leaves
 from manifold_align.geometries import get_geometry, list_geometries
 from manifold_align.losses import ContrastiveLoss
 from manifold_align.tiled import tiled_sigmoid_loss, tiled_softmax_loss
@@ -22,20 +21,10 @@ K, D, N, WORLD, RANK = 3, 4, 7, 3, 1
 
 
 def _leaves(name, n_all, seed=0):
-    geometry = get_geometry(name, n_tokens=K, token_dim=D).double()
-    named = dict(geometry.named_parameters())
-    with torch.no_grad():  # away from the initial values, inside the clamps
-        for key, value in (("log_curvature", math.log(0.6)), ("log_image_scale", -0.4), ("log_text_scale", -0.7)):
-            if key in named:
-                named[key].fill_(value)
-    g = torch.Generator().manual_seed(seed)
-    raw_image = torch.randn(n_all, K, D, generator=g, dtype=torch.float64, requires_grad=True)
-    raw_text = torch.randn(n_all, K, D, generator=g, dtype=torch.float64, requires_grad=True)
-    log_scale = torch.tensor(math.log(2.5), dtype=torch.float64, requires_grad=True)
-    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
-    # 3 classes over the rows: every row has same-class pairs in the batch, some across the rank's rows
-    ids = torch.randint(0, 3, (n_all,), generator=g)
-    return geometry, raw_image, raw_text, log_scale, bias, ids
+    """The loss leaves (:func:`loss_leaves.loss_leaves`) in float64 and class ids: 3 classes over the rows, so
+    every row has same-class pairs in the batch, some across the rank's rows."""
+    ids = torch.randint(0, 3, (n_all,), generator=torch.Generator().manual_seed(1000 + seed))
+    return (*loss_leaves(name, n_all, n_tokens=K, token_dim=D, seed=seed), ids)
 
 
 def _reference(geometry, image, text, scale, bias, ids, objective, rows, offset):

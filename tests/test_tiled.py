@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loss_leaves import loss_leaves
 from manifold_align.geometries import get_geometry, list_geometries
 from manifold_align.losses import ContrastiveLoss
 from manifold_align.manifolds.lorentz import space_cdist
@@ -25,18 +26,7 @@ K, D = 3, 5
 
 def _setup(name, dtype, n_all, seed=0):
     """Geometry and the leaf tensors every gradient is taken for."""
-    geometry = get_geometry(name, n_tokens=K, token_dim=D).to(dtype)
-    named = dict(geometry.named_parameters())
-    with torch.no_grad():  # away from the initial values, inside the clamps
-        for key, value in (("log_curvature", math.log(0.6)), ("log_image_scale", -0.4), ("log_text_scale", -0.7)):
-            if key in named:
-                named[key].fill_(value)
-    g = torch.Generator().manual_seed(seed)
-    raw_image = torch.randn(n_all, K, D, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
-    raw_text = torch.randn(n_all, K, D, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
-    log_scale = torch.tensor(math.log(2.5), dtype=dtype, requires_grad=True)
-    bias = torch.tensor(-1.5, dtype=dtype, requires_grad=True)
-    return geometry, raw_image, raw_text, log_scale, bias
+    return loss_leaves(name, n_all, n_tokens=K, token_dim=D, dtype=dtype, seed=seed)
 
 
 def _reference(geometry, image, text, scale, bias, objective, rows, offset):
