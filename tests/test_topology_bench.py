@@ -925,3 +925,35 @@ def test_agreement_table_judges_only_resolved_comparisons(tmp_path):
     assert ("| (a) oblique-none minus sphere-none, noise 0 | +35.0 ± 0.0 (4) (higher) | +25.0 ± 0.0 (4) (higher) "
             "| yes |") in table
     assert table.count("| not resolved |") == 1 and "2 agree, 1 disagree, 1 not resolved, of 4 comparisons" in table
+
+
+def test_agreement_judges_a_wide_interval_that_excludes_0_and_not_a_wide_one_that_includes_it():
+    """Wide intervals of one sign on both sides agree (a verdict at any width); a narrow interval around 0
+    against a verdict disagrees; a wide interval around 0 is not resolved."""
+    def runs(mode_row, gains):
+        rows = []
+        for s, (range_gain, oblique_gain) in enumerate(gains):
+            rows += [mode_row("sphere-learnable", 0.0, s, 0.50), mode_row("sphere-none", 0.0, s, 0.50 + range_gain),
+                     mode_row("oblique-none", 0.0, s, 0.50 + oblique_gain)]
+        return rows
+
+    # fast: sphere-none -30 +- 7.5 (lower, wide); oblique-none +0.2 +- 0.25 (narrow, includes 0)
+    fast = [results.normalize(r) for r in runs(_fast_row, [(-0.27, 0.001), (-0.33, 0.003), (-0.30, 0.002)])]
+    # full: sphere-none -50 +- 25 (lower, wide); oblique-none +10 +- 5 (higher, wide)
+    full = [results.normalize(_full_row(*a)) for a in
+            [(r["topology"], r["noise"], r["seed"], r["zero_shot_top1"])
+             for r in runs(_fast_row, [(-0.40, 0.08), (-0.60, 0.12), (-0.50, 0.10)])]]
+    table = "\n".join(report.agreement(fast, full, other_name="`full`"))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| (")}
+    sphere = rows["(a) sphere-none minus sphere-learnable, noise 0"]
+    assert "(lower) | " in sphere and sphere.endswith("| yes |")
+    assert stats.t_interval([100 * d for d in stats.paired(full, "sphere-none", "sphere-learnable", 0.0)])[1] > 2
+    oblique = rows["(b) oblique-none minus sphere-learnable, noise 0"]
+    assert "(no difference detected) | " in oblique and "(higher)" in oblique and oblique.endswith("| no |")
+    # a wide interval around 0 on one side: not resolved, whatever the other side says
+    wide = [results.normalize(_full_row(*a)) for a in
+            [(r["topology"], r["noise"], r["seed"], r["zero_shot_top1"])
+             for r in runs(_fast_row, [(-0.40, 0.10), (-0.60, -0.08), (-0.50, 0.01)])]]
+    table = "\n".join(report.agreement(fast, wide, other_name="`full`"))
+    line = next(l for l in table.splitlines() if l.startswith("| (b) oblique-none minus sphere-learnable, noise 0"))
+    assert "(no difference detected) | " in line and line.endswith("| not resolved |")

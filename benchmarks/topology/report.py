@@ -598,9 +598,18 @@ def _comparisons(rows: Rows) -> dict[str, list[float]]:
     return out
 
 
+def _settled(differences: list[float], resolved: float) -> bool:
+    """Whether a comparison's verdict can be compared: *higher* or *lower* (an interval that excludes 0 is a
+    verdict at any width), or *no difference detected* with a half-width of at most ``resolved`` points (a
+    narrow interval around 0); not a wide interval that includes 0, nor one seed."""
+    found = verdict(differences)
+    if found in (stats.HIGHER, stats.LOWER):
+        return True
+    return found == stats.NO_DIFFERENCE and stats.t_interval([100 * d for d in differences])[1] <= resolved
+
+
 def _agrees(a: list[float], b: list[float], resolved: float) -> str:
-    halves = [stats.t_interval([100 * x for x in d])[1] for d in (a, b)]
-    if not all(h <= resolved for h in halves):  # NaN (one seed) is not resolved either
+    if not (_settled(a, resolved) and _settled(b, resolved)):
         return "not resolved"
     return "yes" if verdict(a) == verdict(b) else "no"
 
@@ -608,7 +617,8 @@ def _agrees(a: list[float], b: list[float], resolved: float) -> str:
 def agreement(rows: Rows, other: Rows, *, other_name: str, resolved: float = spec.FULL_TARGET) -> list[str]:
     """Table: each main comparison (:func:`_comparisons`) in ``rows`` and in ``other`` (another results folder,
     named ``other_name``), with its interval and verdict, and whether the verdicts agree; ``not resolved`` where
-    either half-width is above ``resolved`` points. Comparisons only one side has are left out."""
+    either side is not settled (:func:`_settled`: an interval that includes 0 and is wider than ``resolved``
+    points). Comparisons only one side has are left out."""
     mine, theirs = _comparisons(rows), _comparisons(other)
     names = [n for n in mine if n in theirs]
     if not names:
@@ -616,8 +626,10 @@ def agreement(rows: Rows, other: Rows, *, other_name: str, resolved: float = spe
     here, there = mode_of(rows), mode_of(other)
     out = [f"## Agreement with {other_name}", "",
            f"This folder: {setting(main_rows(rows))}. {other_name}: {setting(main_rows(other))}. "
-           f"*Agree*: the same verdict on both sides; *not resolved*: a half-width above {resolved:g} points on "
-           "either side, so agreement is not judged.", "",
+           "*Agree*: the same verdict on both sides. A verdict is compared when its interval excludes 0 "
+           f"(at any width) or includes 0 within ±{resolved:g} points; *not resolved*: one side's interval "
+           f"includes 0 and is wider than ±{resolved:g} points (too few seeds to call it), so agreement is not "
+           "judged.", "",
            f"| comparison | {here} mode (points) | {there} mode (points) | agree? |", "|---|---:|---:|---|"]
     for name in names:
         out.append(f"| {name} | {compared(mine[name], unit='')} | {compared(theirs[name], unit='')} | "

@@ -247,8 +247,8 @@ K_VALUES = (1, 2, 4, 8, 16, 32, 64)
 K_NOISE = (0.4,)
 #: the paired differences' target: 95% half-width in points of zero-shot top-1
 TARGET = 1.5
-#: the full mode's target (runs cost minutes there, so a wider one than the fast mode's); also the half-width
-#: above which the agreement table calls a comparison "not resolved"
+#: the full mode's target (runs cost minutes there, so a wider one than the fast mode's); also the width above
+#: which an interval that includes 0 leaves an agreement-table comparison "not resolved"
 FULL_TARGET = 2.0
 
 
