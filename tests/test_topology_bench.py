@@ -739,6 +739,19 @@ def test_batch_table_states_how_same_class_negatives_count_and_the_largest_n(tmp
     assert f"| 64 | {63 * 49 / 4999:.1f} (counted) | 63.0 | {spec.loss_floor(64):.3f} |" in md_old
 
 
+def test_a_page_block_of_answers_from_a_batch_sweep_folder_gives_its_range_sentence(tmp_path):
+    """A folder with the batch sweep alone has no main grid: the answers are the large-batch range sentence."""
+    (tmp_path / "results" / "batch").mkdir(parents=True)
+    out = _planted_batch(tmp_path / "results" / "batch", ("other-class", 80000), (32, 1024))
+    text = report.block("answers", [out])
+    assert text.startswith("Batch sweep N = 32..1024 (80000 training pairs;")
+    assert "left out of the negatives" in text and text.count("\n") == 1
+    page = tmp_path / "page.md"
+    page.write_text("<!-- topology-report answers results/batch -->\nold\n<!-- /topology-report -->\n")
+    report.update_pages([page], tmp_path)
+    assert text in page.read_text()
+
+
 @pytest.mark.slow
 def test_batch_sweep_end_to_end_into_its_own_folder(tmp_path, capsys):
     out = tmp_path / "batch"

@@ -458,9 +458,13 @@ ANSWERED = {"sphere-learnable", "sphere-fixed", "sphere-none", "oblique-none", "
 
 def claims(rows: Rows) -> list[str]:
     """The six answers, one line each, computed from the rows (an answer whose topologies are missing is left
-    out); every comparison carries its paired interval, seed count and verdict."""
+    out); every comparison carries its paired interval, seed count and verdict. A folder of the batch sweep
+    alone (no main grid) answers with its range sentence (:func:`answer_batch`)."""
     main = main_rows(rows)
     levels = noises(main)
+    if not levels:
+        batch = answer_batch(rows)
+        return ["## The range answer at large batches", "", *([batch] if batch else [])]
     hi = levels[-1]
     have = {r["topology"] for r in main}
     out = ["## The six answers", ""]
