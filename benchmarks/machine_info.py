@@ -12,14 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else ``platform.processor()``, else ``"unknown CPU"``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from manifold_align_train.distributed_env import cpu_model
 
 
 def gpu_name() -> Optional[str]:

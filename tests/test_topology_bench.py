@@ -634,6 +634,10 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     assert [p["step"] for p in points] == [2] and points[0]["mode"] == "full" and points[0]["scale"] > 1.0
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
+    # what trained each run, read here from /proc/cpuinfo: the row and the page say it
+    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name"))
+    assert {r["hardware"] for r in rows} == {cpu} and f"Trained on: {cpu} (2 runs)." in md
     assert "| block-control |" in md and "| sphere-learnable |" in md
     for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "trajectories.png"):
         assert (out / name).stat().st_size > 5000
@@ -938,6 +942,15 @@ def test_agreement_table_judges_only_resolved_comparisons(tmp_path):
     assert ("| (a) oblique-none minus sphere-none, noise 0 | +35.0 ± 0.0 (4) (higher) | +25.0 ± 0.0 (4) (higher) "
             "| yes |") in table
     assert table.count("| not resolved |") == 1 and "2 agree, 1 disagree, 1 not resolved, of 4 comparisons" in table
+
+
+def test_the_page_says_what_trained_the_runs_and_counts_the_rows_that_do_not_say():
+    rows = [dict(_full_row("sphere-learnable", 0.0, s, 0.5), hardware=name)
+            for s, name in enumerate(["AMD EPYC", "AMD EPYC", "NVIDIA H200", ""])]
+    md = report.markdown([results.normalize(r) for r in rows], command="test", machine="test machine")
+    assert "Trained on: AMD EPYC (2 runs), NVIDIA H200 (1 run), not recorded (1 run)." in md
+    older = [results.normalize(dict(r, hardware="")) for r in rows]
+    assert "Trained on" not in report.markdown(older, command="test", machine="test machine")
 
 
 def test_agreement_judges_a_wide_interval_that_excludes_0_and_not_a_wide_one_that_includes_it():

@@ -18,6 +18,7 @@ its own prefix, ``attempt_<TORCHELASTIC_RESTART_COUNT>``, as torch's own ``env:/
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -25,8 +26,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DEFAULT_GLOO_TIMEOUT", "DistEnv", "cleanup_distributed", "collective_timeout", "init_distributed",
-           "job_store", "resolve_device"]
+__all__ = ["DEFAULT_GLOO_TIMEOUT", "DistEnv", "cleanup_distributed", "collective_timeout", "cpu_model",
+           "device_name", "init_distributed", "job_store", "resolve_device"]
 
 #: seconds a gloo collective waits for the other processes by default (``train.collective_timeout``): torch's
 #: own 30 minutes would keep a job whose rank hangs alive for half an hour
@@ -70,6 +71,25 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else ``platform.processor()``, else ``"unknown CPU"``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """What computes on ``device``: the GPU's name for a CUDA device, else the CPU's model (:func:`cpu_model`).
+
+    Recorded with a run because a run reproduces bit for bit on one machine, not across machines.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
 
 
 def _env_int(name: str, default: int) -> int:

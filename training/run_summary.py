@@ -9,6 +9,7 @@ from typing import Any
 from .atomic_write import atomic_write_text
 from .config import config_to_dict
 from .data import EMBEDDED_DATASETS
+from .distributed_env import device_name
 from .evaluation import format_metrics
 from .metrics_log import json_value
 
@@ -27,6 +28,8 @@ def geometry_values(geometry) -> dict[str, float]:
 
 def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | None) -> dict[str, Any]:
     """The ``summary.json`` of a finished :class:`manifold_align_train.trainer.Trainer` (``wall`` in seconds)."""
+    import torch
+
     out = trainer.output_dir
     return {
         "final_metrics": final,
@@ -48,6 +51,9 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
         "world_size": trainer.env.world_size,
         "device": str(trainer.device),
+        # a run reproduces on one machine, not across machines: what it ran on, and the torch that ran it
+        "hardware": device_name(trainer.device),
+        "torch_version": torch.__version__,
         "resumed_from": str(resumed) if resumed else None,
         "outputs": {
             "run_dir": str(out), "config": str(out / "config.yaml"),

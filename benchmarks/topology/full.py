@@ -65,7 +65,7 @@ QUICK = {"steps": 20, "noise": (0.0, 0.6), "seeds": 1, "k_values": (1, 16, 64)}
 COLUMNS = ("mode", "topology", "geometry", "k", "d", "class_tokens", "temperature", "noise", "seed", "dataset",
            "data", "model", "steps", "batch_size", "zero_shot_top1", "zero_shot_top5", "zero_shot_set",
            "image_to_text_R@1", "text_to_image_R@1", "retrieval_R@1", "retrieval_set", "final_temperature",
-           "positive_similarity", "negative_similarity", "gap", "gap_normalized", "final_loss",
+           "positive_similarity", "negative_similarity", "gap", "gap_normalized", "final_loss", "hardware",
            "wall_time_seconds", "run_dir")
 TRAJECTORY_COLUMNS = ("mode", "dataset", "model", "topology", "noise", "batch_size", "steps", "seed", "step",
                       "scale", "gap_normalized")
@@ -582,6 +582,7 @@ def collect_row(spec: RunSpec, run_dir: Path) -> Optional[dict[str, Any]]:
         "gap": gap,
         "gap_normalized": gap / topo.blocks,
         "final_loss": _float(summary.get("final_loss")),
+        "hardware": summary.get("hardware", ""),
         "wall_time_seconds": _float(summary.get("wall_time_seconds")),
         "run_dir": str(run_dir),
         # the geometry's learned values (its values(), e.g. a curvature), by name; none for most

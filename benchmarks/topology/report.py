@@ -111,6 +111,17 @@ def setting(rows: Rows) -> str:
     return f"{mode_of(rows)} mode, task {_data(rows)}, towers {join('model')}, {budget}"
 
 
+def hardware_lines(rows: Rows) -> list[str]:
+    """Where the runs trained (the trainer's ``summary.json`` ``hardware``; older rows lack it), as a paragraph:
+    a run reproduces on one machine, not across machines, so a seed's result is the machine's too."""
+    counts = Counter(r.get("hardware") or "not recorded" for r in rows)
+    if set(counts) == {"not recorded"}:
+        return []
+    parts = [f"{name} ({count} run{'s' if count != 1 else ''})" for name, count in counts.most_common()]
+    return [f"Trained on: {', '.join(parts)}. A run reproduces on one machine; across machines (or installs) "
+            "the training diverges, so a seed's result depends on where it ran.", ""]
+
+
 def _data(rows: Rows) -> str:
     """The full mode's data: the dataset, and for csv/webdataset data its path and the eval sets that gave the
     zero-shot and retrieval numbers (its rows' ``data``, ``zero_shot_set``, ``retrieval_set``)."""
@@ -902,7 +913,7 @@ def markdown(rows: Rows, *, command: str, machine: str, repeated: Sequence[tuple
              "(`--report-only` rewrites this file and the plots from them).", "",
              f"Setting of the main grid: {setting(main)}. Cells: mean ± half-width of the 95% Student-t interval "
              "(seeds in parentheses). Differences are paired by seed (same noise draw, phrasings, initialization "
-             f"and batch order). {stats.RULE}", ""]
+             f"and batch order). {stats.RULE}", "", *hardware_lines(rows)]
     if repeated:
         lines += [f"**{len(repeated)} runs appear twice in `results.csv`, with identical results (the grid of that "
                   "time trained them twice); each is counted once here:** "

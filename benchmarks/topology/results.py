@@ -40,9 +40,9 @@ WRITE_LOCK = ".results.lock"
 RUN_KEY = ("mode", "profile", "dataset", "model", "topology", "noise", "batch_size", "steps", "hidden", "negatives",
            "train_pairs", "seed")
 #: columns whose differences between two copies of a run are not results (timing, paths)
-INCIDENTAL = ("wall_time_seconds", "run_dir")
+INCIDENTAL = ("wall_time_seconds", "run_dir", "hardware")
 TEXT_COLUMNS = {"mode", "profile", "topology", "geometry", "similarity", "temperature", "device", "dataset",
-                "data", "zero_shot_set", "retrieval_set", "model", "run_dir", "negatives"}
+                "data", "zero_shot_set", "retrieval_set", "model", "run_dir", "negatives", "hardware"}
 INT_COLUMNS = {"k", "d", "seed", "steps", "batch_size", "hidden", "step", "train_pairs"}
 #: the benchmark's own columns, both modes; any other numeric column is a learned value of the geometry
 OWN_COLUMNS = TEXT_COLUMNS | INT_COLUMNS | {
