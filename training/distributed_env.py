@@ -85,7 +85,8 @@ def cpu_model() -> str:
 def device_name(device: torch.device) -> str:
     """What computes on ``device``: the GPU's name for a CUDA device, else the CPU's model (:func:`cpu_model`).
 
-    Recorded with a run because a run reproduces bit for bit on one machine, not across machines.
+    Recorded with a run because its result depends on it: kernels round differently on other CPUs and GPUs, and
+    a long training amplifies the difference.
     """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -51,7 +51,7 @@ def run_summary(trainer, final: dict[str, float], wall: float, resumed: Path | N
         "nonfinite_steps_skipped": trainer.counters.nonfinite_steps,
         "world_size": trainer.env.world_size,
         "device": str(trainer.device),
-        # a run reproduces on one machine, not across machines: what it ran on, and the torch that ran it
+        # a seed's result depends on the machine and the install: what it ran on, and the torch that ran it
         "hardware": device_name(trainer.device),
         "torch_version": torch.__version__,
         "resumed_from": str(resumed) if resumed else None,

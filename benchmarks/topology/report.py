@@ -113,13 +113,13 @@ def setting(rows: Rows) -> str:
 
 def hardware_lines(rows: Rows) -> list[str]:
     """Where the runs trained (the trainer's ``summary.json`` ``hardware``; older rows lack it), as a paragraph:
-    a run reproduces on one machine, not across machines, so a seed's result is the machine's too."""
+    a seed's result depends on the machine it trained on."""
     counts = Counter(r.get("hardware") or "not recorded" for r in rows)
     if set(counts) == {"not recorded"}:
         return []
     parts = [f"{name} ({count} run{'s' if count != 1 else ''})" for name, count in counts.most_common()]
-    return [f"Trained on: {', '.join(parts)}. A run reproduces on one machine; across machines (or installs) "
-            "the training diverges, so a seed's result depends on where it ran.", ""]
+    return [f"Trained on: {', '.join(parts)}. One seed's runs differ across machines and installs (kernels "
+            "round differently and training amplifies it), so a seed's result depends on where it ran.", ""]
 
 
 def _data(rows: Rows) -> str:

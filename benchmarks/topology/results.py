@@ -39,7 +39,7 @@ WRITE_LOCK = ".results.lock"
 #: the columns that identify a run (a missing one counts as empty)
 RUN_KEY = ("mode", "profile", "dataset", "model", "topology", "noise", "batch_size", "steps", "hidden", "negatives",
            "train_pairs", "seed")
-#: columns whose differences between two copies of a run are not results (timing, paths)
+#: columns whose differences between two copies of a run are not results (timing, paths, what trained it)
 INCIDENTAL = ("wall_time_seconds", "run_dir", "hardware")
 TEXT_COLUMNS = {"mode", "profile", "topology", "geometry", "similarity", "temperature", "device", "dataset",
                 "data", "zero_shot_set", "retrieval_set", "model", "run_dir", "negatives", "hardware"}
