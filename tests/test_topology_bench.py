@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from clip_reference import clip_temperature
+from host_cpu import cpu_model_name
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -635,8 +636,7 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "full mode, task synthetic, towers digits-tiny, 2 steps, batch 32, 1 seed per point (seed 0)" in md
     # what trained each run, read here from /proc/cpuinfo: the row and the page say it
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
+    cpu = cpu_model_name()
     assert {r["hardware"] for r in rows} == {cpu} and f"Trained on: {cpu} (2 runs)." in md
     assert "| block-control |" in md and "| sphere-learnable |" in md
     for name in ("accuracy_vs_noise.png", "scale_vs_noise.png", "trajectories.png"):

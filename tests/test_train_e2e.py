@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from host_cpu import cpu_model_name
 from manifold_align.geometries import geometry_class
 import manifold_align_train.builders as builders_module
 from manifold_align_train import checkpoint as ckpt
@@ -67,8 +68,7 @@ def test_outputs_are_written(learned_run):
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["final_step"] == 150 and on_disk["skipped_samples"] == 0
     assert on_disk["config"]["train"]["steps"] == 150
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
+    cpu = cpu_model_name()
     assert on_disk["device"] == "cpu" and on_disk["hardware"] == cpu and on_disk["torch_version"] == torch.__version__
     for key in ("loss", "lr", "temperature", "positive_similarity", "negative_similarity", "gap",
                 "samples_per_second", "peak_memory"):
