@@ -184,10 +184,11 @@ def table_paired(rows: Rows) -> list[str]:
         for n in levels:
             diffs = paired(rows, topo, spec.BASELINE, n)
             cells.append(cell(diffs, sign=True) + (" **n.d.**" if verdict(diffs) == stats.NO_DIFFERENCE else ""))
-            mean, half, count = stats.t_interval([100 * d for d in diffs])
+            points = [100 * d for d in diffs]
+            mean, half, count = stats.t_interval(points)
             if count and not half <= goal:
-                need = (f"; about {stats.seeds_for([100 * d for d in diffs], goal)} seeds for ±{goal:g} at this "
-                        "spread" if count > 1 else "")
+                need = (f"; about {stats.seeds_for(points, goal)} seeds for ±{goal:g} at this spread"
+                        if count > 1 else "")
                 wide.append(f"{topo} at {n:g} (±{half:.1f}, {count} seeds, mean {mean:+.1f}{need})")
         out.append(f"| {topo} | " + " | ".join(cells) + " |")
     total = len(others) * len(levels)
