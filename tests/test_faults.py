@@ -22,7 +22,7 @@ from fault_runs import (
     wait_for_step, worker_of_rank,
 )
 from manifold_align_train import checkpoint as ckpt
-from manifold_align_train.faults import LoaderWorkerDied, explain
+from manifold_align_train.faults import LoaderWorkerDied, explain, loader_batches
 
 WORKER = Path(__file__).with_name("fault_worker.py")
 
@@ -127,3 +127,59 @@ def test_a_loader_worker_killed_while_the_main_process_waits_is_named_with_its_s
     assert isinstance(explained, LoaderWorkerDied), raised.value
     assert str(explained).startswith(f"a data-loading worker process (pid {worker}) killed by signal Killed at "
                                      "step 7 (SIGKILL: most often the out-of-memory killer"), str(explained)
+
+
+def _reset_connection():
+    raise ConnectionResetError(104, "Connection reset by peer")
+
+
+class _ResetsOnArrival:
+    """Unpickles in the main process as the reset connection of a worker killed while its batch's file
+    descriptors are fetched (``multiprocessing.resource_sharer``)."""
+
+    def __reduce__(self):
+        return _reset_connection, ()
+
+
+class _SecondItemsWorkerDies(torch.utils.data.Dataset):
+    """Item 1's worker sends its batch, whose fetch fails, and is SIGKILLed half a second later: the order of
+    events when the out-of-memory killer takes a worker mid-transfer and the kernel is still ending it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        if index == 0:
+            return torch.zeros(3)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return _ResetsOnArrival()
+
+
+def test_a_connection_reset_by_a_dying_loader_worker_is_named_as_its_death():
+    """The flaky CI run of test_a_dead_loader_worker_ends_the_run_clearly_and_resume_matches: torch found the
+    worker alive and re-raised the bare ConnectionResetError, which the run printed as its last line."""
+    before = set(children(os.getpid()))
+    loader = torch.utils.data.DataLoader(_SecondItemsWorkerDies(), batch_size=None, num_workers=1)
+    batches = loader_batches(loader)
+    next(batches)
+    (worker,) = set(children(os.getpid())) - before
+    with pytest.raises(RuntimeError) as raised:
+        next(batches)
+    explained = explain(raised.value, step=3, last_checkpoint=None)
+    assert isinstance(explained, LoaderWorkerDied), repr(raised.value)
+    assert str(explained).startswith(f"a data-loading worker process (pid {worker}) killed by signal Killed at "
+                                     "step 3 (SIGKILL: most often the out-of-memory killer"), str(explained)
+
+
+def test_a_connection_error_with_every_loader_worker_alive_is_raised_as_it_came():
+    class ItemOneResets(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return torch.zeros(3) if index == 0 else _ResetsOnArrival()
+
+    batches = loader_batches(torch.utils.data.DataLoader(ItemOneResets(), batch_size=None, num_workers=1))
+    next(batches)
+    with pytest.raises(ConnectionResetError):
+        next(batches)

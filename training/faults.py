@@ -13,21 +13,26 @@ message of their own instead of a traceback (:func:`explain`: a dead data-loader
 from __future__ import annotations
 
 import json
+import multiprocessing.connection
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 from .distributed_env import DistEnv, job_store
 
-__all__ = ["FailureReport", "LoaderWorkerDied", "claim_failure", "explain", "write_elastic_error_file"]
+__all__ = ["FailureReport", "LoaderWorkerDied", "claim_failure", "explain", "loader_batches",
+           "write_elastic_error_file"]
 
 _FAILED_KEY = "failed_rank"
 _TIMED_OUT = re.compile(r"[Tt]imed out|[Tt]imeout")
 # torch's messages (torch/utils/data/dataloader.py and DataLoader.cpp) for a worker that died
 _LOADER_DEATH = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (exited unexpectedly|is killed by "
                            r"signal: ([^.]+))")
+# how long a broken connection to a loader worker waits for the worker to finish dying
+_DYING_WORKER_WAIT = 5.0
 
 
 class LoaderWorkerDied(RuntimeError):
@@ -123,6 +128,51 @@ def _loader_death(error: BaseException) -> Optional[re.Match]:
             matches.append(found)
         error = error.__cause__ or error.__context__
     return next((found for found in matches if found.group(3)), matches[0] if matches else None)
+
+
+def loader_batches(loader: Iterable) -> Iterator:
+    """Iterate a ``torch.utils.data.DataLoader``; a worker that dies mid-transfer raises torch's dead-worker error.
+
+    A batch's tensors reach the main process as file descriptors fetched from the worker over a socket
+    (``multiprocessing.resource_sharer``). A worker killed during that fetch resets the connection before the
+    kernel has finished the process, so torch, finding it still alive, re-raises the bare
+    ``ConnectionResetError``. Here such an error (any ``ConnectionError`` or ``EOFError``) waits up to
+    ``_DYING_WORKER_WAIT`` seconds for a worker to exit and then raises torch's own ``DataLoader worker (pid P)
+    is killed by signal: S`` from it, which :func:`explain` turns into :class:`LoaderWorkerDied`; with every
+    worker alive the error is re-raised as it came.
+
+    Yields
+    ------
+    What ``loader`` yields.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ConnectionError, EOFError) as error:
+            dead = _exited_workers(getattr(iterator, "_workers", []))
+            if not dead:
+                raise
+            worker = next((w for w in dead if w.exitcode < 0), dead[0])
+            how = (f"is killed by signal: {signal.strsignal(-worker.exitcode)}." if worker.exitcode < 0
+                   else "exited unexpectedly")
+            raise RuntimeError(f"DataLoader worker (pid {worker.pid}) {how}") from error
+        yield batch
+
+
+def _exited_workers(workers: list) -> list:
+    """The worker processes that have exited, once one has or ``_DYING_WORKER_WAIT`` seconds have passed.
+
+    A dying process closes its descriptors, the sentinel among them, before the kernel reports it exited, so
+    a worker whose sentinel is ready is joined (``waitpid``) before it is asked whether it lives.
+    """
+    ready = multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=_DYING_WORKER_WAIT)
+    for worker in workers:
+        if worker.sentinel in ready:
+            worker.join(timeout=_DYING_WORKER_WAIT)
+    return [worker for worker in workers if not worker.is_alive()]
 
 
 def write_elastic_error_file(line: str, details: str = "") -> None:

@@ -14,6 +14,7 @@ from typing import Iterator, NamedTuple, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ..faults import loader_batches
 from ..preemption import ignore_stop_signals
 
 __all__ = ["HeldOutBatch", "HeldOutImages", "held_out_batches"]
@@ -114,4 +115,4 @@ def held_out_batches(source, batch_size: int, *, workers: int = 0) -> Iterator[H
                         # its own generator: drawing the workers' base seed leaves the global RNG (and with
                         # it the training that follows the evaluation) untouched
                         generator=torch.Generator().manual_seed(0))
-    yield from loader
+    yield from loader_batches(loader)

@@ -38,6 +38,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..faults import loader_batches
 from ..preemption import ignore_stop_signals
 from ..rng import cpu_seeded
 from .batch import Batch, all_bad_error, collate_skip_bad
@@ -284,5 +285,5 @@ class ResumableLoader(PositionedLoader):
             pin_memory=self.pin_memory,
             worker_init_fn=ignore_stop_signals,  # the trainer stops on SIGTERM; its workers must not die of it
         )
-        for batch in loader:
+        for batch in loader_batches(loader):
             yield self._count_bad(batch)

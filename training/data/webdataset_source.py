@@ -37,6 +37,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..faults import loader_batches
 from ..preemption import ignore_stop_signals
 from ..rng import cpu_seeded
 from .batch import BadDataError, Batch
@@ -277,7 +278,7 @@ class WebDatasetLoader(PositionedLoader):
             before = produced
             loader = DataLoader(self.pipeline(epoch, pass_index), batch_size=None, num_workers=self.workers,
                                 pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals)
-            for batch in loader:
+            for batch in loader_batches(loader):
                 produced += 1
                 if produced > start:
                     yield self._count_bad(batch)
