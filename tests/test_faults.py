@@ -183,3 +183,20 @@ def test_a_connection_error_with_every_loader_worker_alive_is_raised_as_it_came(
     next(batches)
     with pytest.raises(ConnectionResetError):
         next(batches)
+
+
+def test_a_connection_error_in_a_loader_without_workers_is_raised_at_once(monkeypatch):
+    """No worker to wait for: without the guard, ``multiprocessing.connection.wait([])`` sleeps its whole timeout."""
+    class Resets(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            _reset_connection()
+
+    def no_wait(*args, **kwargs):
+        raise AssertionError("waited for loader workers where there are none")
+
+    monkeypatch.setattr("multiprocessing.connection.wait", no_wait)
+    with pytest.raises(ConnectionResetError):
+        next(loader_batches(torch.utils.data.DataLoader(Resets(), batch_size=None, num_workers=0)))

@@ -168,6 +168,8 @@ def _exited_workers(workers: list) -> list:
     A dying process closes its descriptors, the sentinel among them, before the kernel reports it exited, so
     a worker whose sentinel is ready is joined (``waitpid``) before it is asked whether it lives.
     """
+    if not workers:  # a loader without workers: nothing to wait for (wait([]) would sleep the whole timeout)
+        return []
     ready = multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=_DYING_WORKER_WAIT)
     for worker in workers:
         if worker.sentinel in ready:
